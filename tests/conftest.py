@@ -1,0 +1,47 @@
+"""Shared fixtures: small slices of real Fashion-MNIST and a tiny-model recipe, so tests take seconds."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sft.recipe import load_recipe
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def read_idx(name: str) -> np.ndarray:
+    with gzip.open(FASHION / name) as f:
+        data = f.read()
+    if "images" in name:
+        return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
+    return np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def fashion_slice(tmp_path_factory) -> dict[str, Path]:
+    """Real Fashion-MNIST test images of 4 easy classes (T-shirt, Trouser, Sneaker, Bag): 240 train, 120 test."""
+    if not FASHION.exists():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    x, y = read_idx("t10k-images-idx3-ubyte.gz"), read_idx("t10k-labels-idx1-ubyte.gz")
+    keep = [0, 1, 7, 8]
+    out = tmp_path_factory.mktemp("fashion")
+    paths = {}
+    for name, start, count in (("train", 0, 60), ("test", 5000, 30)):
+        idx = np.concatenate([np.flatnonzero(y == c)[start // 10: start // 10 + count] for c in keep])
+        labels = np.searchsorted(keep, y[idx])
+        paths[name] = out / f"{name}.npz"
+        np.savez(paths[name], x=x[idx], y=labels)
+    return paths
+
+
+def tiny_recipe(tmp_path, data: dict, *overrides: str):
+    """A recipe with timm's 99k-parameter test_efficientnet at 32 px: a few seconds per run."""
+    return load_recipe(None, [
+        f"data.train={data['train']}", f"data.test={data['test']}",
+        "data.classes=[T-shirt, Trouser, Sneaker, Bag]", "data.image_size=32", "data.batch_size=32",
+        "model.backbone=timm/test_efficientnet", "model.weights=none", "trainer.epochs=2",
+        "trainer.progress=false", "optim.lr=0.01", f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
+        *overrides])

@@ -1,0 +1,112 @@
+"""The command line: every user mistake ends with a clear message and exit code 2, never a traceback."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import sft.engine  # noqa: F401  (imports Lightning now, so its log handler binds to the real stderr)
+from sft.cli import app
+
+runner = CliRunner()
+
+
+def sft(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def tiny_args(tmp_path, data):
+    return [f"data.train={data['train']}", f"data.test={data['test']}", "data.image_size=32",
+            "data.classes=[T-shirt, Trouser, Sneaker, Bag]", "model.backbone=timm/test_efficientnet",
+            "model.weights=none", "trainer.epochs=1", "trainer.progress=false", "strategy.name=linear-probe",
+            f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("optim:\n  lr: 0.01\n")
+    return path
+
+
+@pytest.fixture
+def trained(tmp_path, recipe_file, fashion_slice):
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice))
+    assert result.exit_code == 0, result.output
+    return tmp_path / "run"
+
+
+def test_train_eval_predict(tmp_path, trained, fashion_slice):
+    assert json.loads((trained / "metrics.json").read_text())["test_acc"] > 0.3
+    result = sft("eval", trained)
+    assert result.exit_code == 0 and "accuracy" in result.output
+    result = sft("eval", trained, "--data", fashion_slice["train"])
+    assert result.exit_code == 0
+    images = []
+    for i, value in enumerate((0, 128)):
+        images.append(tmp_path / f"img{i}.png")
+        Image.fromarray(np.full((28, 28), value, np.uint8)).save(images[-1])
+    result = sft("predict", trained, *images, "--top-k", 2, "--format", "json")
+    rows = json.loads(result.output)
+    assert result.exit_code == 0 and len(rows) == 4 and {r["rank"] for r in rows} == {1, 2}
+    assert sft("predict", trained, images[0], "--format", "csv").output.startswith("file,rank,label,probability")
+    assert "probability" in sft("predict", trained, images[0]).output
+
+
+def test_rerun_refused_then_overwrite(tmp_path, trained, recipe_file, fashion_slice):
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice))
+    assert result.exit_code == 2 and "already holds a finished run" in result.output
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), "--overwrite").exit_code == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("strategy.nmae=full", "did you mean 'name'"),
+    ("trainer.epochs=lots", "trainer.epochs"),
+    ("data.train=/no/such/folder", "/no/such/folder"),
+    ("model.weights=/no/such.pth", "/no/such.pth"),
+    ("model.backbone=timm/mobilenetv9", "did you mean"),
+    ("model.weights=imagenet", "imagenet"),
+])
+def test_bad_input_exit_code_2(tmp_path, recipe_file, fashion_slice, override, message):
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), override)
+    assert result.exit_code == 2, result.output
+    assert message.lower() in result.output.lower()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_bad_images_and_labels(tmp_path, recipe_file, fashion_slice):
+    folder = tmp_path / "imgs"
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / name / "ok.png")
+    (folder / "dog" / "broken.png").write_bytes(b"not a png")
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), f"data.train={folder}", "data.classes=null")
+    assert result.exit_code == 2 and "broken.png" in result.output
+    (folder / "dog" / "broken.png").unlink()
+    (folder / "bird").mkdir()
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), f"data.train={folder}", "data.classes=null")
+    assert result.exit_code == 2 and "bird" in result.output
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{folder / 'cat' / 'ok.png'},cat\n{folder / 'dog' / 'ok.png'},horse\n")
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), f"data.train={manifest}",
+                 "data.classes=[cat, dog]")
+    assert result.exit_code == 2 and "line 3" in result.output and "horse" in result.output
+
+
+def test_eval_and_predict_errors(tmp_path, trained):
+    assert sft("eval", tmp_path / "nowhere").exit_code == 2
+    (tmp_path / "empty").mkdir()
+    result = sft("eval", tmp_path / "empty")
+    assert result.exit_code == 2 and "no finished model" in result.output
+    result = sft("predict", trained, tmp_path / "missing.png")
+    assert result.exit_code == 2 and "missing.png" in result.output
+    assert sft("predict", trained, tmp_path / "missing.png", "--format", "xml").exit_code == 2
+
+
+def test_recipe_prints_documented_defaults():
+    result = sft("recipe")
+    assert result.exit_code == 0 and "strategy:" in result.output and "#" in result.output

@@ -1,0 +1,51 @@
+import pytest
+
+from sft.errors import UserError
+from sft.recipe import documented_defaults, load_recipe
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "data:\n  train: imgs\noptim:\n  lr: 0.01\n")
+    recipe = load_recipe(path, ["optim.lr=0.05", "trainer.epochs=2", "strategy.name=full"])
+    assert recipe.data.train.path == "imgs"
+    assert recipe.optim.lr == 0.05 and recipe.trainer.epochs == 2 and recipe.strategy.name == "full"
+    assert recipe.run_dir == "runs/r"
+
+
+def test_unknown_key_says_line_and_did_you_mean(tmp_path):
+    path = write(tmp_path, "data:\n  train: imgs\nstrategy:\n  nmae: full\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    message = str(e.value)
+    assert "strategy.nmae" in message and "line 4" in message and "did you mean 'name'" in message
+    assert str(path) in message
+
+
+def test_wrong_type_and_wrong_choice(tmp_path):
+    path = write(tmp_path, "data:\n  train: imgs\ntrainer:\n  epochs: many\noptim:\n  name: lbfgs\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    message = str(e.value)
+    assert "trainer.epochs (line 4)" in message and "'many'" in message
+    assert "optim.name (line 6)" in message and "'sgd'" in message
+
+
+def test_bad_override_and_missing_train(tmp_path):
+    with pytest.raises(UserError, match="dotted.key=value"):
+        load_recipe(None, ["optim.lr"])
+    with pytest.raises(UserError, match="data.train is required"):
+        load_recipe(None)
+    with pytest.raises(UserError, match="not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_documented_defaults_lists_every_section():
+    text = documented_defaults()
+    for key in ("data:", "  batch_size: 64", "strategy:", "optim:", "trainer:", "# "):
+        assert key in text
