@@ -43,7 +43,7 @@ def test_linear_probe_run_directory_and_cache(tmp_path, fashion_slice):
         assert metrics[key] is not None, key
     assert metrics["test_acc"] > 0.4  # 4 classes, random backbone features: well above chance (0.25)
     cached = sorted((tmp_path / "cache").glob("*.pt"))
-    assert len(cached) == 2  # train and val features, computed once for all 3 epochs
+    assert len(cached) == 3  # train, val and test features, each computed once for all epochs and the metrics
 
 
 def test_frozen_backbone_does_not_change_at_all(tmp_path, fashion_slice):

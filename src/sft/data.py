@@ -37,9 +37,11 @@ def read_source(source: Source, classes: list[str] | None) -> Samples:
 
 
 def load_splits(cfg: Data, seed: int) -> Splits:
-    """Read train/val/test; hold out a stratified validation share when no val set is given; apply the limits."""
+    """Read train/val/test; limit them; hold out a stratified validation share of train when no val set is given."""
     train = read_source(cfg.train, cfg.classes)
     classes = cfg.classes or train.classes
+    if cfg.train_limit:  # before the split, so the held-out validation share comes out of the limited set
+        train = train.subset(stratified_subset(train.labels, cfg.train_limit, seed))
     if cfg.val is not None:
         val = read_source(cfg.val, classes)
     else:
@@ -52,8 +54,6 @@ def load_splits(cfg: Data, seed: int) -> Splits:
             missing = sorted(set(train.classes) - set(split.classes))
             raise UserError(f"data.{name}: classes differ from data.train (only in {name}: {extra}; "
                             f"only in train: {missing}); set data.classes to fix the list")
-    if cfg.train_limit:
-        train = train.subset(stratified_subset(train.labels, cfg.train_limit, seed))
     if cfg.val_limit:
         val = val.subset(stratified_subset(val.labels, cfg.val_limit, seed))
     if test is not None and cfg.test_limit:
@@ -97,8 +97,17 @@ class ImageData(L.LightningDataModule):
         super().__init__()
         self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
         self.train_set = ImageDataset(splits.train, train_tf)
-        self.eval_sets = {"train": ImageDataset(splits.train, eval_tf), "val": ImageDataset(splits.val, eval_tf)}
+        self.eval_sets = {name: ImageDataset(samples, eval_tf)
+                          for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+                          if samples is not None}
         self.head_only, self.features = head_only, features
+
+    def eval_dataset(self, split: str, cached: bool) -> Dataset:
+        """A split in eval transform: (features, label) from the cache when `cached`, else (image, label)."""
+        if not cached:
+            return self.eval_sets[split]
+        labels = torch.as_tensor(getattr(self.splits, split).labels, dtype=torch.long)
+        return TensorDataset(self.features(split, self.eval_sets[split]), labels)
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -108,20 +117,11 @@ class ImageData(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         workers = 0 if isinstance(dataset, TensorDataset) else self.num_workers
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
-                          persistent_workers=False)
-
-    def _cached(self, split: str) -> TensorDataset:
-        samples = getattr(self.splits, split)
-        labels = torch.as_tensor(samples.labels, dtype=torch.long)
-        return TensorDataset(self.features(split, self.eval_sets[split]), labels)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers)
 
     def train_dataloader(self) -> DataLoader:
-        if self.head_only(self._epoch()):
-            return self._loader(self._cached("train"), shuffle=True)
-        return self._loader(self.train_set, shuffle=True)
+        head_only = self.head_only(self._epoch())
+        return self._loader(self.eval_dataset("train", cached=True) if head_only else self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        if self.head_only(self._epoch()):
-            return self._loader(self._cached("val"), shuffle=False)
-        return self._loader(self.eval_sets["val"], shuffle=False)
+        return self._loader(self.eval_dataset("val", cached=self.head_only(self._epoch())), shuffle=False)

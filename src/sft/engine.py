@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from sft.backbones import create_backbone
 from sft.classifier import Classifier, NonFiniteLoss
-from sft.data import ImageData, ImageDataset, build_transforms, load_splits
+from sft.data import ImageData, build_transforms, load_splits
 from sft.errors import UserError
 from sft.evaluate import evaluate
 from sft.features import cache_key, cached_features, weights_digest
@@ -73,7 +73,7 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
     channels_last = recipe.trainer.channels_last
     if channels_last == "auto":
-        channels_last = precision.startswith("bf16") and any(
+        channels_last = any(
             isinstance(m, torch.nn.Conv2d) for m in backbone.module.modules())
     if channels_last:
         backbone.module.to(memory_format=torch.channels_last)
@@ -115,7 +115,9 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
                      preprocess=_used_preprocess(backbone.preprocess, recipe.data.image_size),
                      dropout=recipe.model.dropout, channels_last=channels_last)
     export_model(run, model, info)
-    metrics = _metrics(recipe, trainer, best, splits, model, eval_tf, precision, seconds)
+    # a backbone that never trained is the cached one: its val/test features come from (and go to) the cache
+    cached = recipe.strategy.cache != "none" and not schedule.ever_trains_backbone(recipe.trainer.epochs)
+    metrics = _metrics(recipe, trainer, best, data, model, cached, precision, seconds)
     run.write_metrics(metrics)
     return Run(run.path, metrics)
 
@@ -152,9 +154,8 @@ def _trainer(recipe: Recipe, run: RunDir, precision: str, schedule: Schedule, ex
     )
 
 
-def _metrics(recipe, trainer, best, splits, model, eval_tf, precision, seconds) -> dict:
-    callback = trainer.checkpoint_callback
-    train_images = len(splits.train) * trainer.current_epoch
+def _metrics(recipe, trainer, best, data: ImageData, model, cached: bool, precision: str, seconds: float) -> dict:
+    callback, splits = trainer.checkpoint_callback, data.splits
     metrics = {
         "val_acc": float(callback.best_model_score) if callback.best_model_score is not None else None,
         "best_epoch": best.get("epoch"),
@@ -165,12 +166,12 @@ def _metrics(recipe, trainer, best, splits, model, eval_tf, precision, seconds) 
         "train_samples": len(splits.train),
         "val_samples": len(splits.val),
         "train_seconds": round(seconds, 2),
-        "images_per_second": round(train_images / seconds, 1) if seconds else None,
+        "images_per_second": round(len(splits.train) * trainer.current_epoch / seconds, 1) if seconds else None,
     }
-    val = evaluate(model, ImageDataset(splits.val, eval_tf), len(splits.classes), precision=precision)
-    metrics["val_loss"] = val["loss"]
+    n = len(splits.classes)
+    metrics["val_loss"] = evaluate(model, data.eval_dataset("val", cached), n, precision=precision)["loss"]
     if splits.test is not None:
-        test = evaluate(model, ImageDataset(splits.test, eval_tf), len(splits.classes), precision=precision,
+        test = evaluate(model, data.eval_dataset("test", cached), n, precision=precision,
                         progress=recipe.trainer.progress)
         metrics.update(test_acc=test["accuracy"], test_loss=test["loss"], test_samples=test["samples"])
     return metrics

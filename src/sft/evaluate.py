@@ -25,7 +25,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size
              precision: str = "32-true", device: torch.device | str = "cpu", progress: bool = False) -> dict:
     """Accuracy and mean cross-entropy of `model` on `dataset` of (input, label) pairs."""
     model.eval()
-    accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes).to(device)
+    accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, sync_on_compute=False).to(device)
     loss_sum, count = 0.0, 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     batches = loader

@@ -34,7 +34,7 @@ class Data(_Section):
     test: Source | None = Field(None, description="test data, evaluated once with the best checkpoint")
     classes: list[str] | None = Field(None, description="class names in label order (IDX/numpy labels are indices)")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each class held out when `val` is not given")
-    train_limit: int | None = Field(None, gt=0, description="use a stratified subset of this many training samples")
+    train_limit: int | None = Field(None, gt=0, description="use a stratified subset of this many training samples (val is split from it)")
     val_limit: int | None = Field(None, gt=0, description="stratified subset size of the validation split")
     test_limit: int | None = Field(None, gt=0, description="stratified subset size of the test split")
     image_size: int | None = Field(None, gt=0, description="input size in pixels; default: the backbone's own")
@@ -95,7 +95,7 @@ class Trainer(_Section):
     epochs: int = Field(5, ge=1, description="training epochs")
     precision: str = Field("auto", description="auto: bf16-mixed where the CPU/GPU supports it, else 32; or any "
                                                "Lightning precision (32, bf16-mixed, 16-mixed)")
-    channels_last: bool | Literal["auto"] = Field("auto", description="auto: on with bf16 for convnets")
+    channels_last: bool | Literal["auto"] = Field("auto", description="auto: on for convnets (faster in oneDNN/cuDNN)")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu")
     devices: int | str = Field(1, description="processes/devices, e.g. 2 with strategy=ddp")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp")
