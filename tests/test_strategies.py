@@ -44,7 +44,7 @@ def test_frozen_batchnorm_statistics_do_not_move():
 def test_lr_scales():
     assert Schedule(Strategy(name="full", lr_decay=0.5), GROUPS).lr_scales() == [0.125, 0.25, 0.5]
     two_stage = Schedule(Strategy(name="two-stage"), GROUPS).lr_scales()
-    assert abs(two_stage[0] - 0.01) < 1e-9 and two_stage[-1] > two_stage[0]
+    assert abs(two_stage[0] - 0.1) < 1e-9 and two_stage[-1] > two_stage[0]
 
 
 def test_parameter_free_modules_follow_their_parent():

@@ -6,8 +6,10 @@ settings from the recipe (bf16 + channels_last where the hardware has it) and wi
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from lightning.pytorch.callbacks import (Callback, EarlyStopping, LearningRateMo
                                          RichProgressBar)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sft.backbones import create_backbone
+from sft.backbones import Preprocess, create_backbone
 from sft.classifier import Classifier, NonFiniteLoss
 from sft.data import ImageData, build_transforms, load_splits
 from sft.errors import UserError
@@ -27,6 +29,11 @@ from sft.recipe import Recipe, dump_recipe
 from sft.run import ModelInfo, RunDir, export_model, is_child_process
 from sft.atomic import atomic_write_text
 from sft.strategies import Schedule
+
+# Lightning's advertising and hardware banners, and a deprecation inside Lightning itself, are noise for our users.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 @dataclass
@@ -122,8 +129,7 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     return Run(run.path, metrics)
 
 
-def _used_preprocess(pre, image_size):
-    from dataclasses import replace
+def _used_preprocess(pre: Preprocess, image_size: int | None) -> Preprocess:
     return replace(pre, input_size=(image_size, image_size)) if image_size else pre
 
 

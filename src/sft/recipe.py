@@ -46,7 +46,7 @@ class Data(_Section):
     @field_validator("train", "val", "test", mode="before")
     @classmethod
     def _path_shorthand(cls, value: Any) -> Any:
-        return {"path": value} if isinstance(value, (str, Path)) else value
+        return {"path": str(value)} if isinstance(value, (str, Path)) else value
 
 
 class Model(_Section):
@@ -63,8 +63,8 @@ class Strategy(_Section):
     head_epochs: int = Field(1, ge=1, description="two-stage: epochs of head-only training (on cached features)")
     unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing one more group")
     lr_decay: float | Literal["auto"] = Field(
-        "auto", description="group k below the head trains at lr * lr_decay**k; auto: 1.0, or 0.01**(1/groups) "
-                            "for two-stage (discriminative LRs, first group at lr/100)")
+        "auto", description="group k below the head trains at lr * lr_decay**k; auto: 1.0, or 0.1**(1/groups) "
+                            "for two-stage (discriminative LRs, first group at lr/10)")
     cache: Literal["disk", "memory", "none"] = Field(
         "disk", description="cache frozen-backbone features for head-only epochs (disk: reused across runs)")
 

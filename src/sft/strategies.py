@@ -48,7 +48,7 @@ class Schedule:
     def lr_decay(self) -> float:
         decay = self.config.lr_decay
         if decay == "auto":
-            return 0.01 ** (1 / max(self.n_groups, 1)) if self.config.name == "two-stage" else 1.0
+            return 0.1 ** (1 / max(self.n_groups, 1)) if self.config.name == "two-stage" else 1.0
         return decay
 
     def lr_scales(self) -> list[float]:
