@@ -78,6 +78,16 @@ def test_bad_input_exit_code_2(tmp_path, recipe_file, fashion_slice, override, m
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_weights_of_another_architecture_are_named(tmp_path, recipe_file, fashion_slice):
+    import torch
+    import torchvision
+    path = tmp_path / "resnet.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), f"model.weights={path}")
+    assert result.exit_code == 2 and "does not fit timm/test_efficientnet" in result.output
+    assert "unexpected" in result.output and "layer1.0.conv1.weight" in result.output
+
+
 def test_bad_images_and_labels(tmp_path, recipe_file, fashion_slice):
     folder = tmp_path / "imgs"
     for name in ("cat", "dog"):

@@ -125,6 +125,7 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     # a backbone that never trained is the cached one: its val/test features come from (and go to) the cache
     cached = recipe.strategy.cache != "none" and not schedule.ever_trains_backbone(recipe.trainer.epochs)
     metrics = _metrics(recipe, trainer, best, data, model, cached, precision, seconds)
+    metrics["weights"] = backbone.weights_id
     run.write_metrics(metrics)
     return Run(run.path, metrics)
 
