@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from sft.errors import UserError
@@ -49,3 +51,11 @@ def test_documented_defaults_lists_every_section():
     text = documented_defaults()
     for key in ("data:", "  batch_size: 64", "strategy:", "optim:", "trainer:", "# "):
         assert key in text
+
+
+def test_example_recipes_are_valid():
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert len(examples) >= 2
+    for path in examples:
+        recipe = load_recipe(path)
+        assert recipe.data.train is not None and recipe.run_dir.startswith("runs/")

@@ -79,9 +79,8 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     schedule = Schedule(recipe.strategy, backbone.groups)
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
     channels_last = recipe.trainer.channels_last
-    if channels_last == "auto":
-        channels_last = any(
-            isinstance(m, torch.nn.Conv2d) for m in backbone.module.modules())
+    if channels_last == "auto":  # NHWC is the fast layout of oneDNN and cuDNN convolutions
+        channels_last = any(isinstance(m, torch.nn.Conv2d) for m in backbone.module.modules())
     if channels_last:
         backbone.module.to(memory_format=torch.channels_last)
     if not is_child_process():
@@ -115,7 +114,7 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     if trainer.interrupted or not run.best_checkpoint.exists():
         return Run(run.path, {"interrupted": True, "epochs_done": trainer.current_epoch})
 
-    best = torch.load(run.best_checkpoint, map_location="cpu", weights_only=False)
+    best = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(best["state_dict"])
     model.to("cpu").eval()
     info = ModelInfo(backbone=backbone.name, classes=splits.classes, num_features=backbone.num_features,

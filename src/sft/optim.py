@@ -18,14 +18,15 @@ from sft.strategies import Schedule
 
 def param_groups(backbone: nn.Module, head: nn.Module, schedule: Schedule, lr: float, weight_decay: float) -> list:
     named = dict(backbone.named_parameters())
-    blocks = [([named[n] for n in group], lr * scale) for group, scale in zip(schedule.groups, schedule.lr_scales())]
-    blocks.append((list(head.parameters()), lr))
+    blocks = [(f"backbone.{i}", [named[n] for n in group], lr * scale)
+              for i, (group, scale) in enumerate(zip(schedule.groups, schedule.lr_scales()))]
+    blocks.append(("head", list(head.parameters()), lr))
     groups = []
-    for params, group_lr in blocks:
+    for name, params, group_lr in blocks:  # names label the LR curves in the logs
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        groups += [{"params": ps, "lr": group_lr, "weight_decay": wd}
-                   for ps, wd in ((decay, weight_decay), (no_decay, 0.0)) if ps]
+        groups += [{"params": ps, "lr": group_lr, "weight_decay": wd, "name": label}
+                   for ps, wd, label in ((decay, weight_decay, name), (no_decay, 0.0, f"{name}.no_decay")) if ps]
     return groups
 
 
