@@ -22,7 +22,7 @@ from sft import fine_tune, load_recipe
 def main() -> None:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 4
-    augment = sys.argv[3] if len(sys.argv) > 3 else "none"
+    augment = sys.argv[3] if len(sys.argv) > 3 else "light"
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(None, [
             f"data.train={FASHION}/train-images-idx3-ubyte.gz", f"data.test={FASHION}/t10k-images-idx3-ubyte.gz",

@@ -120,3 +120,24 @@ def test_eval_and_predict_errors(tmp_path, trained):
 def test_recipe_prints_documented_defaults():
     result = sft("recipe")
     assert result.exit_code == 0 and "strategy:" in result.output and "#" in result.output
+
+
+def test_audit_then_train_without_the_suspects(tmp_path, recipe_file, fashion_slice):
+    out = tmp_path / "audit"
+    result = sft("audit", recipe_file, *tiny_args(tmp_path, fashion_slice), "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in ("audit.json", "suspects.csv", "audit.html"):
+        assert (out / name).exists(), name
+    assert sft("audit", recipe_file, *tiny_args(tmp_path, fashion_slice), "--out", out).exit_code == 2
+    suspects = (out / "suspects.csv").read_text().splitlines()
+    assert suspects[0].startswith("split,sample,index,kind")
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), f"data.exclude={out / 'suspects.csv'}")
+    assert result.exit_code == 0, result.output
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("sample\nnot-a-sample#1\n")
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), f"data.exclude={unknown}", "--overwrite")
+    assert result.exit_code == 2 and "1 of 1 listed samples are not in data.train" in result.output
+    weights = "data.class_weights={Cat: 2.0}"
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), "data.balance=class-weights", weights,
+                 "--overwrite")
+    assert result.exit_code == 2 and "Cat" in result.output

@@ -73,6 +73,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, fashion_slice):
     with pytest.raises(RuntimeError, match="power cut"):
         fine_tune(tiny_recipe(tmp_path / "b", fashion_slice, *args), callbacks=[Crash(2)])
     resumed = fine_tune(tiny_recipe(tmp_path / "b", fashion_slice, *args), resume=True)
+    assert (resumed.dir / "logs" / "metrics.before-resume-1.csv").exists()  # the first epochs' logs are kept
     a, b = load_file(full.dir / "model.safetensors"), load_file(resumed.dir / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -97,3 +98,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fashion_sli
                          "optim.scheduler=constant", "trainer.precision=32-true")
     with pytest.raises(UserError, match="training stopped: loss is (nan|inf)"):
         fine_tune(recipe)
+
+
+@pytest.mark.parametrize("overrides", [("data.balance=oversample",), ("data.balance=undersample",),
+                                       ("data.balance=class-weights", "optim.loss=focal")])
+def test_imbalance_handling_and_minority_metrics(tmp_path, fashion_slice, overrides):
+    run = fine_tune(tiny_recipe(tmp_path, fashion_slice, "strategy.name=linear-probe", *overrides))
+    for key in ("test_acc", "test_balanced_acc", "test_macro_f1", "val_balanced_acc"):
+        assert 0.25 < run.metrics[key] <= 1.0, key
+    assert set(run.metrics["test_recall"]) == {"T-shirt", "Trouser", "Sneaker", "Bag"}

@@ -26,12 +26,12 @@ class NonFiniteLoss(RuntimeError):
 
 class Classifier(L.LightningModule):
     def __init__(self, backbone: nn.Module, num_features: int, classes: list[str], schedule: Schedule,
-                 recipe: Recipe, channels_last: bool = False):
+                 recipe: Recipe, channels_last: bool = False, loss_fn: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(recipe.model.dropout), nn.Linear(num_features, len(classes)))
         self.classes, self.schedule, self.recipe, self.channels_last = classes, schedule, recipe, channels_last
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.optim.label_smoothing)
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss(label_smoothing=recipe.optim.label_smoothing)
         n = len(classes)
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=n)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=n)

@@ -67,7 +67,8 @@ def eval_(run_dir: Path = typer.Argument(..., help="a run directory"),
                           progress=True)
     except UserError as e:
         _fail(e)
-    _print_metrics(run_dir, {"accuracy": result["accuracy"], "loss": result["loss"], "samples": result["samples"]})
+    result["per_class_recall"] = dict(zip(info.classes, result["per_class_recall"]))
+    _print_metrics(run_dir, result)
 
 
 @app.command()
@@ -108,6 +109,28 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
 
 
 @app.command()
+def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbone and weights are audited)"),
+          overrides: Optional[list[str]] = typer.Argument(None, help="dotted.key=value overrides"),
+          out: Optional[Path] = typer.Option(None, help="output folder; default: <run_dir>-audit"),
+          overwrite: bool = typer.Option(False, help="replace an existing audit")):
+    """Find label issues, duplicates, train/test leakage, outliers and class imbalance in the recipe's data."""
+    try:
+        from sft.engine import audit_data
+        from sft.recipe import load_recipe
+        loaded = load_recipe(recipe, overrides or [])
+        out = out or Path(f"{loaded.run_dir}-audit")
+        report = audit_data(loaded, out, overwrite=overwrite)
+    except UserError as e:
+        _fail(e)
+    kinds: dict[str, int] = {}
+    for suspect in report.suspects:
+        kinds[suspect.kind] = kinds.get(suspect.kind, 0) + 1
+    _print_metrics(out, {"imbalance_ratio": report.imbalance_ratio, "out_of_fold_accuracy": report.oof_accuracy,
+                         "suspects": kinds, "train_counts": report.counts["train"]})
+    console.print(f"suspects.csv and audit.html are in {out}; train without them: data.exclude={out}/suspects.csv")
+
+
+@app.command()
 def recipe():
     """Print the default recipe, every key documented."""
     from sft.recipe import documented_defaults
@@ -117,7 +140,9 @@ def recipe():
 def _print_metrics(run_dir, metrics: dict) -> None:
     table = Table(title=str(run_dir), show_header=False)
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        for name, item in (value.items() if isinstance(value, dict) else [(None, value)]):
+            label = f"{key} {name}" if name is not None else key
+            table.add_row(label, f"{item:.4f}" if isinstance(item, float) else str(item))
     console.print(table)
 
 

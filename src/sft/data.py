@@ -8,14 +8,17 @@ un-normalised pixels, as the seed's example does, wastes the pretraining. The da
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import lightning as L
+import numpy as np
 import torch
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from sft.backbones import Preprocess
+from sft.balance import BalancedSampler
 from sft.errors import UserError
 from sft.recipe import Data, Source
 from sft.sources import Samples, read_samples, stratified_split, stratified_subset
@@ -40,11 +43,14 @@ def load_splits(cfg: Data, seed: int) -> Splits:
     """Read train/val/test; limit them; hold out a stratified validation share of train when no val set is given."""
     train = read_source(cfg.train, cfg.classes)
     classes = cfg.classes or train.classes
+    val = read_source(cfg.val, classes) if cfg.val is not None else None
+    if cfg.exclude or cfg.relabel:
+        excluded, relabels = read_corrections(cfg, [train] + ([val] if val else []))
+        train = curate(train, excluded, relabels, "data.train")
+        val = curate(val, excluded, relabels, "data.val") if val else None
     if cfg.train_limit:  # before the split, so the held-out validation share comes out of the limited set
         train = train.subset(stratified_subset(train.labels, cfg.train_limit, seed))
-    if cfg.val is not None:
-        val = read_source(cfg.val, classes)
-    else:
+    if val is None:
         train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, seed)
         train, val = train.subset(train_idx), train.subset(val_idx)
     test = read_source(cfg.test, classes) if cfg.test is not None else None
@@ -61,6 +67,41 @@ def load_splits(cfg: Data, seed: int) -> Splits:
     if len(train) == 0 or len(val) == 0:
         raise UserError("data: the training or validation split is empty")
     return Splits(train, val, test)
+
+
+def read_corrections(cfg: Data, sources: list[Samples]) -> tuple[set[str], dict[str, str]]:
+    """data.exclude and data.relabel (e.g. from `sft audit`); every listed sample must exist in train or val."""
+    from sft.audit import read_relabels, read_sample_list
+    excluded = set(read_sample_list(Path(cfg.exclude))) if cfg.exclude else set()
+    relabels = read_relabels(Path(cfg.relabel)) if cfg.relabel else {}
+    known = {sample for source in sources for sample in source.ids}
+    for path, listed in ((cfg.exclude, excluded), (cfg.relabel, relabels)):
+        unknown = sorted(set(listed) - known)
+        if unknown:
+            raise UserError(f"{path}: {len(unknown)} of {len(listed)} listed samples are not in data.train or "
+                            f"data.val, e.g. {unknown[:3]}")
+    classes = sources[0].classes
+    wrong = sorted({label for label in relabels.values() if label not in classes})
+    if wrong:
+        raise UserError(f"{cfg.relabel}: labels {wrong} are not classes of the data ({classes})")
+    return excluded, relabels
+
+
+def curate(samples: Samples, excluded: set[str], relabels: dict[str, str], name: str) -> Samples:
+    """The samples without the excluded ones and with corrected labels (the test split is never edited)."""
+    if not (excluded or relabels):
+        return samples
+    labels = samples.labels.copy()
+    for i, sample in enumerate(samples.ids):
+        if sample in relabels:
+            labels[i] = samples.classes.index(relabels[sample])
+    keep = np.array([i for i, sample in enumerate(samples.ids) if sample not in excluded], dtype=np.int64)
+    curated = Samples(samples.items, labels, samples.classes, samples.ids).subset(keep)
+    emptied = [c for i, c in enumerate(curated.classes)
+               if (samples.labels == i).any() and not (curated.labels == i).any()]
+    if emptied:
+        raise UserError(f"{name}: no samples of class(es) {emptied} remain after data.exclude")
+    return curated
 
 
 def build_transforms(pre: Preprocess, image_size: int | None, augment: str) -> tuple[Callable, Callable]:
@@ -93,9 +134,11 @@ class ImageData(L.LightningDataModule):
     """Loaders for one run. In head-only epochs they serve cached backbone features instead of images."""
 
     def __init__(self, splits: Splits, train_tf: Callable, eval_tf: Callable, *, batch_size: int, num_workers: int,
-                 seed: int, head_only: Callable[[int], bool], features: Callable[[str, Dataset], torch.Tensor]):
+                 seed: int, head_only: Callable[[int], bool], features: Callable[[str, Dataset], torch.Tensor],
+                 balance: str = "none"):
         super().__init__()
         self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
+        self.balance = balance
         self.train_set = ImageDataset(splits.train, train_tf)
         self.eval_sets = {name: ImageDataset(samples, eval_tf)
                           for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test))
@@ -112,16 +155,21 @@ class ImageData(L.LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, balanced: bool = False) -> DataLoader:
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        if balanced:
+            sampler = BalancedSampler(self.splits.train.labels, self.balance, num_replicas=world, rank=rank,
+                                      seed=self.seed)
+        else:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         workers = 0 if isinstance(dataset, TensorDataset) else self.num_workers
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers)
 
     def train_dataloader(self) -> DataLoader:
         head_only = self.head_only(self._epoch())
-        return self._loader(self.eval_dataset("train", cached=True) if head_only else self.train_set, shuffle=True)
+        dataset = self.eval_dataset("train", cached=True) if head_only else self.train_set
+        return self._loader(dataset, shuffle=True, balanced=self.balance in ("oversample", "undersample"))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("val", cached=self.head_only(self._epoch())), shuffle=False)

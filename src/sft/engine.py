@@ -12,16 +12,19 @@ import warnings
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import (Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint,
                                          RichProgressBar)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import Dataset
 
 from sft.backbones import Preprocess, create_backbone
+from sft.balance import FocalLoss, class_weights
 from sft.classifier import Classifier, NonFiniteLoss
-from sft.data import ImageData, build_transforms, load_splits
+from sft.data import ImageData, ImageDataset, build_transforms, load_splits
 from sft.errors import UserError
 from sft.evaluate import evaluate
 from sft.features import cache_key, cached_features, weights_digest
@@ -34,6 +37,7 @@ from sft.strategies import Schedule
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*")
 
 
 @dataclass
@@ -65,6 +69,31 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
 
 
+def use_channels_last(recipe: Recipe, module: torch.nn.Module) -> bool:
+    """Resolve trainer.channels_last and convert the module: NHWC is the fast layout of oneDNN/cuDNN convolutions."""
+    channels_last = recipe.trainer.channels_last
+    if channels_last == "auto":
+        channels_last = any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    return channels_last
+
+
+def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits, eval_tf, precision: str,
+                   channels_last: bool) -> Callable[[str, Dataset], torch.Tensor]:
+    """features(split, dataset): the frozen backbone's features of a split, through the cache. The key holds the
+    weights' content, the transform, the data's fingerprint and the precision, so any change recomputes them."""
+    weights = weights_digest(backbone)
+
+    def features(split: str, dataset: Dataset) -> torch.Tensor:
+        key = cache_key(name, weights, eval_tf, getattr(splits, split).fingerprint(), precision)
+        return cached_features(key, backbone, dataset, mode=recipe.strategy.cache, cache_dir=recipe.cache_dir,
+                               batch_size=max(recipe.data.batch_size, 128), autocast_dtype=autocast_dtype(precision),
+                               channels_last=channels_last, device=next(backbone.parameters()).device,
+                               num_workers=recipe.data.num_workers)
+    return features
+
+
 def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
               callbacks: list[Callback] = ()) -> Run:
     """Train as the recipe says; write and return the run directory (checkpoints, logs, model, metrics)."""
@@ -78,28 +107,18 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     train_tf, eval_tf = build_transforms(backbone.preprocess, recipe.data.image_size, recipe.data.augment)
     schedule = Schedule(recipe.strategy, backbone.groups)
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
-    channels_last = recipe.trainer.channels_last
-    if channels_last == "auto":  # NHWC is the fast layout of oneDNN and cuDNN convolutions
-        channels_last = any(isinstance(m, torch.nn.Conv2d) for m in backbone.module.modules())
-    if channels_last:
-        backbone.module.to(memory_format=torch.channels_last)
+    channels_last = use_channels_last(recipe, backbone.module)
     if not is_child_process():
         run.start(overwrite=overwrite, resume=resume)
         atomic_write_text(run.recipe, dump_recipe(recipe))
-    model = Classifier(backbone.module, backbone.num_features, splits.classes, schedule, recipe, channels_last)
+    model = Classifier(backbone.module, backbone.num_features, splits.classes, schedule, recipe, channels_last,
+                       loss_fn=build_loss(recipe, splits.train))
 
-    weights = weights_digest(backbone.module)
-
-    def features(split: str, dataset) -> torch.Tensor:
-        key = cache_key(backbone.name, weights, eval_tf, getattr(splits, split).fingerprint(), precision)
-        return cached_features(key, model.backbone, dataset, mode=recipe.strategy.cache,
-                               cache_dir=recipe.cache_dir, batch_size=max(recipe.data.batch_size, 128),
-                               autocast_dtype=autocast_dtype(precision), channels_last=channels_last,
-                               device=model.device, num_workers=recipe.data.num_workers)
-
+    features = split_features(recipe, backbone.name, model.backbone, splits, eval_tf, precision, channels_last)
     head_only = (lambda epoch: schedule.head_only(epoch)) if recipe.strategy.cache != "none" else (lambda e: False)
     data = ImageData(splits, train_tf, eval_tf, batch_size=recipe.data.batch_size,
-                     num_workers=recipe.data.num_workers, seed=recipe.seed, head_only=head_only, features=features)
+                     num_workers=recipe.data.num_workers, seed=recipe.seed, head_only=head_only, features=features,
+                     balance=recipe.data.balance)
     trainer = _trainer(recipe, run, precision, schedule, list(callbacks))
 
     started = time.perf_counter()
@@ -129,6 +148,15 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     return Run(run.path, metrics)
 
 
+def build_loss(recipe: Recipe, train) -> torch.nn.Module:
+    """Cross-entropy or focal loss, with class weights when data.balance is class-weights."""
+    weight = (class_weights(train.labels, train.classes, recipe.data.class_weights)
+              if recipe.data.balance == "class-weights" else None)
+    if recipe.optim.loss == "focal":
+        return FocalLoss(recipe.optim.focal_gamma, weight=weight, label_smoothing=recipe.optim.label_smoothing)
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.optim.label_smoothing)
+
+
 def _used_preprocess(pre: Preprocess, image_size: int | None) -> Preprocess:
     return replace(pre, input_size=(image_size, image_size)) if image_size else pre
 
@@ -148,6 +176,9 @@ def _trainer(recipe: Recipe, run: RunDir, precision: str, schedule: Schedule, ex
     strategy = t.strategy
     if strategy == "ddp" and recipe.strategy.name != "full":
         strategy = "ddp_find_unused_parameters_true"  # frozen groups and cached epochs leave parameters unused
+    csv_log = run.path / "logs" / "metrics.csv"
+    if csv_log.exists():  # Lightning's CSVLogger deletes an existing file: keep a resumed run's earlier epochs
+        csv_log.rename(csv_log.with_name(f"metrics.before-resume-{len(list(csv_log.parent.glob('metrics*')))}.csv"))
     loggers = [CSVLogger(run.path, name="logs", version=""),
                TensorBoardLogger(run.path / "logs", name="tensorboard", version="")]
     return L.Trainer(
@@ -174,10 +205,42 @@ def _metrics(recipe, trainer, best, data: ImageData, model, cached: bool, precis
         "train_seconds": round(seconds, 2),
         "images_per_second": round(len(splits.train) * trainer.current_epoch / seconds, 1) if seconds else None,
     }
-    n = len(splits.classes)
-    metrics["val_loss"] = evaluate(model, data.eval_dataset("val", cached), n, precision=precision)["loss"]
-    if splits.test is not None:
-        test = evaluate(model, data.eval_dataset("test", cached), n, precision=precision,
-                        progress=recipe.trainer.progress)
-        metrics.update(test_acc=test["accuracy"], test_loss=test["loss"], test_samples=test["samples"])
+    for split in ("val", "test"):
+        if getattr(splits, split) is None:
+            continue
+        result = evaluate(model, data.eval_dataset(split, cached), len(splits.classes), precision=precision,
+                          progress=recipe.trainer.progress and split == "test")
+        metrics.update(_split_metrics(split, result, splits.classes))
     return metrics
+
+
+def _split_metrics(split: str, result: dict, classes: list[str]) -> dict:
+    """evaluate()'s result under metrics.json's names: test_acc, test_balanced_acc, test_macro_f1, ..."""
+    out = {f"{split}_loss": result["loss"], f"{split}_balanced_acc": result["balanced_accuracy"],
+           f"{split}_macro_f1": result["macro_f1"], f"{split}_samples": result["samples"],
+           f"{split}_recall": dict(zip(classes, result["per_class_recall"]))}
+    if split == "test":
+        out["test_acc"] = result["accuracy"]
+    return out
+
+
+def audit_data(recipe: Recipe, out_dir: str | Path, *, overwrite: bool = False):
+    """`sft audit`: the recipe's data seen through its backbone's (cached) features: class counts, duplicates,
+    leakage, label issues and outliers, written to out_dir as audit.json, suspects.csv and audit.html."""
+    from sft.audit import audit, write_audit
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} already holds an audit; pass --overwrite to replace it or --out another folder")
+    L.seed_everything(recipe.seed, verbose=False)
+    backbone = create_backbone(recipe.model.backbone, recipe.model.weights)
+    splits = load_splits(recipe.data, recipe.seed)
+    _, eval_tf = build_transforms(backbone.preprocess, recipe.data.image_size, "none")
+    precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
+    channels_last = use_channels_last(recipe, backbone.module)
+    features = split_features(recipe, backbone.name, backbone.module, splits, eval_tf, precision, channels_last)
+    samples = {name: s for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s}
+    arrays = {name: features(name, ImageDataset(s, eval_tf)).numpy() for name, s in samples.items()}
+    report = audit(samples, arrays, seed=recipe.seed)
+    write_audit(report, samples, out)
+    return report

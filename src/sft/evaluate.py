@@ -23,9 +23,16 @@ def autocast_for(precision: str, device: torch.device | str = "cpu"):
 @torch.inference_mode()
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size: int = 128,
              precision: str = "32-true", device: torch.device | str = "cpu", progress: bool = False) -> dict:
-    """Accuracy and mean cross-entropy of `model` on `dataset` of (input, label) pairs."""
+    """Accuracy, metrics that do not hide minority classes (balanced accuracy, macro-F1, per-class recall) and mean
+    cross-entropy of `model` on `dataset` of (input, label) pairs."""
     model.eval()
-    accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, sync_on_compute=False).to(device)
+    common = dict(task="multiclass", num_classes=num_classes, sync_on_compute=False)
+    metrics = torchmetrics.MetricCollection({
+        "accuracy": torchmetrics.Accuracy(**common),
+        "balanced_accuracy": torchmetrics.Accuracy(**common, average="macro"),
+        "macro_f1": torchmetrics.F1Score(**common, average="macro"),
+        "per_class_recall": torchmetrics.Recall(**common, average="none"),
+    }).to(device)
     loss_sum, count = 0.0, 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     batches = loader
@@ -38,8 +45,9 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size
             logits = model(x).float()
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
             count += len(y)
-            accuracy.update(logits, y)
-    return {"accuracy": accuracy.compute().item(), "loss": loss_sum / max(count, 1), "samples": count}
+            metrics.update(logits, y)
+    result = {name: value.tolist() for name, value in metrics.compute().items()}
+    return {**result, "loss": loss_sum / max(count, 1), "samples": count}
 
 
 @torch.inference_mode()

@@ -40,6 +40,14 @@ class Data(_Section):
     image_size: int | None = Field(None, gt=0, description="input size in pixels; default: the backbone's own")
     augment: Literal["none", "light", "strong"] = Field(
         "light", description="none: resize+crop; light: random resized crop + flip; strong: + RandAugment, erasing")
+    balance: Literal["none", "class-weights", "oversample", "undersample"] = Field(
+        "none", description="imbalanced classes: weight the loss, or draw class-balanced epochs (works under DDP)")
+    class_weights: Literal["inverse", "effective"] | dict[str, float] = Field(
+        "inverse", description="class-weights: inverse frequency, effective number of samples, or {class: weight}")
+    exclude: str | None = Field(None, description="CSV with a `sample` column (e.g. sft audit's suspects.csv): "
+                                                   "train and validate without those samples")
+    relabel: str | None = Field(None, description="CSV with `sample` and `label` (or `suggested_label`) columns: "
+                                                   "corrected labels")
     batch_size: int = Field(64, gt=0, description="samples per step and process")
     num_workers: int = Field(0, ge=0, description="data-loading processes (0: in the training process)")
 
@@ -86,7 +94,9 @@ class Optim(_Section):
     warmup: float = Field(0.05, ge=0, lt=1, description="cosine: share of all steps with linear warm-up")
     step_epochs: int = Field(3, ge=1, description="step: epochs between LR drops")
     step_gamma: float = Field(0.1, gt=0, le=1, description="step: LR factor at each drop")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    loss: Literal["cross-entropy", "focal"] = Field("cross-entropy", description="focal: down-weights easy samples")
+    focal_gamma: float = Field(2.0, ge=0, description="focal loss gamma (0 = cross-entropy)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the loss")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     accumulate: int = Field(1, ge=1, description="accumulate gradients over this many steps")
 
