@@ -42,3 +42,19 @@ def test_transforms_follow_the_backbone_convention(fashion_slice, augment):
     assert build_transforms(PRE, 24, augment)[1](image).shape == (3, 24, 24)
     white = eval_tf(image.point(lambda _: 255))
     assert torch.allclose(white, torch.ones_like(white), atol=1e-3)  # (1 - 0.5) / 0.5
+
+
+def test_exclude_and_relabel(fashion_slice, tmp_path):
+    samples = read_samples(fashion_slice["train"])
+    bags = [sid for sid, label in zip(samples.ids, samples.labels) if label == 3]
+    exclude = tmp_path / "exclude.csv"
+    exclude.write_text("sample\n" + "\n".join(bags[:5]) + "\n")
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text(f"sample,label\n{bags[5]},0\n")
+    splits = load_splits(Data(train=fashion_slice["train"], exclude=str(exclude), relabel=str(relabel)), seed=0)
+    kept = dict(zip(splits.train.ids + splits.val.ids, list(splits.train.labels) + list(splits.val.labels)))
+    assert not set(bags[:5]) & set(kept) and len(kept) == len(samples) - 5
+    assert kept[bags[5]] == 0
+    exclude.write_text("sample\n" + "\n".join(bags) + "\n")
+    with pytest.raises(UserError, match=r"no samples of class\(es\) \['3'\] remain"):
+        load_splits(Data(train=fashion_slice["train"], exclude=str(exclude)), seed=0)

@@ -33,3 +33,13 @@ def test_readme_python_block_and_cli_lines(tmp_path, monkeypatch):
         command, rest = line
         result = CliRunner().invoke(app, [command, str(run.dir), *rest.split()])
         assert result.exit_code == 0, result.output
+    # the imbalanced/noisy-data block: audit as written, then the two trainings shortened to their first epoch
+    block = re.search(r"```bash\n(sft audit.*?)```", README, re.S).group(1)
+    for line in block.splitlines():
+        args = line.split("#")[0].split()[1:]
+        if args[0] == "train":
+            args.append("trainer.epochs=1")
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (line, result.output)
+    assert Path("runs/fashion_mnist-audit/audit.html").exists()
+    assert Path("runs/cleaned/metrics.json").exists() and Path("runs/balanced/metrics.json").exists()
