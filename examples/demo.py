@@ -14,21 +14,20 @@ from sft import fine_tune, load_recipe
 
 RECIPE = Path(__file__).with_name("fashion_mnist.yaml")
 RUNS = [
-    ("before: linear probe of the pretrained backbone", ["strategy.name=linear-probe", "trainer.epochs=10",
-                                                         "run_dir=runs/demo/linear-probe"]),
-    ("after: two-stage fine-tune", ["run_dir=runs/demo/two-stage"]),
+    ("before: linear probe", ["strategy.name=linear-probe", "trainer.epochs=10", "run_dir=runs/demo/linear-probe"]),
+    ("after: fine-tuned", ["run_dir=runs/demo/two-stage"]),
 ]
 
 
 def main() -> None:
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     results = []
     for title, overrides in RUNS:
         console.rule(title)
         results.append((title, fine_tune(load_recipe(RECIPE, overrides), overwrite=True)))
     table = Table(title="MobileNetV2 (ImageNet) on Fashion-MNIST, official test split (10,000 images)")
     for column in ("run", "test accuracy", "test loss", "train minutes", "run directory"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for title, run in results:
         m = run.metrics
         table.add_row(title, f"{m['test_acc']:.4f}", f"{m['test_loss']:.4f}", f"{m['train_seconds'] / 60:.1f}",
