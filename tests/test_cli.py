@@ -70,6 +70,8 @@ def test_rerun_refused_then_overwrite(tmp_path, trained, recipe_file, fashion_sl
     ("model.weights=/no/such.pth", "/no/such.pth"),
     ("model.backbone=timm/mobilenetv9", "did you mean"),
     ("model.weights=imagenet", "imagenet"),
+    ("trainer.precision=bogus", "trainer settings"),
+    ("trainer.accelerator=tpu", "trainer settings"),
 ])
 def test_bad_input_exit_code_2(tmp_path, recipe_file, fashion_slice, override, message):
     result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), override)

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import (Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint,
                                          RichProgressBar)
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import Dataset
 
@@ -108,6 +109,7 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     schedule = Schedule(recipe.strategy, backbone.groups)
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
     channels_last = use_channels_last(recipe, backbone.module)
+    trainer = _trainer(recipe, run, precision, list(callbacks))  # before the run directory: bad settings leave none
     if not is_child_process():
         run.start(overwrite=overwrite, resume=resume)
         atomic_write_text(run.recipe, dump_recipe(recipe))
@@ -119,7 +121,6 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     data = ImageData(splits, train_tf, eval_tf, batch_size=recipe.data.batch_size,
                      num_workers=recipe.data.num_workers, seed=recipe.seed, head_only=head_only, features=features,
                      balance=recipe.data.balance)
-    trainer = _trainer(recipe, run, precision, schedule, list(callbacks))
 
     started = time.perf_counter()
     try:
@@ -161,7 +162,7 @@ def _used_preprocess(pre: Preprocess, image_size: int | None) -> Preprocess:
     return replace(pre, input_size=(image_size, image_size)) if image_size else pre
 
 
-def _trainer(recipe: Recipe, run: RunDir, precision: str, schedule: Schedule, extra: list[Callback]) -> L.Trainer:
+def _trainer(recipe: Recipe, run: RunDir, precision: str, extra: list[Callback]) -> L.Trainer:
     t = recipe.trainer
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_acc", mode="max", save_last=True,
@@ -176,6 +177,15 @@ def _trainer(recipe: Recipe, run: RunDir, precision: str, schedule: Schedule, ex
     strategy = t.strategy
     if strategy == "ddp" and recipe.strategy.name != "full":
         strategy = "ddp_find_unused_parameters_true"  # frozen groups and cached epochs leave parameters unused
+    try:
+        return _lightning_trainer(recipe, run, precision, callbacks, strategy)
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as e:
+        raise UserError(f"trainer settings (accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, "
+                        f"precision={t.precision}): {e}") from None
+
+
+def _lightning_trainer(recipe: Recipe, run: RunDir, precision: str, callbacks: list[Callback], strategy: str):
+    t = recipe.trainer
     csv_log = run.path / "logs" / "metrics.csv"
     if csv_log.exists():  # Lightning's CSVLogger deletes an existing file: keep a resumed run's earlier epochs
         csv_log.rename(csv_log.with_name(f"metrics.before-resume-{len(list(csv_log.parent.glob('metrics*')))}.csv"))
