@@ -85,13 +85,17 @@ def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits,
     """features(split, dataset): the frozen backbone's features of a split, through the cache. The key holds the
     weights' content, the transform, the data's fingerprint and the precision, so any change recomputes them."""
     weights = weights_digest(backbone)
+    loaded: dict[str, torch.Tensor] = {}  # head-only epochs ask every epoch: hash and read each split once per run
 
     def features(split: str, dataset: Dataset) -> torch.Tensor:
-        key = cache_key(name, weights, eval_tf, getattr(splits, split).fingerprint(), precision)
-        return cached_features(key, backbone, dataset, mode=recipe.strategy.cache, cache_dir=recipe.cache_dir,
-                               batch_size=max(recipe.data.batch_size, 128), autocast_dtype=autocast_dtype(precision),
-                               channels_last=channels_last, device=next(backbone.parameters()).device,
-                               num_workers=recipe.data.num_workers)
+        if split not in loaded:
+            key = cache_key(name, weights, eval_tf, getattr(splits, split).fingerprint(), precision)
+            loaded[split] = cached_features(
+                key, backbone, dataset, mode=recipe.strategy.cache, cache_dir=recipe.cache_dir,
+                batch_size=max(recipe.data.batch_size, 128), autocast_dtype=autocast_dtype(precision),
+                channels_last=channels_last, device=next(backbone.parameters()).device,
+                num_workers=recipe.data.num_workers)
+        return loaded[split]
     return features
 
 
