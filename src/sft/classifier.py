@@ -20,6 +20,20 @@ from sft.recipe import Recipe
 from sft.strategies import Schedule
 
 
+def new_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """The replaced final layer: the same shape in training and when a run's model is rebuilt."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+
+
+def logits(backbone: nn.Module, head: nn.Module, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Logits from images (B,3,H,W) or from cached features (B,D)."""
+    if x.ndim == 4:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = backbone(x)
+    return head(x)
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: training stops and the last good checkpoint is kept."""
 
@@ -29,7 +43,7 @@ class Classifier(L.LightningModule):
                  recipe: Recipe, channels_last: bool = False, loss_fn: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(recipe.model.dropout), nn.Linear(num_features, len(classes)))
+        self.head = new_head(num_features, len(classes), recipe.model.dropout)
         self.classes, self.schedule, self.recipe, self.channels_last = classes, schedule, recipe, channels_last
         self.loss_fn = loss_fn or nn.CrossEntropyLoss(label_smoothing=recipe.optim.label_smoothing)
         n = len(classes)
@@ -37,12 +51,7 @@ class Classifier(L.LightningModule):
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits from images (B,3,H,W) or from cached features (B,D)."""
-        if x.ndim == 4:
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x = self.backbone(x)
-        return self.head(x)
+        return logits(self.backbone, self.head, x, self.channels_last)
 
     # -- the freeze schedule: applied at every epoch start and again after each validation ------------------------
     def on_train_epoch_start(self) -> None:

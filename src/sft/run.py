@@ -25,6 +25,7 @@ from torch import nn
 
 from sft.atomic import atomic_write, atomic_write_json
 from sft.backbones import Preprocess, create_backbone
+from sft.classifier import logits, new_head
 from sft.errors import UserError
 
 
@@ -105,9 +106,7 @@ def load_model(run_dir: str | Path) -> tuple[nn.Module, ModelInfo]:
                                       for k, v in raw["preprocess"].items()})
     info = ModelInfo(**raw)
     backbone = create_backbone(info.backbone, weights=None).module
-    model = nn.ModuleDict({"backbone": backbone,
-                           "head": nn.Sequential(nn.Dropout(info.dropout),
-                                                 nn.Linear(info.num_features, len(info.classes)))})
+    model = nn.ModuleDict({"backbone": backbone, "head": new_head(info.num_features, len(info.classes), info.dropout)})
     model.load_state_dict(load_file(run.model_weights))
     model.eval()
     return ImageModel(model, info.channels_last), info
@@ -121,6 +120,4 @@ class ImageModel(nn.Module):
         self.backbone, self.head, self.channels_last = parts["backbone"], parts["head"], channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(x))
+        return logits(self.backbone, self.head, x, self.channels_last)
