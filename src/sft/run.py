@@ -83,6 +83,7 @@ class ModelInfo:
     preprocess: Preprocess
     dropout: float = 0.0
     channels_last: bool = False
+    temperature: float = 1.0  # calibration: predicted probabilities are softmax(logits / temperature)
     extra: dict = field(default_factory=dict)
 
 

@@ -36,11 +36,13 @@ def read_image(path: str | Path) -> Image.Image:
 
 @dataclass
 class Samples:
-    """Labelled images from one source, held as pixels in memory or as file paths."""
-    items: np.ndarray | list[str]
+    """Labelled samples from one source: images (pixels in memory or file paths) or texts (strings, or
+    (text, text) pairs), as `kind` says."""
+    items: np.ndarray | list
     labels: np.ndarray
     classes: list[str]
     ids: list[str]
+    kind: str = "image"
 
     def __post_init__(self):
         if not (len(self.items) == len(self.labels) == len(self.ids)):
@@ -58,14 +60,23 @@ class Samples:
             return Image.fromarray(arr).convert("RGB")
         return read_image(self.items[i])
 
+    def text(self, i: int) -> str:
+        """Sample i of a text source as one string (a pair joined by a tab)."""
+        item = self.items[i]
+        return "\t".join(item) if isinstance(item, tuple) else item
+
     def subset(self, indices) -> "Samples":
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
-        return Samples(items, self.labels[idx], list(self.classes), [self.ids[i] for i in idx])
+        return Samples(items, self.labels[idx], list(self.classes), [self.ids[i] for i in idx], self.kind)
 
     def fingerprint(self) -> str:
         """Key for cached features: changes with the pixels or files, not with labels."""
         h = hashlib.sha256()
+        if self.kind == "text":
+            for item in self.items:
+                h.update(repr(item).encode() + b"\n")
+            return h.hexdigest()
         if isinstance(self.items, np.ndarray):
             h.update(f"array {self.items.shape} {self.items.dtype}\n".encode())
             h.update(np.ascontiguousarray(self.items))
