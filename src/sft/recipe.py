@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sft.errors import UserError
 
@@ -23,9 +23,11 @@ class _Section(BaseModel):
 class Source(_Section):
     """Where one split's labelled samples come from."""
 
-    path: str = Field(description="image folder (one subfolder per class), CSV manifest (path,label), IDX or .npz/.npy")
+    path: str = Field(description="images: a folder (one subfolder per class), CSV manifest (path,label), IDX or "
+                                   ".npz/.npy; texts: CSV, TSV or JSONL")
     labels: str | None = Field(None, description="labels file for IDX or .npy images (IDX: derived from the name)")
-    format: Literal["auto", "folder", "csv", "idx", "numpy"] = Field("auto", description="how to read `path`")
+    format: Literal["auto", "folder", "csv", "tsv", "jsonl", "idx", "numpy"] = Field(
+        "auto", description="how to read `path`")
 
 
 class Data(_Section):
@@ -48,6 +50,10 @@ class Data(_Section):
                                                    "train and validate without those samples")
     relabel: str | None = Field(None, description="CSV with `sample` and `label` (or `suggested_label`) columns: "
                                                    "corrected labels")
+    text_column: str = Field("text", description="texts: the column (CSV/TSV header or JSONL key) of the text")
+    text_pair_column: str | None = Field(None, description="texts: a second text column, for sentence pairs")
+    label_column: str = Field("label", description="texts: the column of the label")
+    max_length: int = Field(128, gt=0, description="texts: tokens per text; longer ones are truncated and counted")
     batch_size: int = Field(64, gt=0, description="samples per step and process")
     num_workers: int = Field(0, ge=0, description="data-loading processes (0: in the training process)")
 
@@ -58,21 +64,31 @@ class Data(_Section):
 
 
 class Model(_Section):
-    backbone: str = Field("torchvision/mobilenet_v2", description="timm/<name> or torchvision/<name>")
+    backbone: str = Field("torchvision/mobilenet_v2", description="images: timm/<name> or torchvision/<name>; texts: "
+                                                                  "minilm (shipped; the text default), a Hugging "
+                                                                  "Face model folder, or a hub name (online)")
     weights: str | None = Field(
-        "imagenet", description="imagenet (shipped packages), a .pth/.safetensors file, hub (online), or none")
+        "imagenet", description="images: imagenet (shipped packages), a .pth/.safetensors file, hub (online), or "
+                                "none; texts: pretrained (the text default) or none")
+    pooling: Literal["mean", "cls"] = Field("mean", description="texts: how token states become one vector")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new head")
 
 
 class Strategy(_Section):
-    name: Literal["linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
-        "two-stage", description="which backbone groups train when (groups are the model's own stages)")
+    name: Literal["auto", "linear-probe", "full", "partial", "two-stage", "gradual", "lora"] = Field(
+        "two-stage", description="which backbone groups train when (groups are the model's own stages/layers); "
+                                 "lora: low-rank adapters (peft); auto: chosen from the data and the backbone")
     trainable_groups: int = Field(2, ge=1, description="partial: how many of the last groups train")
     head_epochs: int = Field(1, ge=1, description="two-stage: epochs of head-only training (on cached features)")
     unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing one more group")
     lr_decay: float | Literal["auto"] = Field(
         "auto", description="group k below the head trains at lr * lr_decay**k; auto: 1.0, or 0.1**(1/groups) "
                             "for two-stage (discriminative LRs, first group at lr/10)")
+    lora_rank: int = Field(8, ge=1, description="lora: rank of the adapters")
+    lora_alpha: float = Field(16.0, gt=0, description="lora: scaling (alpha / rank)")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="lora: dropout on the adapters' input")
+    lora_targets: list[str] | Literal["auto"] = Field(
+        "auto", description="lora: module names to adapt; auto: peft's default for the architecture")
     cache: Literal["disk", "memory", "none"] = Field(
         "disk", description="cache frozen-backbone features for head-only epochs (disk: reused across runs)")
 
@@ -86,7 +102,9 @@ class Strategy(_Section):
 
 class Optim(_Section):
     name: Literal["sgd", "adam", "adamw"] = Field("adamw", description="optimizer")
-    lr: float = Field(1e-3, gt=0, description="learning rate of the head (backbone groups: see strategy.lr_decay)")
+    lr: float | Literal["find"] = Field(
+        1e-3, description="learning rate of the head (backbone groups: see strategy.lr_decay); find: run the LR "
+                          "range test first and use its suggestion")
     weight_decay: float = Field(0.01, ge=0, description="not applied to norm layers and biases")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
     nesterov: bool = Field(True, description="sgd Nesterov momentum")
@@ -99,6 +117,13 @@ class Optim(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the loss")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     accumulate: int = Field(1, ge=1, description="accumulate gradients over this many steps")
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, value: Any) -> Any:
+        if value != "find" and value <= 0:
+            raise ValueError("must be > 0 or 'find'")
+        return value
 
 
 class Trainer(_Section):
@@ -116,7 +141,8 @@ class Trainer(_Section):
 
 
 class Recipe(_Section):
-    task: Literal["image-classification"] = Field("image-classification", description="what is being learned")
+    task: Literal["image-classification", "text-classification"] = Field(
+        "image-classification", description="what is being learned")
     data: Data = Field(default_factory=Data)
     model: Model = Field(default_factory=Model)
     strategy: Strategy = Field(default_factory=Strategy)
@@ -125,6 +151,16 @@ class Recipe(_Section):
     seed: int = Field(0, description="seeds Python, NumPy, torch and the data order")
     run_dir: str | None = Field(None, description="where the run is written; default runs/<recipe file name>")
     cache_dir: str = Field("~/.cache/sft", description="feature cache (keyed by backbone, weights, transform, data)")
+
+    @model_validator(mode="after")
+    def _text_defaults(self) -> "Recipe":
+        """A text recipe that names no backbone gets the shipped MiniLM with its pretrained weights."""
+        if self.task == "text-classification":
+            if "backbone" not in self.model.model_fields_set:
+                self.model.backbone = "minilm"
+            if "weights" not in self.model.model_fields_set:
+                self.model.weights = "pretrained"
+        return self
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
