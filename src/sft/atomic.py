@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -29,3 +30,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_dir)`, then swap the folder into place: readers see the old folder or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        write(tmp)
+        if path.exists():
+            old = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old")
+            os.replace(path, Path(old) / path.name)
+            shutil.rmtree(old)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)

@@ -1,4 +1,4 @@
-"""The image-classification task: backbone + new head as a LightningModule, trained on images or cached features.
+"""Classification, of images or texts: backbone + new head as a LightningModule, trained on inputs or cached features.
 
 The module always holds the whole model, so every strategy produces the same checkpoint and `eval`/`predict` work on
 images whatever the run trained on. The checkpoint also carries the freeze state and the RNG states, so a resumed
@@ -25,9 +25,11 @@ def new_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequenti
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
 
 
-def logits(backbone: nn.Module, head: nn.Module, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Logits from images (B,3,H,W) or from cached features (B,D)."""
-    if x.ndim == 4:
+def logits(backbone: nn.Module, head: nn.Module, x: torch.Tensor | dict, channels_last: bool) -> torch.Tensor:
+    """Logits from images (B,3,H,W), tokenized texts (a dict) or cached features (B,D)."""
+    if isinstance(x, dict):
+        x = backbone(x)
+    elif x.ndim == 4:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = backbone(x)

@@ -25,6 +25,15 @@ from sft.sources import Samples, read_samples, stratified_split, stratified_subs
 
 
 @dataclass
+class Inputs:
+    """How a task turns samples into model inputs: a dataset per split kind and the batch collate."""
+    train: Callable[[Samples], Dataset]
+    eval: Callable[[Samples], Dataset]
+    collate: Callable | None
+    key: str  # what features depend on besides weights and data: the transform or the tokenizer settings
+
+
+@dataclass
 class Splits:
     train: Samples
     val: Samples
@@ -39,11 +48,14 @@ def read_source(source: Source, classes: list[str] | None) -> Samples:
     return read_samples(source.path, labels=source.labels, format=source.format, classes=classes)
 
 
-def load_splits(cfg: Data, seed: int) -> Splits:
+Reader = Callable[[Source, "list[str] | None"], Samples]
+
+
+def load_splits(cfg: Data, seed: int, read: Reader = read_source) -> Splits:
     """Read train/val/test; limit them; hold out a stratified validation share of train when no val set is given."""
-    train = read_source(cfg.train, cfg.classes)
+    train = read(cfg.train, cfg.classes)
     classes = cfg.classes or train.classes
-    val = read_source(cfg.val, classes) if cfg.val is not None else None
+    val = read(cfg.val, classes) if cfg.val is not None else None
     if cfg.exclude or cfg.relabel:
         excluded, relabels = read_corrections(cfg, [train] + ([val] if val else []))
         train = curate(train, excluded, relabels, "data.train")
@@ -51,9 +63,14 @@ def load_splits(cfg: Data, seed: int) -> Splits:
     if cfg.train_limit:  # before the split, so the held-out validation share comes out of the limited set
         train = train.subset(stratified_subset(train.labels, cfg.train_limit, seed))
     if val is None:
+        counts = np.bincount(train.labels, minlength=len(train.classes))
+        rare = [c for c, n in zip(train.classes, counts) if n == 1]
+        if rare:
+            raise UserError(f"data.train: class(es) {rare[:10]} have a single sample, too few to hold out a "
+                            f"validation share; add samples, give data.val, or drop the class")
         train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, seed)
         train, val = train.subset(train_idx), train.subset(val_idx)
-    test = read_source(cfg.test, classes) if cfg.test is not None else None
+    test = read(cfg.test, classes) if cfg.test is not None else None
     for name, split in (("val", val), ("test", test)):
         if split is not None and split.classes != train.classes:
             extra = sorted(set(split.classes) - set(train.classes))
@@ -130,17 +147,17 @@ class ImageDataset(Dataset):
         return self.transform(self.samples.image(i)), int(self.samples.labels[i])
 
 
-class ImageData(L.LightningDataModule):
-    """Loaders for one run. In head-only epochs they serve cached backbone features instead of images."""
+class RunData(L.LightningDataModule):
+    """Loaders for one run. In head-only epochs they serve cached backbone features instead of images or texts."""
 
-    def __init__(self, splits: Splits, train_tf: Callable, eval_tf: Callable, *, batch_size: int, num_workers: int,
-                 seed: int, head_only: Callable[[int], bool], features: Callable[[str, Dataset], torch.Tensor],
+    def __init__(self, splits: Splits, inputs: Inputs, *, batch_size: int, num_workers: int, seed: int,
+                 head_only: Callable[[int], bool], features: Callable[[str, Dataset], torch.Tensor],
                  balance: str = "none"):
         super().__init__()
         self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
-        self.balance = balance
-        self.train_set = ImageDataset(splits.train, train_tf)
-        self.eval_sets = {name: ImageDataset(samples, eval_tf)
+        self.balance, self.collate = balance, inputs.collate
+        self.train_set = inputs.train(splits.train)
+        self.eval_sets = {name: inputs.eval(samples)
                           for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test))
                           if samples is not None}
         self.head_only, self.features = head_only, features
@@ -163,8 +180,9 @@ class ImageData(L.LightningDataModule):
                                       seed=self.seed)
         else:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
-        workers = 0 if isinstance(dataset, TensorDataset) else self.num_workers
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers)
+        cached = isinstance(dataset, TensorDataset)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0 if cached else
+                          self.num_workers, collate_fn=None if cached else self.collate)
 
     def train_dataloader(self) -> DataLoader:
         head_only = self.head_only(self._epoch())

@@ -22,10 +22,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import Dataset
 
-from sft.backbones import Preprocess, create_backbone
+from sft.backbones import Backbone, Preprocess
 from sft.balance import FocalLoss, class_weights
 from sft.classifier import Classifier, NonFiniteLoss
-from sft.data import ImageData, ImageDataset, build_transforms, load_splits
+from sft.data import Inputs, RunData, Splits, load_splits
 from sft.errors import UserError
 from sft.evaluate import evaluate
 from sft.features import cache_key, cached_features, weights_digest
@@ -33,9 +33,11 @@ from sft.recipe import Recipe, dump_recipe
 from sft.run import ModelInfo, RunDir, export_model, is_child_process
 from sft.atomic import atomic_write_text
 from sft.strategies import Schedule
+from sft.tasks import TEXT, build_backbone, build_inputs, read_split
 
 # Lightning's advertising and hardware banners, and a deprecation inside Lightning itself, are noise for our users.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+log = logging.getLogger("sft")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 warnings.filterwarnings("ignore", message=".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*")
@@ -80,23 +82,64 @@ def use_channels_last(recipe: Recipe, module: torch.nn.Module) -> bool:
     return channels_last
 
 
-def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits, eval_tf, precision: str,
+def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits, inputs: Inputs, precision: str,
                    channels_last: bool) -> Callable[[str, Dataset], torch.Tensor]:
     """features(split, dataset): the frozen backbone's features of a split, through the cache. The key holds the
-    weights' content, the transform, the data's fingerprint and the precision, so any change recomputes them."""
+    weights' content, the transform or tokenizer, the data's fingerprint and the precision, so any change
+    recomputes them."""
     weights = weights_digest(backbone)
     loaded: dict[str, torch.Tensor] = {}  # head-only epochs ask every epoch: hash and read each split once per run
 
     def features(split: str, dataset: Dataset) -> torch.Tensor:
         if split not in loaded:
-            key = cache_key(name, weights, eval_tf, getattr(splits, split).fingerprint(), precision)
+            key = cache_key(name, weights, inputs.key, getattr(splits, split).fingerprint(), precision)
             loaded[split] = cached_features(
                 key, backbone, dataset, mode=recipe.strategy.cache, cache_dir=recipe.cache_dir,
                 batch_size=max(recipe.data.batch_size, 128), autocast_dtype=autocast_dtype(precision),
                 channels_last=channels_last, device=next(backbone.parameters()).device,
-                num_workers=recipe.data.num_workers)
+                num_workers=recipe.data.num_workers, collate_fn=inputs.collate)
         return loaded[split]
     return features
+
+
+@dataclass
+class Prepared:
+    """Everything a run trains, built from the recipe alone (no run directory, no trainer): what `fine_tune`,
+    `lr-find` and `rank` share."""
+    recipe: Recipe
+    backbone: Backbone
+    splits: Splits
+    inputs: Inputs
+    schedule: Schedule
+    precision: str
+    channels_last: bool
+    model: Classifier
+    data: RunData
+    notes: dict  # facts for the run log and metrics.json (e.g. truncated texts)
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Seed, read the data, build the backbone, its inputs, the freeze schedule, the model and the loaders."""
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    backbone = build_backbone(recipe)
+    splits = load_splits(recipe.data, recipe.seed, lambda source, classes: read_split(source, recipe.data,
+                                                                                       recipe.task, classes))
+    inputs = build_inputs(backbone, recipe.data, recipe.task)
+    notes = {}
+    if recipe.task == TEXT:
+        from sft.text import count_truncated
+        notes["truncated_train_texts"] = count_truncated(backbone.module.tokenizer, splits.train,
+                                                         recipe.data.max_length)
+    schedule = Schedule(recipe.strategy, backbone.groups)
+    precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
+    channels_last = use_channels_last(recipe, backbone.module)
+    model = Classifier(backbone.module, backbone.num_features, splits.classes, schedule, recipe, channels_last,
+                       loss_fn=build_loss(recipe, splits.train))
+    features = split_features(recipe, backbone.name, model.backbone, splits, inputs, precision, channels_last)
+    head_only = (lambda epoch: schedule.head_only(epoch)) if recipe.strategy.cache != "none" else (lambda e: False)
+    data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers,
+                   seed=recipe.seed, head_only=head_only, features=features, balance=recipe.data.balance)
+    return Prepared(recipe, backbone, splits, inputs, schedule, precision, channels_last, model, data, notes)
 
 
 def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
@@ -105,26 +148,15 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     run = RunDir(recipe.run_dir)
     if not is_child_process():
         run.check(overwrite=overwrite, resume=resume)
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
-
-    backbone = create_backbone(recipe.model.backbone, recipe.model.weights)
-    splits = load_splits(recipe.data, recipe.seed)
-    train_tf, eval_tf = build_transforms(backbone.preprocess, recipe.data.image_size, recipe.data.augment)
-    schedule = Schedule(recipe.strategy, backbone.groups)
-    precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
-    channels_last = use_channels_last(recipe, backbone.module)
-    trainer = _trainer(recipe, run, precision, list(callbacks))  # before the run directory: bad settings leave none
+    p = prepare(recipe)
+    trainer = _trainer(recipe, run, p.precision, list(callbacks))  # before the run directory: bad settings leave none
     if not is_child_process():
         run.start(overwrite=overwrite, resume=resume)
         atomic_write_text(run.recipe, dump_recipe(recipe))
-    model = Classifier(backbone.module, backbone.num_features, splits.classes, schedule, recipe, channels_last,
-                       loss_fn=build_loss(recipe, splits.train))
-
-    features = split_features(recipe, backbone.name, model.backbone, splits, eval_tf, precision, channels_last)
-    head_only = (lambda epoch: schedule.head_only(epoch)) if recipe.strategy.cache != "none" else (lambda e: False)
-    data = ImageData(splits, train_tf, eval_tf, batch_size=recipe.data.batch_size,
-                     num_workers=recipe.data.num_workers, seed=recipe.seed, head_only=head_only, features=features,
-                     balance=recipe.data.balance)
+    model, data, schedule, splits, backbone = p.model, p.data, p.schedule, p.splits, p.backbone
+    if p.notes.get("truncated_train_texts"):
+        log.warning(f"{p.notes['truncated_train_texts']} of {len(splits.train)} training texts are longer than "
+                    f"data.max_length={recipe.data.max_length} tokens and are truncated")
 
     started = time.perf_counter()
     try:
@@ -143,12 +175,13 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     model.to("cpu").eval()
     info = ModelInfo(backbone=backbone.name, classes=splits.classes, num_features=backbone.num_features,
                      preprocess=_used_preprocess(backbone.preprocess, recipe.data.image_size),
-                     dropout=recipe.model.dropout, channels_last=channels_last)
+                     dropout=recipe.model.dropout, channels_last=p.channels_last, task=recipe.task,
+                     lora=recipe.strategy.model_dump() if recipe.strategy.name == "lora" else None)
     export_model(run, model, info)
     # a backbone that never trained is the cached one: its val/test features come from (and go to) the cache
     cached = recipe.strategy.cache != "none" and not schedule.ever_trains_backbone(recipe.trainer.epochs)
-    metrics = _metrics(recipe, trainer, best, data, model, cached, precision, seconds)
-    metrics["weights"] = backbone.weights_id
+    metrics = _metrics(recipe, trainer, best, data, model, cached, p.precision, seconds)
+    metrics.update(weights=backbone.weights_id, **p.notes)
     run.write_metrics(metrics)
     return Run(run.path, metrics)
 
@@ -162,8 +195,10 @@ def build_loss(recipe: Recipe, train) -> torch.nn.Module:
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.optim.label_smoothing)
 
 
-def _used_preprocess(pre: Preprocess, image_size: int | None) -> Preprocess:
-    return replace(pre, input_size=(image_size, image_size)) if image_size else pre
+def _used_preprocess(pre, image_size: int | None):
+    if isinstance(pre, Preprocess) and image_size:
+        return replace(pre, input_size=(image_size, image_size))
+    return pre
 
 
 def _trainer(recipe: Recipe, run: RunDir, precision: str, extra: list[Callback]) -> L.Trainer:
@@ -205,7 +240,7 @@ def _lightning_trainer(recipe: Recipe, run: RunDir, precision: str, callbacks: l
     )
 
 
-def _metrics(recipe, trainer, best, data: ImageData, model, cached: bool, precision: str, seconds: float) -> dict:
+def _metrics(recipe, trainer, best, data: RunData, model, cached: bool, precision: str, seconds: float) -> dict:
     callback, splits = trainer.checkpoint_callback, data.splits
     metrics = {
         "val_acc": float(callback.best_model_score) if callback.best_model_score is not None else None,
@@ -223,7 +258,8 @@ def _metrics(recipe, trainer, best, data: ImageData, model, cached: bool, precis
         if getattr(splits, split) is None:
             continue
         result = evaluate(model, data.eval_dataset(split, cached), len(splits.classes), precision=precision,
-                          progress=recipe.trainer.progress and split == "test")
+                          progress=recipe.trainer.progress and split == "test",
+                          collate_fn=None if cached else data.collate)
         metrics.update(_split_metrics(split, result, splits.classes))
     return metrics
 
@@ -246,15 +282,12 @@ def audit_data(recipe: Recipe, out_dir: str | Path, *, overwrite: bool = False):
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already holds an audit; pass --overwrite to replace it or --out another folder")
-    L.seed_everything(recipe.seed, verbose=False)
-    backbone = create_backbone(recipe.model.backbone, recipe.model.weights)
-    splits = load_splits(recipe.data, recipe.seed)
-    _, eval_tf = build_transforms(backbone.preprocess, recipe.data.image_size, "none")
-    precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
-    channels_last = use_channels_last(recipe, backbone.module)
-    features = split_features(recipe, backbone.name, backbone.module, splits, eval_tf, precision, channels_last)
-    samples = {name: s for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s}
-    arrays = {name: features(name, ImageDataset(s, eval_tf)).numpy() for name, s in samples.items()}
+    p = prepare(recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": "none"})}))
+    features = split_features(recipe, p.backbone.name, p.backbone.module, p.splits, p.inputs, p.precision,
+                              p.channels_last)
+    samples = {name: s for name, s in (("train", p.splits.train), ("val", p.splits.val), ("test", p.splits.test))
+               if s}
+    arrays = {name: features(name, p.inputs.eval(s)).numpy() for name, s in samples.items()}
     report = audit(samples, arrays, seed=recipe.seed)
     write_audit(report, samples, out)
     return report

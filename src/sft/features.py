@@ -29,11 +29,12 @@ def cache_key(*parts: object) -> str:
 
 def cached_features(key: str, backbone: nn.Module, dataset: Dataset, *, mode: str, cache_dir: str | Path,
                     batch_size: int, autocast_dtype: torch.dtype | None, channels_last: bool,
-                    device: torch.device | str = "cpu", num_workers: int = 0) -> torch.Tensor:
-    """Features (N, D) float32 for `dataset` (whose items are (image, label)), from memory, disk or computed."""
+                    device: torch.device | str = "cpu", num_workers: int = 0, collate_fn=None) -> torch.Tensor:
+    """Features (N, D) float32 for `dataset` (whose items are (input, label)), from memory, disk or computed."""
     def compute() -> torch.Tensor:
         return extract_features(backbone, dataset, batch_size=batch_size, autocast_dtype=autocast_dtype,
-                                channels_last=channels_last, device=device, num_workers=num_workers)
+                                channels_last=channels_last, device=device, num_workers=num_workers,
+                                collate_fn=collate_fn)
 
     if mode == "memory":
         if key not in _memory:
@@ -62,30 +63,40 @@ def weights_digest(module: nn.Module) -> str:
 
 @torch.inference_mode()
 def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, autocast_dtype: torch.dtype | None,
-                     channels_last: bool, device: torch.device | str = "cpu", num_workers: int = 0) -> torch.Tensor:
+                     channels_last: bool, device: torch.device | str = "cpu", num_workers: int = 0,
+                     collate_fn=None) -> torch.Tensor:
     """One pass of the backbone in eval mode (BatchNorm uses its running statistics, no dropout)."""
     was_training = backbone.training
     backbone.eval()
     model = _folded(backbone, channels_last)
     device = torch.device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_fn)
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     chunks = []
     with autocast:
-        for images, _ in loader:
-            images = images.to(device)
+        for inputs, _ in loader:
+            inputs = to_device(inputs, device)
             if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            chunks.append(model(images).float().cpu())
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            chunks.append(model(inputs).float().cpu())
     backbone.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
+def to_device(inputs, device: torch.device | str):
+    """A batch's inputs on `device`: a tensor (images, features) or a dict of tensors (tokenized texts)."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
 
 def _folded(backbone: nn.Module, channels_last: bool) -> nn.Module:
     """A copy with BatchNorm folded into the convolutions (torch.fx): the same features, about 1.3x faster on CPU.
-    Models that fx cannot trace are used as they are."""
+    Models without BatchNorm, or that fx cannot trace, are used as they are."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
+        return backbone
     try:
         folded = fuse(backbone)
     except Exception:  # symbolic tracing fails on data-dependent control flow; folding is only an optimisation

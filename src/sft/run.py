@@ -5,6 +5,8 @@
     logs/                  metrics.csv (CSV logger), tensorboard/
     model.safetensors      the best weights, backbone + head
     model.json             how to rebuild and feed the model: backbone name, classes, preprocessing
+    backbone/              texts: the encoder's config and tokenizer files (the run needs no model folder)
+    adapter/               lora: the peft adapter alone (adapter_config.json, adapter_model.safetensors)
     metrics.json           validation/test metrics, train seconds, images/s
 
 A finished or started run is never clobbered: a second `train` into the same folder is refused unless the user asks
@@ -23,10 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sft.atomic import atomic_write, atomic_write_json
+from sft.atomic import atomic_write, atomic_write_dir, atomic_write_json
 from sft.backbones import Preprocess, create_backbone
 from sft.classifier import logits, new_head
 from sft.errors import UserError
+from sft.tasks import TEXT
+from sft.text import TextPreprocess
 
 
 def is_child_process() -> bool:
@@ -47,6 +51,8 @@ class RunDir:
     best_checkpoint = property(lambda self: self.path / "checkpoints" / "best.ckpt")
     model_weights = property(lambda self: self.path / "model.safetensors")
     model_info = property(lambda self: self.path / "model.json")
+    backbone_files = property(lambda self: self.path / "backbone")
+    adapter = property(lambda self: self.path / "adapter")
     metrics = property(lambda self: self.path / "metrics.json")
 
     def check(self, *, overwrite: bool, resume: bool) -> None:
@@ -80,9 +86,11 @@ class ModelInfo:
     backbone: str
     classes: list[str]
     num_features: int
-    preprocess: Preprocess
+    preprocess: Preprocess | TextPreprocess
     dropout: float = 0.0
     channels_last: bool = False
+    task: str = "image-classification"
+    lora: dict | None = None  # the strategy section of a lora run: rebuilds the same adapters
     temperature: float = 1.0  # calibration: predicted probabilities are softmax(logits / temperature)
     extra: dict = field(default_factory=dict)
 
@@ -90,6 +98,12 @@ class ModelInfo:
 def export_model(run: RunDir, model: nn.Module, info: ModelInfo) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if k.startswith(("backbone.", "head."))}
+    if info.task == TEXT:
+        encoder = model.backbone
+        atomic_write_dir(run.backbone_files, lambda tmp: (encoder.model.config.save_pretrained(tmp),
+                                                         encoder.tokenizer.save_pretrained(tmp)))
+        if info.lora:
+            atomic_write_dir(run.adapter, encoder.model.save_pretrained)
     atomic_write(run.model_weights, lambda tmp: save_file(state, tmp))
     atomic_write_json(run.model_info, asdict(info))
 
@@ -103,22 +117,37 @@ def load_model(run_dir: str | Path) -> tuple[nn.Module, ModelInfo]:
         raise UserError(f"{run.path}: no finished model (model.safetensors, model.json); the run did not complete "
                         f"— resume it with `sft train RECIPE --resume`")
     raw = json.loads(run.model_info.read_text())
-    raw["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in raw["preprocess"].items()})
+    kind = TextPreprocess if raw.get("task") == TEXT else Preprocess
+    raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
     info = ModelInfo(**raw)
-    backbone = create_backbone(info.backbone, weights=None).module
+    if info.task == TEXT:
+        backbone = _text_encoder(run, info)
+    else:
+        backbone = create_backbone(info.backbone, weights=None).module
     model = nn.ModuleDict({"backbone": backbone, "head": new_head(info.num_features, len(info.classes), info.dropout)})
     model.load_state_dict(load_file(run.model_weights))
     model.eval()
     return ImageModel(model, info.channels_last), info
 
 
+def _text_encoder(run: RunDir, info: ModelInfo) -> nn.Module:
+    """The encoder from the run's own config and tokenizer files, LoRA-wrapped like in training; the weights
+    come from model.safetensors."""
+    from sft.recipe import Strategy
+    from sft.text import create_text_encoder
+    encoder = create_text_encoder(str(run.backbone_files), "none", info.preprocess.pooling)[0]
+    if info.lora:
+        from sft.lora import add_lora
+        encoder.model = add_lora(encoder.model, Strategy(**info.lora))
+    return encoder
+
+
 class ImageModel(nn.Module):
-    """backbone -> head, for evaluation and prediction."""
+    """backbone -> head, for evaluation and prediction (of images, texts or features)."""
 
     def __init__(self, parts: nn.ModuleDict, channels_last: bool):
         super().__init__()
         self.backbone, self.head, self.channels_last = parts["backbone"], parts["head"], channels_last
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | dict) -> torch.Tensor:
         return logits(self.backbone, self.head, x, self.channels_last)

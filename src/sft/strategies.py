@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from sft.lora import is_lora_parameter
 from sft.recipe import Strategy as StrategyConfig
 
 
@@ -29,7 +30,7 @@ class Schedule:
         c, n = self.config, self.n_groups
         if c.name == "linear-probe":
             return 0
-        if c.name == "full":
+        if c.name in ("full", "lora"):  # lora: every group holds adapters; only they train
             return n
         if c.name == "partial":
             return min(c.trainable_groups, n)
@@ -60,6 +61,8 @@ class Schedule:
         """Set requires_grad and train/eval mode of the backbone for `epoch` (call again after validation)."""
         k = self.trainable_groups(epoch)
         trainable = {name for group in self.groups[self.n_groups - k:] for name in group} if k else set()
+        if self.config.name == "lora":
+            trainable = {name for name in trainable if is_lora_parameter(name)}
         for name, param in backbone.named_parameters():
             param.requires_grad_(name in trainable)
         backbone.train()
