@@ -45,54 +45,88 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML"),
 @app.command("eval")
 def eval_(run_dir: Path = typer.Argument(..., help="a run directory"),
           data: Optional[str] = typer.Option(None, help="labelled data to evaluate on; default: the run's test split"),
+          out: Optional[Path] = typer.Option(None, help="output folder; default: RUN_DIR/eval (RUN_DIR/eval-NAME "
+                                                         "for --data NAME)"),
+          overwrite: bool = typer.Option(False, help="replace an evaluation of other data in the output folder"),
+          top_losses: int = typer.Option(16, min=0, help="samples of highest loss shown, with Grad-CAM"),
           batch_size: int = typer.Option(128)):
-    """Evaluate a trained run on its test split or on other labelled data."""
+    """Evaluate a trained run: metrics per class, calibration (fits the temperature on the validation split once),
+    top losses and Grad-CAM, written as metrics.json and a self-contained report.html."""
     try:
-        from sft.data import ImageDataset, build_transforms, read_source
-        from sft.evaluate import evaluate
-        from sft.recipe import Source, load_recipe
-        from sft.run import RunDir, load_model
-        model, info = load_model(run_dir)
-        recipe = load_recipe(RunDir(run_dir).recipe)
-        source = Source(path=data) if data else recipe.data.test
-        if source is None:
-            raise UserError(f"{run_dir}: the run has no test split; pass --data FOLDER|CSV|IDX|NPZ")
-        samples = read_source(source, info.classes)
-        if samples.classes != info.classes:
-            raise UserError(f"{source.path}: classes differ from the run's (data only: "
-                            f"{sorted(set(samples.classes) - set(info.classes))}; run only: "
-                            f"{sorted(set(info.classes) - set(samples.classes))})")
-        _, eval_tf = build_transforms(info.preprocess, None, "none")
-        result = evaluate(model, ImageDataset(samples, eval_tf), len(info.classes), batch_size=batch_size,
-                          progress=True)
+        from sft.evaluate import default_eval_dir, evaluate_run
+        out = out or default_eval_dir(run_dir, data)
+        summary = evaluate_run(run_dir, data, out, overwrite, progress=True, batch_size=batch_size,
+                               top_n=top_losses)
     except UserError as e:
         _fail(e)
-    result["per_class_recall"] = dict(zip(info.classes, result["per_class_recall"]))
-    _print_metrics(run_dir, result)
+    per_class = summary.pop("per_class")
+    summary["per_class_recall"] = {c: v["recall"] for c, v in per_class.items()}
+    _print_metrics(out, summary)
+    console.print(f"metrics.json and report.html are in {out}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory"),
+           eval_dir: Optional[Path] = typer.Option(None, "--eval", help="evaluation folder; default: RUN_DIR/eval")):
+    """Rebuild report.html from a stored evaluation (re-runs Grad-CAM)."""
+    try:
+        from sft.evaluate import rebuild_report
+        path = rebuild_report(run_dir, eval_dir)
+    except UserError as e:
+        _fail(e)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories"),
+            out: Optional[Path] = typer.Option(None, help="also write the table as an HTML file")):
+    """Runs side by side: their metrics and the recipe keys that differ."""
+    try:
+        from sft.compare import compare_runs, write_html
+        header, rows = compare_runs(run_dirs)
+        if out:
+            write_html(out, header, rows)
+    except UserError as e:
+        _fail(e)
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
-            files: list[Path] = typer.Argument(..., help="image files"),
+            files: Optional[list[Path]] = typer.Argument(None, help="image files (image runs)"),
+            text: Optional[list[str]] = typer.Option(None, "--text", help="text runs: a text to classify "
+                                                                         "(repeat for more)"),
+            lines: Optional[Path] = typer.Option(None, "--file", help="text runs: a file with one text per line"),
             top_k: int = typer.Option(1, "--top-k", min=1),
             format: str = typer.Option("table", "--format", help="table | json | csv")):
-    """Classify image files with a trained run."""
+    """Classify image files, or texts, with a trained run."""
     try:
         if format not in ("table", "json", "csv"):
             raise UserError(f"--format {format}: expected table, json or csv")
-        import torch
-        from sft.data import build_transforms
         from sft.evaluate import predict as predict_batch
         from sft.run import load_model
-        from sft.sources import read_image
+        from sft.tasks import TEXT, prediction_batches
         model, info = load_model(run_dir)
-        _, eval_tf = build_transforms(info.preprocess, None, "none")
-        batch = torch.stack([eval_tf(read_image(f)) for f in files])
-        results = predict_batch(model, batch, info.classes, top_k)
+        if info.task == TEXT:
+            if files:
+                raise UserError(f"{run_dir} classifies texts: pass --text \"...\" or --file FILE, not files")
+            items = list(text or []) + (_text_lines(lines) if lines else [])
+        else:
+            if text or lines:
+                raise UserError(f"{run_dir} classifies images: pass image files, not --text/--file")
+            items = [str(f) for f in files or []]
+        if not items:
+            raise UserError("nothing to classify: give image files, --text or --file")
+        results = [r for batch in prediction_batches(model, info, items)
+                   for r in predict_batch(model, batch, info.classes, top_k, temperature=info.temperature)]
     except UserError as e:
         _fail(e)
-    rows = [{"file": str(f), "rank": r + 1, "label": label, "probability": round(p, 4)}
-            for f, preds in zip(files, results) for r, (label, p) in enumerate(preds)]
+    column = "text" if info.task == TEXT else "file"
+    rows = [{column: item, "rank": r + 1, "label": label, "probability": round(p, 4)}
+            for item, preds in zip(items, results) for r, (label, p) in enumerate(preds)]
     if format == "json":
         print(json.dumps(rows, indent=2))
     elif format == "csv":
@@ -102,9 +136,9 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
         writer.writerows(rows)
         sys.stdout.write(out.getvalue())
     else:
-        table = Table("file", "rank", "label", "probability")
+        table = Table(column, "rank", "label", "probability")
         for row in rows:
-            table.add_row(row["file"], str(row["rank"]), row["label"], f"{row['probability']:.4f}")
+            table.add_row(row[column], str(row["rank"]), row["label"], f"{row['probability']:.4f}")
         console.print(table)
 
 
@@ -130,11 +164,79 @@ def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbo
     console.print(f"suspects.csv and audit.html are in {out}; train without them: data.exclude={out}/suspects.csv")
 
 
+@app.command("lr-find")
+def lr_find(recipe: Path = typer.Argument(..., help="recipe YAML (its model, strategy and data are swept)"),
+            overrides: Optional[list[str]] = typer.Argument(None, help="dotted.key=value overrides"),
+            start: float = typer.Option(1e-7, help="first learning rate (of the head; groups keep their ratios)"),
+            end: float = typer.Option(10.0, help="last learning rate"),
+            steps: int = typer.Option(100, help="optimizer steps of the sweep"),
+            out: Optional[Path] = typer.Option(None, help="output folder; default: <run_dir>-lr-find"),
+            overwrite: bool = typer.Option(False, help="replace an existing LR range test")):
+    """LR range test: suggests optim.lr for the recipe (plot and JSON in the output folder)."""
+    try:
+        from sft.lr_find import find_lr
+        from sft.recipe import load_recipe
+        from sft.run import is_child_process
+        loaded = load_recipe(recipe, overrides or [])
+        out = out or Path(f"{loaded.run_dir}-lr-find")
+        result = find_lr(loaded, out, start=start, end=end, steps=steps, overwrite=overwrite)
+    except UserError as e:
+        _fail(e)
+    if is_child_process():
+        return
+    _print_metrics(out, {k: result[k] for k in ("suggestion", "steep", "strategy", "steps_done", "stopped_early")})
+    console.print(f"lr_find.png and lr_find.json are in {out}; train with optim.lr={result['suggestion']:.3g}")
+
+
+@app.command()
+def rank(recipe: Path = typer.Argument(..., help="recipe YAML (its data and inputs are used)"),
+         overrides: Optional[list[str]] = typer.Argument(None, help="dotted.key=value overrides"),
+         candidates: str = typer.Option(..., help="comma-separated backbone or backbone@weights, e.g. "
+                                                  "torchvision/mobilenet_v2@imagenet,timm/tf_efficientnet_lite0@none"),
+         by: str = typer.Option("logme", help="sort key: logme, hscore, nce, leep, knn_acc, probe_acc"),
+         limit: int = typer.Option(2000, help="stratified sample of the training data to score"),
+         out: Optional[Path] = typer.Option(None, help="output folder; default: <run_dir>-rank"),
+         overwrite: bool = typer.Option(False, help="replace an existing ranking")):
+    """Rank pretrained backbones for the recipe's data by transferability (LogME, H-score, NCE, LEEP, kNN)."""
+    try:
+        from rich.markup import escape
+        from sft.rank import SCORES, rank_backbones
+        from sft.recipe import load_recipe
+        loaded = load_recipe(recipe, overrides or [])
+
+        def progress(candidate, row):
+            if row is None:
+                errors.print(f"[yellow]{escape(candidate)}: cannot be loaded[/]", highlight=False)
+            else:
+                errors.print(f"{candidate}: scored in {row['seconds']:.1f} s", highlight=False)
+
+        result = rank_backbones(loaded, [c for c in candidates.split(",") if c.strip()], out, by=by, limit=limit,
+                                overwrite=overwrite, progress=progress)
+    except UserError as e:
+        _fail(e)
+    table = Table("#", "candidate", *SCORES, "seconds",
+                  title=f"{result['samples']} samples, sorted by {by} (higher is better)")
+    for row in result["ranked"]:
+        table.add_row(str(row["rank"]), escape(row["candidate"]),
+                      *("-" if row[s] is None else f"{row[s]:.3f}" for s in SCORES), f"{row['seconds']:.1f}")
+    console.print(table)
+    for failed in result["failed"]:
+        errors.print(f"[yellow]not ranked:[/] {escape(failed['candidate'])}: {escape(failed['error'])}",
+                     highlight=False, soft_wrap=True)
+    console.print(f"rank.json is in {result['out']}")
+
+
 @app.command()
 def recipe():
     """Print the default recipe, every key documented."""
     from sft.recipe import documented_defaults
     sys.stdout.write(documented_defaults())
+
+
+def _text_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file of texts")
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _print_metrics(run_dir, metrics: dict) -> None:
