@@ -45,3 +45,52 @@ def tiny_recipe(tmp_path, data: dict, *overrides: str):
         "model.backbone=timm/test_efficientnet", "model.weights=none", "trainer.epochs=2",
         "trainer.progress=false", "optim.lr=0.01", f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
         *overrides])
+
+
+FORTUNES = Path("/usr/share/games/fortunes")
+TOPICS = ["computers", "food", "law", "pets"]
+
+
+@pytest.fixture(scope="session")
+def fortunes_slice(tmp_path_factory) -> dict[str, Path]:
+    """Real quotes of 4 fortune topics as text,label CSVs: 30 per topic to train, 12 to test."""
+    if not FORTUNES.exists():
+        pytest.skip("fortunes is not installed")
+    import csv
+    import re
+    out = tmp_path_factory.mktemp("fortunes")
+    rows = {"train": [], "test": []}
+    for topic in TOPICS:
+        quotes = [re.sub(r"\s+", " ", q).strip() for q in (FORTUNES / topic).read_text().split("\n%\n")]
+        quotes = [q for q in quotes if q and "%" not in q][:42]
+        rows["train"] += [(q, topic) for q in quotes[:30]]
+        rows["test"] += [(q, topic) for q in quotes[30:]]
+    paths = {}
+    for split, items in rows.items():
+        paths[split] = out / f"{split}.csv"
+        with open(paths[split], "w", newline="") as f:
+            csv.writer(f).writerows([("text", "label"), *items])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's real tokenizer, saved as a Hugging Face folder: runs in seconds."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    from sft.text import MINILM, model_folder
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(MINILM))
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_text_recipe(tmp_path, data: dict, bert: Path, *overrides: str):
+    """A text recipe with the tiny BERT on the fortunes slice."""
+    return load_recipe(None, [
+        "task=text-classification", f"data.train={data['train']}", f"data.test={data['test']}",
+        "data.batch_size=16", "data.max_length=48", f"model.backbone={bert}", "trainer.epochs=2",
+        "trainer.progress=false", "optim.lr=0.003", f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
+        *overrides])

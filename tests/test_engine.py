@@ -107,3 +107,12 @@ def test_imbalance_handling_and_minority_metrics(tmp_path, fashion_slice, overri
     for key in ("test_acc", "test_balanced_acc", "test_macro_f1", "val_balanced_acc"):
         assert 0.25 < run.metrics[key] <= 1.0, key
     assert set(run.metrics["test_recall"]) == {"T-shirt", "Trouser", "Sneaker", "Bag"}
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_path, fashion_slice):
+    """Resuming starts from the latest epoch: last.ckpt is written every epoch, not only when val_acc improves."""
+    run = fine_tune(tiny_recipe(tmp_path, fashion_slice, "optim.lr=1e-12", "trainer.epochs=3",
+                                "strategy.name=full"))
+    last = torch.load(run.dir / "checkpoints" / "last.ckpt", weights_only=True)
+    best = torch.load(run.dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and best["epoch"] == 0

@@ -40,6 +40,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARN
 log = logging.getLogger("sft")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen: on purpose
 warnings.filterwarnings("ignore", message=".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*")
 
 
@@ -204,7 +205,11 @@ def _used_preprocess(pre, image_size: int | None):
 def _trainer(recipe: Recipe, run: RunDir, precision: str, extra: list[Callback]) -> L.Trainer:
     t = recipe.trainer
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_acc", mode="max", save_last=True,
+        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_acc", mode="max",
+                        enable_version_counter=False),
+        # every epoch, improved or not: Lightning's save_last only writes when a monitored checkpoint is saved,
+        # which would resume a run from its best epoch instead of its latest
+        ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
         *extra,

@@ -54,3 +54,22 @@ def build_inputs(backbone: Backbone, data: Data | None, task: str) -> Inputs:
     size, augment = (data.image_size, data.augment) if data is not None else (None, "none")
     train_tf, eval_tf = build_transforms(backbone.preprocess, size, augment)
     return Inputs(lambda s: ImageDataset(s, train_tf), lambda s: ImageDataset(s, eval_tf), None, key=str(eval_tf))
+
+
+def prediction_batches(model, info, items: list, batch_size: int = 64):
+    """Model inputs for a finished run's predictions, batch by batch: image files or texts (pairs: tab-separated)."""
+    if info.task == TEXT:
+        from sft.text import Tokenize
+        if info.preprocess.pair:
+            bad = [t for t in items if "\t" not in t]
+            if bad:
+                raise UserError(f"this run classifies text pairs: give each as 'first<TAB>second' ({bad[0]!r})")
+            items = [tuple(t.split("\t", 1)) for t in items]
+        encode = Tokenize(model.backbone.tokenizer, info.preprocess.max_length).encode
+    else:
+        import torch
+        from sft.sources import read_image
+        _, eval_tf = build_transforms(info.preprocess, None, "none")
+        encode = lambda paths: torch.stack([eval_tf(read_image(p)) for p in paths])  # noqa: E731
+    for start in range(0, len(items), batch_size):
+        yield encode(items[start:start + batch_size])

@@ -7,6 +7,7 @@ a registry package (ASSETS.md), the offline default. The tokenizer always comes 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -141,10 +142,10 @@ def create_text_encoder(name: str, weights: str | None, pooling: str):
     try:
         config = AutoConfig.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        if weights == "pretrained":
-            model = _pretrained(AutoModel, folder)
-        else:
-            model = AutoModel.from_config(config)
+        build = (lambda **kw: AutoModel.from_pretrained(folder, **kw)) if weights == "pretrained" else (
+            lambda **kw: AutoModel.from_config(config, **kw))
+        with _quiet_transformers():
+            model = _without_pooler(build)
     except (OSError, ValueError, KeyError) as e:
         where = "folder" if local else "hub name (needs internet; offline, use a local model folder or minilm)"
         raise UserError(f"text backbone {name}: cannot load it as a Hugging Face {where}: {e}") from None
@@ -156,13 +157,27 @@ def create_text_encoder(name: str, weights: str | None, pooling: str):
     return TextEncoder(model, tokenizer, pooling), config, weights_id
 
 
-def _pretrained(auto, folder: str) -> nn.Module:
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No per-load report or progress bar: the dropped pooler is expected, not news for the user."""
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def _without_pooler(build) -> nn.Module:
     """The encoder without a pooler where the architecture has one: pooled vectors come from our own pooling, and
     parameters that never get a gradient would break DDP."""
     try:
-        return auto.from_pretrained(folder, add_pooling_layer=False)
+        return build(add_pooling_layer=False)
     except TypeError:
-        return auto.from_pretrained(folder)
+        return build()
 
 
 def layer_groups(encoder: nn.Module, num_layers: int) -> list[list[str]]:
