@@ -74,8 +74,10 @@ def confusion_figure(cm: np.ndarray, classes: list[str]) -> Figure:
     for ax, data, title, fmt in zip(fig.subplots(1, 2), (cm, rates), ("counts", "row-normalised"), ("d", ".2f")):
         shown = ax.imshow(data, cmap="Blues")
         fig.colorbar(shown, ax=ax, fraction=0.046)
-        ax.set(title=title, xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
-        ax.set_xticklabels(classes, rotation=90, fontsize=8), ax.set_yticklabels(classes, fontsize=8)
+        ax.set(title=title, xlabel="predicted", ylabel="true")
+        if n <= 60:  # beyond that, names would overlap: the per-class table and the pairs name them
+            ax.set(xticks=range(n), yticks=range(n))
+            ax.set_xticklabels(classes, rotation=90, fontsize=8), ax.set_yticklabels(classes, fontsize=8)
         if n <= 25:
             for (i, j), v in np.ndenumerate(data):
                 ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7,
@@ -138,9 +140,11 @@ def curves_figure(rows: list[dict]) -> Figure:
                     pts = [(e, float(np.mean(v))) for e, v in sorted(means.items())]
                 if pts:
                     drawn.setdefault(tuple(sorted(pts)), []).append(name)
-            for pts, labels in drawn.items():
+            for k, (pts, labels) in enumerate(drawn.items()):
                 xs, ys = zip(*pts)
                 label = labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} same)"
+                if len(drawn) > 6 and 0 < k < len(drawn) - 1:  # many LR groups: name the first and last only
+                    label = "_" if k > 1 else f"... {len(drawn) - 2} more groups"
                 ax.plot(xs, ys, "-" if len(pts) > 20 else "-o", label=label, markersize=3)
             ax.set(xlabel=x, ylabel=kind)
             if kind == "learning rate":
