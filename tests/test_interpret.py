@@ -91,3 +91,41 @@ def test_token_attributions_single_out_the_deciding_token():
     assert [t for t, _ in pairs] == ["w5", "w3", "w7"]  # padding dropped
     scores = dict(pairs)
     assert scores["w3"] == pytest.approx(1.0) and abs(scores["w5"]) < 0.2 and abs(scores["w7"]) < 0.2
+
+
+# -- a real text run (tiny BERT on fortunes), end to end -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, tiny_bert, fortunes_slice):
+    from sft.engine import fine_tune
+    from tests.conftest import tiny_text_recipe
+    return fine_tune(tiny_text_recipe(tmp_path_factory.mktemp("text"), fortunes_slice, tiny_bert)).dir
+
+
+def test_text_run_eval_report_and_calibrated_predict(text_run):
+    import json
+    from typer.testing import CliRunner
+    from sft.cli import app
+    from sft.report import SECTIONS
+    result = CliRunner().invoke(app, ["eval", str(text_run), "--top-losses", "4"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((text_run / "eval" / "metrics.json").read_text())
+    assert metrics["samples"] == 48 and sum(c["support"] for c in metrics["per_class"].values()) == 48
+    page = (text_run / "eval" / "report.html").read_text()
+    for section in SECTIONS["text"]:
+        assert f'<section id="{section}">' in page
+    assert page.count('class="tok"') > 50 and "not available" not in page  # captum attributions, named tokens
+    assert "[CLS]" in page and "<img" in page  # MiniLM's word pieces; figures only (no Grad-CAM for texts)
+    temperature = json.loads((text_run / "model.json").read_text())["temperature"]
+    assert temperature == metrics["temperature"] != 1.0
+    result = CliRunner().invoke(app, ["predict", str(text_run), "--text", "The compiler crashed", "--top-k", "4",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    from sft.evaluate import predict
+    from sft.run import load_model
+    from sft.tasks import prediction_batches
+    model, info = load_model(text_run)
+    batch = next(prediction_batches(model, info, ["The compiler crashed"]))
+    expected = dict(predict(model, batch, info.classes, top_k=4, temperature=temperature)[0])
+    assert {r["label"]: r["probability"] for r in json.loads(result.output)} == pytest.approx(
+        {k: round(v, 4) for k, v in expected.items()}, abs=1e-4)
