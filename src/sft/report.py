@@ -21,10 +21,8 @@ from torch.utils.data import default_collate
 
 from sft.atomic import atomic_write_text
 
-SECTIONS = {"image": ["summary", "per-class", "confusion", "confused-pairs", "calibration", "curves", "top-losses",
-                      "gradcam"],
-            "text": ["summary", "per-class", "confusion", "confused-pairs", "calibration", "curves", "top-losses",
-                     "attributions"]}
+_SECTIONS = ["summary", "per-class", "confusion", "confused-pairs", "calibration", "curves", "top-losses"]
+SECTIONS = {"image": _SECTIONS + ["gradcam"], "text": _SECTIONS + ["attributions"]}  # the page's section ids
 TITLES = {"summary": "Summary", "per-class": "Per class", "confusion": "Confusion matrix",
           "confused-pairs": "Most confused pairs", "calibration": "Calibration", "curves": "Training curves",
           "top-losses": "Top losses", "gradcam": "Grad-CAM by class", "attributions": "Token attributions by class"}
@@ -175,18 +173,14 @@ def explain(model, info, samples, dataset, collate_fn, indices: list[int], targe
     if not indices:
         return []
     try:
-        if samples.kind == "text":
-            tokenizer = getattr(collate_fn, "tokenizer", None)
-            out = []
-            for n, i in enumerate(indices):
-                x = _batch(dataset, collate_fn, [i])
-                target = targets[n] if targets else int(model(x).argmax(-1))
-                out.append(token_attributions(model, x, target, tokenizer=tokenizer))
-            return out
-        x = _batch(dataset, collate_fn, indices)
         if targets is None:
             with torch.no_grad():
-                targets = model(x).argmax(-1).tolist()
+                targets = [int(model(_batch(dataset, collate_fn, [i])).argmax(-1)) for i in indices]
+        if samples.kind == "text":
+            tokenizer = getattr(collate_fn, "tokenizer", None)
+            return [token_attributions(model, _batch(dataset, collate_fn, [i]), t, tokenizer=tokenizer)
+                    for i, t in zip(indices, targets)]
+        x = _batch(dataset, collate_fn, indices)
         layer = layer or find_target_layer(model, x[:1])
         return grad_cam(model, x, targets, info.preprocess.mean, info.preprocess.std, layer)
     except (ValueError, RuntimeError) as e:
@@ -203,11 +197,12 @@ def tokens_html(pairs) -> str:
     return "<p>" + " ".join(spans) + "</p>"
 
 
-def card(samples, i: int, caption: str, explanation, with_image: bool = True) -> str:
+def card(samples, i: int, caption: str, explanation) -> str:
+    """One sample: its text with token attributions, or its image with the Grad-CAM overlay; then `caption`."""
     if samples.kind == "text":
         body = f"<p>{esc(samples.text(i))}</p>" + tokens_html(explanation)
     else:
-        body = img(thumbnail(samples.image(i)), f"sample {i}") if with_image else ""
+        body = img(thumbnail(samples.image(i)), f"sample {i}")
         body += (img(thumbnail(Image.fromarray(explanation)), f"Grad-CAM {i}") if not isinstance(explanation, str)
                  else f"<p>{esc(explanation)}</p>")
     return f'<div class="card">{body}<div>{caption}</div></div>'
