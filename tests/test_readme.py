@@ -1,7 +1,10 @@
 """The README's examples, run as written on the real assets (MobileNetV2 ImageNet weights, Fashion-MNIST)."""
 
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +46,29 @@ def test_readme_python_block_and_cli_lines(tmp_path, monkeypatch):
         assert result.exit_code == 0, (line, result.output)
     assert Path("runs/fashion_mnist-audit/audit.html").exists()
     assert Path("runs/cleaned/metrics.json").exists() and Path("runs/balanced/metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_readme_text_block(tmp_path, monkeypatch):
+    """The text-classification block as written, with the real MiniLM and fortunes; the trainings are shortened
+    (a head-only epoch on a slice) so the test takes seconds, not the recipe's minutes."""
+    if not Path("/usr/share/games/fortunes/computers").exists():
+        pytest.skip("fortunes is not installed")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("data"))
+    monkeypatch.chdir(tmp_path)
+    block = re.search(r"```bash\n(python examples/fortunes/build.py.*?)```", README, re.S).group(1)
+    shorter = ["strategy.name=linear-probe", "trainer.epochs=1", "data.train_limit=200", "data.test_limit=60",
+               f"cache_dir={tmp_path / 'cache'}"]
+    for line in block.splitlines():
+        line = line.split("  #")[0].strip()
+        if line.startswith("python "):
+            subprocess.run([sys.executable, *shlex.split(line)[1:]], check=True)
+            assert Path("examples/fortunes/data/train.csv").exists()
+            continue
+        args = shlex.split(line)[1:]
+        if args[0] == "train":
+            args += shorter
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (line, result.output)
+    assert "pets" in result.output and "law" in result.output  # the predict line's table
+    assert Path("runs/fortunes-lora/metrics.json").exists()

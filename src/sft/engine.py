@@ -131,16 +131,35 @@ def prepare(recipe: Recipe) -> Prepared:
         from sft.text import count_truncated
         notes["truncated_train_texts"] = count_truncated(backbone.module.tokenizer, splits.train,
                                                          recipe.data.max_length)
-    schedule = Schedule(recipe.strategy, backbone.groups)
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
     channels_last = use_channels_last(recipe, backbone.module)
+    features = split_features(recipe, backbone.name, backbone.module, splits, inputs, precision, channels_last)
+    if recipe.strategy.name == "auto":
+        recipe = _choose_strategy(recipe, splits, features("train", inputs.eval(splits.train)), notes)
+    schedule = Schedule(recipe.strategy, backbone.groups)
     model = Classifier(backbone.module, backbone.num_features, splits.classes, schedule, recipe, channels_last,
                        loss_fn=build_loss(recipe, splits.train))
-    features = split_features(recipe, backbone.name, model.backbone, splits, inputs, precision, channels_last)
     head_only = (lambda epoch: schedule.head_only(epoch)) if recipe.strategy.cache != "none" else (lambda e: False)
     data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers,
                    seed=recipe.seed, head_only=head_only, features=features, balance=recipe.data.balance)
     return Prepared(recipe, backbone, splits, inputs, schedule, precision, channels_last, model, data, notes)
+
+
+def _choose_strategy(recipe: Recipe, splits: Splits, train_features: torch.Tensor, notes: dict) -> Recipe:
+    """strategy: auto -> linear-probe, two-stage or full, from the data size and the LogME of the backbone's
+    features on (up to 2,000 of) the training samples; these features come from the cache the head-only epochs
+    use anyway."""
+    from sft.sources import stratified_subset
+    from sft.strategy_auto import choose_strategy
+    from sft.transfer import logme
+
+    labels = splits.train.labels
+    idx = stratified_subset(labels, min(len(labels), 2000), recipe.seed) if len(labels) > 2000 else slice(None)
+    score = logme(train_features[idx].numpy(), labels[idx])
+    name, reason = choose_strategy(len(labels), len(splits.classes), {"logme": score})
+    log.warning(f"strategy auto: {name}, because {reason}")
+    notes["strategy_auto"] = {"chosen": name, "reason": reason, "logme": round(float(score), 4)}
+    return recipe.model_copy(update={"strategy": recipe.strategy.model_copy(update={"name": name})})
 
 
 def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
@@ -149,11 +168,26 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     run = RunDir(recipe.run_dir)
     if not is_child_process():
         run.check(overwrite=overwrite, resume=resume)
+    lr_found = None
+    if resume and run.recipe.exists():  # what the interrupted run resolved (a found LR, an auto strategy)
+        from sft.recipe import load_recipe
+        done = load_recipe(run.recipe)
+        recipe = recipe.model_copy(update={"optim": done.optim, "strategy": done.strategy})
+    if recipe.optim.lr == "find":
+        from sft.lr_find import find_lr
+        lr_found = find_lr(recipe)
+        log.warning(f"optim.lr find: {lr_found['suggestion']:.3g} (valley of the LR range test)")
+        recipe = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": lr_found["suggestion"]})})
     p = prepare(recipe)
+    recipe = p.recipe  # resolved: strategy auto -> the chosen one
     trainer = _trainer(recipe, run, p.precision, list(callbacks))  # before the run directory: bad settings leave none
     if not is_child_process():
         run.start(overwrite=overwrite, resume=resume)
         atomic_write_text(run.recipe, dump_recipe(recipe))
+        if lr_found is not None:
+            from sft.lr_find import write_lr_find
+            write_lr_find(run.path / "lr-find", lr_found)
+            p.notes["lr_find"] = {k: lr_found[k] for k in ("suggestion", "steep", "steps_done", "seconds")}
     model, data, schedule, splits, backbone = p.model, p.data, p.schedule, p.splits, p.backbone
     if p.notes.get("truncated_train_texts"):
         log.warning(f"{p.notes['truncated_train_texts']} of {len(splits.train)} training texts are longer than "

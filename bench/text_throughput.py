@@ -1,0 +1,108 @@
+"""Training throughput, in real (non-padding) tokens per second, of sft against the Hugging Face Trainer: the same
+encoder (all-MiniLM-L6-v2), texts (the fortunes training split), batch size, max length, precision and number of
+steps, full fine-tuning, one after the other in one run. The clock runs from the end of the first step to the end
+of the last one, so start-up and the first step's one-off costs are out of both figures.
+
+    .venv/bin/python bench/text_throughput.py [steps]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+
+from common import OUT, report
+from sft import fine_tune, load_recipe
+from sft.engine import prepare
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "fortunes"))
+from build import TOPICS, build  # noqa: E402
+
+BATCH, MAX_LENGTH, LR = 32, 128, 1e-4
+
+
+class Clock:
+    """Tokens and seconds of every step after the first."""
+
+    def __init__(self):
+        self.tokens, self.steps, self.started = 0, 0, None
+
+    def step_end(self, tokens: int) -> None:
+        self.steps += 1
+        if self.started is None:
+            self.started = time.perf_counter()
+        else:
+            self.tokens += tokens
+            self.seconds = time.perf_counter() - self.started
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+class LightningClock(L.Callback):
+    def __init__(self, clock: Clock):
+        self.clock = clock
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.clock.step_end(int(batch[0]["attention_mask"].sum()))
+
+
+def run_sft(base: list[str], steps: int, tmp: str) -> Clock:
+    clock = Clock()
+    recipe = load_recipe(None, base + ["strategy.name=full", "trainer.epochs=1", f"run_dir={tmp}/sft",
+                                       f"data.train_limit={int(steps * BATCH / 0.9) + BATCH}"])
+    fine_tune(recipe, callbacks=[LightningClock(clock)])
+    return clock
+
+
+def run_hf_trainer(base: list[str], steps: int, tmp: str) -> Clock:
+    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback,
+                              TrainingArguments)
+    p = prepare(load_recipe(None, base + ["strategy.name=full"]))
+    tokenizer, train = p.backbone.module.tokenizer, p.splits.train
+    folder = p.backbone.weights_id.split(":", 1)[1]
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(train.classes))
+    encoded = [dict(tokenizer(text, truncation=True, max_length=MAX_LENGTH), labels=int(label))
+               for text, label in zip(train.items, train.labels)]
+    clock, pad = Clock(), DataCollatorWithPadding(tokenizer)
+    tokens = []
+
+    def collate(features):
+        batch = pad(features)
+        tokens.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    class Callback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end(tokens[-1])
+
+    args = TrainingArguments(output_dir=f"{tmp}/hf", per_device_train_batch_size=BATCH, max_steps=steps,
+                             learning_rate=LR, weight_decay=0.01, lr_scheduler_type="cosine", warmup_ratio=0.05,
+                             save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, logging_steps=10_000,
+                             dataloader_num_workers=0, disable_tqdm=True, seed=0)
+    Trainer(model=model, args=args, train_dataset=encoded, data_collator=collate, callbacks=[Callback()]).train()
+    return clock
+
+
+def main(steps: int = 60) -> None:
+    data = OUT / "fortunes"
+    build(TOPICS.split(","), data)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = ["task=text-classification", f"data.train={data}/train.csv", f"data.max_length={MAX_LENGTH}",
+                f"data.batch_size={BATCH}", f"optim.lr={LR}", "trainer.precision=32-true", "trainer.progress=false",
+                f"cache_dir={tmp}/cache"]
+        hf = run_hf_trainer(base, steps, tmp)
+        sft = run_sft(base, steps, tmp)
+    report({"steps": steps, "batch_size": BATCH, "max_length": MAX_LENGTH, "precision": "32-true",
+            "hf_trainer_tokens_per_second": round(hf.tokens_per_second, 1),
+            "sft_tokens_per_second": round(sft.tokens_per_second, 1),
+            "speedup": round(sft.tokens_per_second / hf.tokens_per_second, 3)})
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:]))
