@@ -78,8 +78,9 @@ def test_label_issues_find_flipped_labels(planted, report):
     found = {s.index for s in issues if s.split == "train"}
     hits = found & flips
     recall, precision = len(hits) / len(flips), len(hits) / len(issues)
-    # measured: recall 0.93 (28/30), precision 0.65 (28/43); the others are ambiguous Fashion-MNIST images
-    assert recall >= 0.75 and precision >= 0.5, (recall, precision)
+    # measured: recall 0.87 (26/30), precision 0.96 (26/27); with cleanlab's filter_by="both" on the linear
+    # probe alone it was recall 0.93, precision 0.65
+    assert recall >= 0.8 and precision >= 0.9, (recall, precision)
     right = sum(s.suggested_label == CLASSES[clean[s.index]] for s in issues if s.split == "train" and s.index in flips)
     assert right >= 0.9 * len(hits)
     assert all(s.given_label == CLASSES[samples[s.split].labels[s.index]] for s in issues)
@@ -171,3 +172,71 @@ def test_file_sources_tiny_classes_and_train_only(tmp_path):
     write_audit(rep, samples, tmp_path / "out2")
     page = (tmp_path / "out2" / "audit.html").read_text()
     assert ("image unavailable" in page) == any(s.index == 0 for s in rep.suspects[:48])
+
+
+def _gaussian_flips(seed: int, n: int = 1200, k: int = 8, dim: int = 64):
+    """Well-separated Gaussian classes, 10 % of the labels moved to another class: features (n, dim), labels, flips."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    x = (rng.standard_normal((k, dim))[y] + rng.standard_normal((n, dim))).astype(np.float32)
+    flips = rng.choice(n, n // 10, replace=False)
+    y[flips] = (y[flips] + rng.integers(1, k, len(flips))) % k
+    return x, y, set(flips.tolist())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_label_issues_on_synthetic_flips(seed):
+    """Clean classes, so every flip is findable: most are found, nearly nothing else is flagged."""
+    x, y, flips = _gaussian_flips(seed)
+    samples = {"train": Samples(x, y, [f"c{i}" for i in range(8)], [f"s{i}" for i in range(len(y))])}
+    for neighbours in (30, 0):  # blended with the kNN vote, and the linear probe alone
+        rep = audit(samples, {"train": x}, neighbours=neighbours)
+        found = {s.index for s in rep.suspects if s.kind == "label_issue"}
+        hits = len(found & flips)
+        # measured (seeds 0, 1): kNN blend recall 0.90 / 0.88, probe alone 0.74; precision 1.0 throughout
+        assert hits >= (0.85 if neighbours else 0.7) * len(flips) and hits >= 0.95 * len(found), (neighbours, hits, len(found))
+
+
+def test_more_features_from_a_second_backbone(planted):
+    samples, features, flips, _ = planted
+    rng = np.random.default_rng(3)
+    other = {s: (f @ rng.standard_normal((32, 48))).astype(np.float32) for s, f in features.items()}  # another view
+    rep = audit(samples, features, more_features=[other])
+    found = {s.index for s in rep.suspects if s.kind == "label_issue" and s.split == "train"}
+    assert len(found & flips) >= 0.8 * len(flips) and len(found & flips) >= 0.9 * len(found)
+    assert [s for s in rep.suspects if s.kind != "label_issue"] == \
+        [s for s in audit(samples, features).suspects if s.kind != "label_issue"]  # only label issues change
+    with pytest.raises(ValueError, match="more_features"):
+        audit(samples, features, more_features=[{"train": other["train"]}])
+    with pytest.raises(ValueError, match="more_features"):
+        audit(samples, features, more_features=[{**other, "val": other["val"][:-1]}])
+
+
+def test_text_samples(tmp_path):
+    """Texts: duplicates by content, near duplicates by features, HTML-escaped snippets instead of thumbnails."""
+    rng = np.random.default_rng(2)
+    texts = [f"review {i}: {'great' if i % 2 else 'awful'} product, would {'' if i % 2 else 'not '}buy again"
+             for i in range(60)]
+    texts[5] = texts[15] = "<script>alert('x')</script> & <b>bold</b> \"quoted\""  # 15: a duplicate, so a card
+    texts[9] = texts[4]
+    texts[12] = texts[22] = "long " * 200                                              # truncated in the card
+    labels = np.arange(60) % 2
+    samples = {"train": Samples(texts, labels, ["neg", "pos"], [f"t{i}" for i in range(60)], kind="text"),
+               "test": Samples(["fresh text", texts[7]], np.array([0, 1]), ["neg", "pos"], ["x0", "x1"], kind="text")}
+    feats = rng.standard_normal((60, 24)).astype(np.float32) + 2 * np.eye(24, dtype=np.float32)[labels]
+    feats[20] = feats[8] + 1e-4 * rng.standard_normal(24).astype(np.float32)  # near duplicate in feature space
+    features = {"train": feats, "test": rng.standard_normal((2, 24)).astype(np.float32)}
+    rep = audit(samples, features)
+    assert {(s.index, s.detail.split("/")[-1]) for s in rep.suspects if s.kind == "exact_duplicate"} == \
+        {(9, "t4"), (15, "t5"), (22, "t12")}
+    (near,) = _find(rep, "near_duplicate", "train", 20)
+    assert "t8" in near.detail
+    (leak,) = _find(rep, "leak", "train", 7)
+    assert leak.score == 1.0 and "x1" in leak.detail
+    write_audit(rep, samples, tmp_path, thumbnails=len(rep.suspects))
+    page = (tmp_path / "audit.html").read_text()
+    assert "<img" not in page and "<script>" not in page and "<b>bold" not in page
+    assert page.count("<div class=text") == page.count("<div class=card>") == len(rep.suspects)
+    assert ">&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt; &quot;quoted&quot;</div>" in page
+    assert ">" + ("long " * 56).strip() + "\u2026</div>" in page  # the first 280 characters, then an ellipsis
+    assert 'title="' + "long " * 200 in page  # the whole text on hover
