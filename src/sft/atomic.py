@@ -18,6 +18,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -39,6 +40,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[str], None]) -> None:
     tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             old = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old")
             os.replace(path, Path(old) / path.name)
@@ -47,3 +49,9 @@ def atomic_write_dir(path: str | Path, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
