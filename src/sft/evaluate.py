@@ -204,13 +204,9 @@ def eval_inputs(model: nn.Module, info, recipe, source) -> tuple:
 def eval_dataset(model: nn.Module, info, samples) -> tuple[Dataset, Callable | None]:
     """(dataset, collate_fn) of `samples` in the run's eval preprocessing. The text collate_fn exposes
     `.tokenizer`, which names the tokens of the report's attributions."""
-    from sft.tasks import TEXT
-    if info.task == TEXT:
-        from sft.text import TextDataset, Tokenize
-        return TextDataset(samples), Tokenize(model.backbone.tokenizer, info.preprocess.max_length)
-    from sft.data import ImageDataset, build_transforms
-    _, eval_tf = build_transforms(info.preprocess, None, "none")
-    return ImageDataset(samples, eval_tf), None
+    from sft.tasks import run_inputs
+    inputs = run_inputs(model, info)
+    return inputs.eval(samples), inputs.collate
 
 
 def val_samples(recipe):

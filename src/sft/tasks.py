@@ -56,20 +56,27 @@ def build_inputs(backbone: Backbone, data: Data | None, task: str) -> Inputs:
     return Inputs(lambda s: ImageDataset(s, train_tf), lambda s: ImageDataset(s, eval_tf), None, key=str(eval_tf))
 
 
-def prediction_batches(model, info, items: list, batch_size: int = 64):
-    """Model inputs for a finished run's predictions, batch by batch: image files or texts (pairs: tab-separated)."""
+def run_inputs(model, info) -> Inputs:
+    """A finished run's evaluation inputs, from what the run stored: its eval transform, or its own tokenizer."""
     if info.task == TEXT:
-        from sft.text import Tokenize
-        if info.preprocess.pair:
-            bad = [t for t in items if "\t" not in t]
-            if bad:
-                raise UserError(f"this run classifies text pairs: give each as 'first<TAB>second' ({bad[0]!r})")
-            items = [tuple(t.split("\t", 1)) for t in items]
-        encode = Tokenize(model.backbone.tokenizer, info.preprocess.max_length).encode
-    else:
-        import torch
-        from sft.sources import read_image
-        _, eval_tf = build_transforms(info.preprocess, None, "none")
-        encode = lambda paths: torch.stack([eval_tf(read_image(p)) for p in paths])  # noqa: E731
-    for start in range(0, len(items), batch_size):
-        yield encode(items[start:start + batch_size])
+        from sft.text import TextDataset, Tokenize
+        return Inputs(TextDataset, TextDataset, Tokenize(model.backbone.tokenizer, info.preprocess.max_length), "")
+    _, eval_tf = build_transforms(info.preprocess, None, "none")
+    return Inputs(lambda s: ImageDataset(s, eval_tf), lambda s: ImageDataset(s, eval_tf), None, key=str(eval_tf))
+
+
+def prediction_batches(model, info, items: list[str], batch_size: int = 64):
+    """A finished run's model inputs for unlabelled image files or texts (pairs: tab-separated), batch by batch."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    if info.task == TEXT and info.preprocess.pair:
+        bad = [t for t in items if "\t" not in t]
+        if bad:
+            raise UserError(f"this run classifies text pairs: give each as 'first<TAB>second' ({bad[0]!r})")
+        items = [tuple(t.split("\t", 1)) for t in items]
+    kind = "text" if info.task == TEXT else "image"
+    samples = Samples(items, np.zeros(len(items), dtype=np.int64), info.classes, [str(i) for i in items], kind)
+    inputs = run_inputs(model, info)
+    for x, _ in DataLoader(inputs.eval(samples), batch_size=batch_size, collate_fn=inputs.collate):
+        yield x
