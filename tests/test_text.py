@@ -155,3 +155,17 @@ def test_real_minilm_linear_probe_on_real_fortunes(tmp_path, fortunes_slice):
     run = fine_tune(recipe)
     assert run.metrics["test_acc"] >= 0.6, run.metrics
     assert np.isfinite(run.metrics["test_loss"])
+
+
+def test_audit_of_text_data_shows_snippets(tmp_path, tiny_bert, fortunes_slice):
+    from typer.testing import CliRunner
+    from sft.cli import app
+    recipe = tmp_path / "text.yaml"
+    recipe.write_text(f"task: text-classification\ndata:\n  train: {fortunes_slice['train']}\n"
+                      f"  test: {fortunes_slice['test']}\nmodel:\n  backbone: {tiny_bert}\ncache_dir: {tmp_path}/c\n")
+    result = CliRunner().invoke(app, ["audit", str(recipe), "--out", str(tmp_path / "audit")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "audit" / "audit.html").read_text()
+    assert "<img" not in page and "computers" in page
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert report["counts"]["train"] == {"computers": 27, "food": 27, "law": 27, "pets": 27}

@@ -322,11 +322,9 @@ def audit_data(recipe: Recipe, out_dir: str | Path, *, overwrite: bool = False):
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already holds an audit; pass --overwrite to replace it or --out another folder")
     p = prepare(recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": "none"})}))
-    features = split_features(recipe, p.backbone.name, p.backbone.module, p.splits, p.inputs, p.precision,
-                              p.channels_last)
     samples = {name: s for name, s in (("train", p.splits.train), ("val", p.splits.val), ("test", p.splits.test))
                if s}
-    arrays = {name: features(name, p.inputs.eval(s)).numpy() for name, s in samples.items()}
+    arrays = {name: p.data.features(name, p.data.eval_sets[name]).numpy() for name in samples}
     report = audit(samples, arrays, seed=recipe.seed)
     write_audit(report, samples, out)
     return report
