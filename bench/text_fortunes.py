@@ -2,7 +2,7 @@
 regression, frozen all-MiniLM-L6-v2 mean-pooled + logistic regression, and sft's linear probe, full fine-tune and
 two-stage and LoRA on the same encoder. Test accuracy and minutes of each.
 
-    .venv/bin/python bench/text_fortunes.py [epochs]
+    .venv/bin/python bench/text_fortunes.py [epochs] [strategies]    # e.g. 3 linear-probe,lora (default: all)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def logistic(train_x, train_y, test_x, test_y, C: float) -> float:
     return float(LogisticRegression(C=C, max_iter=3000).fit(train_x, train_y).score(test_x, test_y))
 
 
-def main(epochs: int = 3) -> None:
+def main(epochs: int = 3, strategies: str = ",".join(STRATEGIES)) -> None:
     data = OUT / "fortunes"
     build(TOPICS.split(","), data)
     figures: dict = {}
@@ -58,7 +58,8 @@ def main(epochs: int = 3) -> None:
         figures["frozen_lr_minutes"] = round((time.perf_counter() - started) / 60, 2)
         print(f"train {len(train)} (val {len(p.splits.val)} held out of the 75 %), test {len(test)}", flush=True)
 
-        for name, overrides in STRATEGIES.items():
+        for name in strategies.split(","):
+            overrides = STRATEGIES[name]
             started = time.perf_counter()
             epochs_of = 20 if name == "linear-probe" else epochs  # head-only epochs on cached embeddings are cheap
             recipe = load_recipe(None, base + overrides + [f"trainer.epochs={epochs_of}", f"run_dir={tmp}/{name}"])
@@ -67,7 +68,7 @@ def main(epochs: int = 3) -> None:
             figures[f"sft_{key}_accuracy"] = m["test_acc"]
             figures[f"sft_{key}_minutes"] = round((time.perf_counter() - started) / 60, 2)
             print(f"{name:>14}: test accuracy {m['test_acc']:.4f}", flush=True)
-    best = max(STRATEGIES, key=lambda n: figures[f"sft_{n.replace('-', '_')}_accuracy"])
+    best = max(strategies.split(","), key=lambda n: figures[f"sft_{n.replace('-', '_')}_accuracy"])
     figures["sft_best_accuracy"] = figures[f"sft_{best.replace('-', '_')}_accuracy"]
     figures["sft_best_strategy"] = best
     figures["gain_over_frozen_lr"] = round(figures["sft_best_accuracy"] - figures["frozen_lr_accuracy"], 4)
@@ -75,4 +76,4 @@ def main(epochs: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    main(*(int(a) if a.isdigit() else a for a in sys.argv[1:]))
