@@ -220,6 +220,10 @@ def rank(recipe: Path = typer.Argument(..., help="recipe YAML (its data and inpu
         table.add_row(str(row["rank"]), escape(row["candidate"]),
                       *("-" if row[s] is None else f"{row[s]:.3f}" for s in SCORES), f"{row['seconds']:.1f}")
     console.print(table)
+    for row in result["ranked"]:
+        if row.get("note"):
+            errors.print(f"[yellow]note:[/] {escape(row['candidate'])}: {escape(row['note'])}", highlight=False,
+                         soft_wrap=True)
     for failed in result["failed"]:
         errors.print(f"[yellow]not ranked:[/] {escape(failed['candidate'])}: {escape(failed['error'])}",
                      highlight=False, soft_wrap=True)

@@ -161,10 +161,16 @@ def rank_backbones(recipe: Recipe, candidates: list[str], out_dir: str | Path | 
             if progress:
                 progress(text, None)
             continue
+        scale = float(cf.features.std(0).mean())
         row = {"candidate": text, "backbone": backbone, "weights": weights, "weights_id": cf.weights_id,
-               "features": int(cf.features.shape[1]), **score(cf, sample.labels, recipe.seed)}
-        if cf.note:
-            row["note"] = cf.note
+               "features": int(cf.features.shape[1]), "feature_std": float(f"{scale:.3g}"),
+               **score(cf, sample.labels, recipe.seed)}
+        notes = [cf.note] if cf.note else []
+        if not 1e-3 < scale < 1e3:  # the scores are scale-invariant; sft's head, trained on raw features, is not
+            notes.append(f"features have a scale of {scale:.1e}: a head on these raw features (linear probe, "
+                         f"first stage of two-stage) will train poorly although the scores do not show it")
+        if notes:
+            row["note"] = "; ".join(notes)
         row["seconds"] = round(time.perf_counter() - started, 2)
         ranked.append(row)
         if progress:
