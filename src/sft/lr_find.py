@@ -174,9 +174,8 @@ def find_lr(recipe: Recipe, out_dir: str | Path | None = None, start: float = 1e
                         f"folder")
     r = recipe.model_copy(deep=True)
     r.optim.lr = 1.0  # groups are built at their ratio to the head's LR; the sweep multiplies them
-    if r.strategy.name == "auto":
-        r.strategy.name = _auto_strategy(r)
     p = prepare(r)
+    r = p.recipe  # strategy auto resolved as training resolves it (data size and LogME)
     epoch = r.trainer.epochs - 1
     model = _sweep_module(p.model)
     model.sweep_epoch = epoch
@@ -215,16 +214,6 @@ def find_lr(recipe: Recipe, out_dir: str | Path | None = None, start: float = 1e
     if out is not None and trainer.global_rank == 0:
         write_lr_find(out, result)
     return result
-
-
-def _auto_strategy(recipe: Recipe) -> str:
-    from sft.data import load_splits
-    from sft.strategy_auto import choose_strategy
-    from sft.tasks import read_split
-
-    splits = load_splits(recipe.data, recipe.seed,
-                         lambda source, classes: read_split(source, recipe.data, recipe.task, classes))
-    return choose_strategy(len(splits.train), len(splits.classes), None)[0]
 
 
 def write_lr_find(out: Path, result: dict) -> None:
