@@ -82,7 +82,7 @@ def run_hf_trainer(base: list[str], steps: int, tmp: str) -> Clock:
             clock.step_end(tokens[-1])
 
     args = TrainingArguments(output_dir=f"{tmp}/hf", per_device_train_batch_size=BATCH, max_steps=steps,
-                             learning_rate=LR, weight_decay=0.01, lr_scheduler_type="cosine", warmup_ratio=0.05,
+                             learning_rate=LR, weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
                              save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, logging_steps=10_000,
                              dataloader_num_workers=0, disable_tqdm=True, seed=0)
     Trainer(model=model, args=args, train_dataset=encoded, data_collator=collate, callbacks=[Callback()]).train()
