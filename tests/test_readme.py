@@ -1,5 +1,6 @@
 """The README's examples, run as written on the real assets (MobileNetV2 ImageNet weights, Fashion-MNIST)."""
 
+import json
 import re
 import shlex
 import shutil
@@ -73,3 +74,21 @@ def test_readme_text_block(tmp_path, monkeypatch):
         assert result.exit_code == 0, (line, result.output)
     assert "pets" in result.output and "law" in result.output  # the predict line's table
     assert Path("runs/fortunes-lora/metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_readme_lr_find_rank_auto_block(tmp_path, monkeypatch):
+    if not Path("/usr/share/datasets/fashion-mnist").exists():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("data"))
+    monkeypatch.chdir(tmp_path)
+    block = re.search(r"```bash\n(sft lr-find.*?)```", README, re.S).group(1)
+    for line in block.splitlines():
+        args = shlex.split(line.split("  #")[0])[1:]
+        if args[0] == "train":
+            args += ["trainer.epochs=1", "data.test_limit=2000"]  # the choice is what is tested, not the training
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (line, result.output)
+    assert Path("runs/fashion_mnist-lr-find/lr_find.png").exists() and Path("runs/fashion_mnist-rank/rank.json").exists()
+    metrics = json.loads(Path("runs/auto/metrics.json").read_text())
+    assert metrics["strategy_auto"]["chosen"] == metrics["strategy"] and metrics["lr_find"]["suggestion"] > 0
