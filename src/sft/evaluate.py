@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torchmetrics
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -32,17 +32,6 @@ def autocast_for(precision: str, device: torch.device | str = "cpu"):
     if precision.startswith("16"):
         return torch.autocast(device.type, dtype=torch.float16)
     return contextlib.nullcontext()
-
-
-def to_device(x, device: torch.device | str):
-    """A batch's inputs on `device`: a tensor, or a dict/list of tensors (tokenized texts)."""
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, Mapping):
-        return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_device(v, device) for v in x)
-    return x
 
 
 def _batches(dataset: Dataset, batch_size: int, collate_fn: Callable | None, progress: bool, what: str):
@@ -142,7 +131,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size
     loss_sum, nll_scaled, count = 0.0, 0.0, 0
     with autocast_for(precision, device):
         for x, y in _batches(dataset, batch_size, collate_fn, progress, "evaluating"):
-            x, y = to_device(x, device), y.to(device)
+            x, y = move_data_to_device(x, device), y.to(device)
             logits = model(x).float()
             scaled = logits / temperature
             losses = nn.functional.cross_entropy(scaled, y, reduction="none")
@@ -173,7 +162,7 @@ def collect_logits(model: nn.Module, dataset: Dataset, *, batch_size: int = 128,
     out, labels = [], []
     with autocast_for(precision, device):
         for x, y in _batches(dataset, batch_size, collate_fn, progress, "validation logits"):
-            out.append(model(to_device(x, device)).float().cpu())
+            out.append(model(move_data_to_device(x, device)).float().cpu())
             labels.append(y.cpu())
     return torch.cat(out).clone(), torch.cat(labels).clone()  # clone: plain tensors, usable outside inference mode
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.utils.data import DataLoader, Dataset
@@ -77,19 +78,12 @@ def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, 
     chunks = []
     with autocast:
         for inputs, _ in loader:
-            inputs = to_device(inputs, device)
+            inputs = move_data_to_device(inputs, device)
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             chunks.append(model(inputs).float().cpu())
     backbone.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0)
-
-
-def to_device(inputs, device: torch.device | str):
-    """A batch's inputs on `device`: a tensor (images, features) or a dict of tensors (tokenized texts)."""
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)
 
 
 def _folded(backbone: nn.Module, channels_last: bool) -> nn.Module:
