@@ -20,7 +20,7 @@ class CountingData(Dataset):
 
 
 def compute(model, data, tmp_path, key, mode="disk"):
-    return cached_features(key, model, data, mode=mode, cache_dir=tmp_path, batch_size=8, autocast_dtype=None,
+    return cached_features(key, model, data, mode=mode, cache_dir=tmp_path, batch_size=8, precision="32-true",
                            channels_last=False)
 
 
@@ -57,7 +57,7 @@ def test_features_use_eval_mode_fold_batchnorm_exactly_and_restore_the_mode():
     model.train()
     stats = model[1].running_mean.clone()
     data = TensorDataset(torch.randn(16, 3, 8, 8), torch.zeros(16))
-    features = cached_features("k", model, data, mode="none", cache_dir=".", batch_size=8, autocast_dtype=None,
+    features = cached_features("k", model, data, mode="none", cache_dir=".", batch_size=8, precision="32-true",
                                channels_last=True)
     assert torch.equal(stats, model[1].running_mean) and model.training
     model.eval()

@@ -69,10 +69,6 @@ def resolve_precision(requested: str, accelerator: str) -> str:
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    return {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
-
-
 def use_channels_last(recipe: Recipe, module: torch.nn.Module) -> bool:
     """Resolve trainer.channels_last and convert the module: NHWC is the fast layout of oneDNN/cuDNN convolutions."""
     channels_last = recipe.trainer.channels_last
@@ -96,7 +92,7 @@ def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits,
             key = cache_key(name, weights, inputs.key, getattr(splits, split).fingerprint(), precision)
             loaded[split] = cached_features(
                 key, backbone, dataset, mode=recipe.strategy.cache, cache_dir=recipe.cache_dir,
-                batch_size=max(recipe.data.batch_size, 128), autocast_dtype=autocast_dtype(precision),
+                batch_size=max(recipe.data.batch_size, 128), precision=precision,
                 channels_last=channels_last, device=next(backbone.parameters()).device,
                 num_workers=recipe.data.num_workers, collate_fn=inputs.collate)
         return loaded[split]

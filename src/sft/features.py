@@ -8,7 +8,6 @@ share one computation.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch.fx.experimental.optimization import fuse
 from torch.utils.data import DataLoader, Dataset
 
 from sft.atomic import atomic_write
+from sft.evaluate import autocast_for
 
 _memory: dict[str, torch.Tensor] = {}
 
@@ -29,11 +29,11 @@ def cache_key(*parts: object) -> str:
 
 
 def cached_features(key: str, backbone: nn.Module, dataset: Dataset, *, mode: str, cache_dir: str | Path,
-                    batch_size: int, autocast_dtype: torch.dtype | None, channels_last: bool,
+                    batch_size: int, precision: str, channels_last: bool,
                     device: torch.device | str = "cpu", num_workers: int = 0, collate_fn=None) -> torch.Tensor:
     """Features (N, D) float32 for `dataset` (whose items are (input, label)), from memory, disk or computed."""
     def compute() -> torch.Tensor:
-        return extract_features(backbone, dataset, batch_size=batch_size, autocast_dtype=autocast_dtype,
+        return extract_features(backbone, dataset, batch_size=batch_size, precision=precision,
                                 channels_last=channels_last, device=device, num_workers=num_workers,
                                 collate_fn=collate_fn)
 
@@ -63,7 +63,7 @@ def weights_digest(module: nn.Module) -> str:
 
 
 @torch.inference_mode()
-def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, autocast_dtype: torch.dtype | None,
+def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, precision: str,
                      channels_last: bool, device: torch.device | str = "cpu", num_workers: int = 0,
                      collate_fn=None) -> torch.Tensor:
     """One pass of the backbone in eval mode (BatchNorm uses its running statistics, no dropout)."""
@@ -73,8 +73,7 @@ def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, 
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_fn)
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
+    autocast = autocast_for(precision, device)
     chunks = []
     with autocast:
         for inputs, _ in loader:
