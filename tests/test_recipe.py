@@ -59,3 +59,15 @@ def test_example_recipes_are_valid():
     for path in examples:
         recipe = load_recipe(path)
         assert recipe.data.train is not None and recipe.run_dir.startswith("runs/")
+
+
+def test_group_by_length_is_on_for_texts_unless_balance_samples():
+    text = ["task=text-classification", "data.train=t.csv"]
+    assert load_recipe(None, text).data.group_by_length
+    assert not load_recipe(None, ["data.train=imgs"]).data.group_by_length
+    assert not load_recipe(None, [*text, "data.group_by_length=false"]).data.group_by_length
+    assert not load_recipe(None, [*text, "data.balance=oversample"]).data.group_by_length
+    assert load_recipe(None, [*text, "data.balance=class-weights"]).data.group_by_length
+    with pytest.raises(UserError) as e:
+        load_recipe(None, [*text, "data.balance=undersample", "data.group_by_length=true"])
+    assert "data.group_by_length" in str(e.value) and "data.balance=undersample" in str(e.value)

@@ -1,18 +1,20 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_text_recipe
-from sft.engine import fine_tune
+from sft.engine import fine_tune, prepare
 from sft.errors import UserError
 from sft.lora import is_lora_parameter
 from sft.recipe import load_recipe
 from sft.run import load_model
 from sft.tasks import build_backbone
-from sft.text import Tokenize, count_truncated, create_text_encoder, layer_groups, read_texts
+from sft.text import Tokenize, create_text_encoder, layer_groups, read_texts, token_lengths
 
 
 def write(path, text):
@@ -75,7 +77,7 @@ def test_padding_is_per_batch_and_long_texts_are_truncated_and_counted(tiny_bert
     assert long["input_ids"].shape == (1, 12)
     samples = read_texts(fortunes_slice["train"])
     lengths = [len(encoder.tokenizer(t)["input_ids"]) for t in samples.items]
-    assert count_truncated(encoder.tokenizer, samples, 32) == sum(n > 32 for n in lengths) > 0
+    assert token_lengths(encoder.tokenizer, samples).tolist() == lengths and sum(n > 32 for n in lengths) > 0
 
 
 def test_mean_pooling_ignores_padding(tiny_bert):
@@ -102,6 +104,53 @@ def test_an_unknown_hub_name_offline_says_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="hub name \\(needs internet"):
         create_text_encoder("someone/no-such-model", "pretrained", "mean")
+
+
+# -- batches grouped by length ---------------------------------------------------------------------------------------
+def train_order(data, epoch: int, world: int = 1, rank: int = 0) -> list[int]:
+    """The training sample indices of one epoch on one of `world` simulated processes, as Lightning would draw them."""
+    data.trainer = SimpleNamespace(world_size=world, global_rank=rank, current_epoch=epoch)
+    sampler = data.train_dataloader().sampler
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def padded_tokens(data, order: list[int]) -> int:
+    batches = [order[i:i + data.batch_size] for i in range(0, len(order), data.batch_size)]
+    return sum(int((data.collate([data.train_set[i] for i in b])[0]["attention_mask"] == 0).sum()) for b in batches)
+
+
+def test_grouped_batches_pad_less_are_reproducible_and_split_across_processes(tmp_path, tiny_bert, fortunes_slice):
+    p = prepare(tiny_text_recipe(tmp_path, fortunes_slice, tiny_bert, "strategy.name=full", "data.batch_size=4"))
+    data, n = p.data, len(p.splits.train)
+    assert p.recipe.data.group_by_length and len(data.lengths) == n  # the text default
+    first, second = train_order(data, 0), train_order(data, 1)
+    assert sorted(first) == sorted(second) == list(range(n)) and first != second
+    assert train_order(data, 1) == second  # a function of (seed, epoch): a resumed run draws the same batches
+    halves = [train_order(data, 1, world=2, rank=r) for r in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == n // 2 and sorted(halves[0] + halves[1]) == list(range(n))
+    grouped = padded_tokens(data, first)
+    data.lengths = None  # the same run with plain shuffled batches
+    shuffled = [train_order(data, epoch) for epoch in (0, 1)]
+    assert sorted(shuffled[0]) == list(range(n))
+    assert grouped < 0.5 * min(padded_tokens(data, order) for order in shuffled)
+    data.trainer = None
+    assert list(data.val_dataloader().sampler) == list(range(len(p.splits.val)))  # evaluation keeps its order
+
+
+class SamplerPerEpoch(Callback):
+    def __init__(self):
+        self.samplers = []
+
+    def on_train_epoch_start(self, trainer, module):
+        self.samplers.append(type(trainer.train_dataloader.sampler).__name__)
+
+
+def test_a_text_run_trains_on_grouped_batches_after_its_cached_head_epoch(tmp_path, tiny_bert, fortunes_slice):
+    seen = SamplerPerEpoch()
+    run = fine_tune(tiny_text_recipe(tmp_path, fortunes_slice, tiny_bert, "data.batch_size=8"), callbacks=[seen])
+    assert seen.samplers == ["DistributedSampler", "DistributedLengthGroupedSampler"]  # two-stage: head, then all
+    assert 0 <= run.metrics["test_acc"] <= 1 and run.metrics["truncated_train_texts"] >= 1
 
 
 # -- training, every strategy ----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from sft.backbones import Preprocess
 from sft.balance import BalancedSampler
 from sft.errors import UserError
-from sft.recipe import Data, Source
+from sft.recipe import SAMPLED_BALANCE, Data, Source
 from sft.sources import Samples, read_samples, stratified_split, stratified_subset
 
 
@@ -31,6 +31,7 @@ class Inputs:
     eval: Callable[[Samples], Dataset]
     collate: Callable | None
     key: str  # what features depend on besides weights and data: the transform or the tokenizer settings
+    lengths: Callable[[Samples], np.ndarray] | None = None  # texts: tokens per sample, before truncation
 
 
 @dataclass
@@ -152,10 +153,11 @@ class RunData(L.LightningDataModule):
 
     def __init__(self, splits: Splits, inputs: Inputs, *, batch_size: int, num_workers: int, seed: int,
                  head_only: Callable[[int], bool], features: Callable[[str, Dataset], torch.Tensor],
-                 balance: str = "none"):
+                 balance: str = "none", lengths: np.ndarray | None = None):
+        """lengths: the training samples' token counts, to draw training batches of similar length (texts)."""
         super().__init__()
         self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
-        self.balance, self.collate = balance, inputs.collate
+        self.balance, self.collate, self.lengths = balance, inputs.collate, lengths
         self.train_set = inputs.train(splits.train)
         self.eval_sets = {name: inputs.eval(samples)
                           for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test))
@@ -172,12 +174,19 @@ class RunData(L.LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def _loader(self, dataset: Dataset, shuffle: bool, balanced: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, balanced: bool = False,
+                lengths: np.ndarray | None = None) -> DataLoader:
+        """The one place a sampler is chosen. Each draws its order from (seed, epoch) and gives every process a
+        disjoint share: class-balanced epochs, batches grouped by length (lengths given), or plain shuffling."""
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         if balanced:
             sampler = BalancedSampler(self.splits.train.labels, self.balance, num_replicas=world, rank=rank,
                                       seed=self.seed)
+        elif lengths is not None:  # Hugging Face's group_by_length: shuffled mega-batches, each sorted by length
+            from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
+            sampler = DistributedLengthGroupedSampler(self.batch_size, num_replicas=world, rank=rank, seed=self.seed,
+                                                      lengths=lengths.tolist())
         else:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         cached = isinstance(dataset, TensorDataset)
@@ -187,7 +196,8 @@ class RunData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         head_only = self.head_only(self._epoch())
         dataset = self.eval_dataset("train", cached=True) if head_only else self.train_set
-        return self._loader(dataset, shuffle=True, balanced=self.balance in ("oversample", "undersample"))
+        return self._loader(dataset, shuffle=True, balanced=self.balance in SAMPLED_BALANCE,
+                            lengths=None if head_only else self.lengths)  # cached features have no padding
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("val", cached=self.head_only(self._epoch())), shuffle=False)

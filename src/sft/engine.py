@@ -33,7 +33,7 @@ from sft.recipe import Recipe, dump_recipe
 from sft.run import ModelInfo, RunDir, export_model, is_child_process
 from sft.atomic import atomic_write_text
 from sft.strategies import Schedule
-from sft.tasks import TEXT, build_backbone, build_inputs, read_split
+from sft.tasks import build_backbone, build_inputs, read_split
 
 # Lightning's advertising and hardware banners, and a deprecation inside Lightning itself, are noise for our users.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -123,10 +123,9 @@ def prepare(recipe: Recipe) -> Prepared:
                                                                                        recipe.task, classes))
     inputs = build_inputs(backbone, recipe.data, recipe.task)
     notes = {}
-    if recipe.task == TEXT:
-        from sft.text import count_truncated
-        notes["truncated_train_texts"] = count_truncated(backbone.module.tokenizer, splits.train,
-                                                         recipe.data.max_length)
+    lengths = inputs.lengths(splits.train) if inputs.lengths is not None else None  # texts: one tokenizer pass
+    if lengths is not None:
+        notes["truncated_train_texts"] = int((lengths > recipe.data.max_length).sum())
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
     channels_last = use_channels_last(recipe, backbone.module)
     features = split_features(recipe, backbone.name, backbone.module, splits, inputs, precision, channels_last)
@@ -137,7 +136,8 @@ def prepare(recipe: Recipe) -> Prepared:
                        loss_fn=build_loss(recipe, splits.train))
     head_only = (lambda epoch: schedule.head_only(epoch)) if recipe.strategy.cache != "none" else (lambda e: False)
     data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers,
-                   seed=recipe.seed, head_only=head_only, features=features, balance=recipe.data.balance)
+                   seed=recipe.seed, head_only=head_only, features=features, balance=recipe.data.balance,
+                   lengths=lengths if recipe.data.group_by_length else None)
     return Prepared(recipe, backbone, splits, inputs, schedule, precision, channels_last, model, data, notes)
 
 

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sft.errors import UserError
+
+
+SAMPLED_BALANCE = ("oversample", "undersample")  # data.balance modes that draw the batches with their own sampler
 
 
 class _Section(BaseModel):
@@ -54,6 +57,9 @@ class Data(_Section):
     text_pair_column: str | None = Field(None, description="texts: a second text column, for sentence pairs")
     label_column: str = Field("label", description="texts: the column of the label")
     max_length: int = Field(128, gt=0, description="texts: tokens per text; longer ones are truncated and counted")
+    group_by_length: bool = Field(
+        False, description="texts: training batches of similar token length, so they pad less; on by default for "
+                           "texts unless balance over/undersamples (it has its own sampler)")
     batch_size: int = Field(64, gt=0, description="samples per step and process")
     num_workers: int = Field(0, ge=0, description="data-loading processes (0: in the training process)")
 
@@ -61,6 +67,15 @@ class Data(_Section):
     @classmethod
     def _path_shorthand(cls, value: Any) -> Any:
         return {"path": str(value)} if isinstance(value, (str, Path)) else value
+
+    @field_validator("group_by_length")
+    @classmethod
+    def _one_training_sampler(cls, value: bool, info: ValidationInfo) -> bool:
+        balance = info.data.get("balance")
+        if value and balance in SAMPLED_BALANCE:
+            raise ValueError(f"data.balance={balance} draws the training batches with its own sampler; set "
+                             f"data.group_by_length=false, or data.balance=class-weights to keep grouping")
+        return value
 
 
 class Model(_Section):
@@ -154,12 +169,15 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _text_defaults(self) -> "Recipe":
-        """A text recipe that names no backbone gets the shipped MiniLM with its pretrained weights."""
+        """A text recipe that names no backbone gets the shipped MiniLM with its pretrained weights, and batches
+        grouped by length unless data.balance draws them."""
         if self.task == "text-classification":
             if "backbone" not in self.model.model_fields_set:
                 self.model.backbone = "minilm"
             if "weights" not in self.model.model_fields_set:
                 self.model.weights = "pretrained"
+            if "group_by_length" not in self.data.model_fields_set:
+                self.data.group_by_length = self.data.balance not in SAMPLED_BALANCE
         return self
 
 

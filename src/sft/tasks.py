@@ -47,10 +47,11 @@ def build_inputs(backbone: Backbone, data: Data | None, task: str) -> Inputs:
     """Datasets and collate for the backbone: its transforms (images) or its tokenizer (texts). data=None: a
     finished run's evaluation inputs (its stored preprocessing, no augmentation)."""
     if task == TEXT:
-        from sft.text import TextDataset, Tokenize
+        from sft.text import TextDataset, Tokenize, token_lengths
         pre, tokenizer = backbone.preprocess, backbone.module.tokenizer
         return Inputs(TextDataset, TextDataset, Tokenize(tokenizer, pre.max_length),
-                      key=f"text {pre} {tokenizer.name_or_path} {len(tokenizer)}")
+                      key=f"text {pre} {tokenizer.name_or_path} {len(tokenizer)}",
+                      lengths=lambda samples: token_lengths(tokenizer, samples))
     size, augment = (data.image_size, data.augment) if data is not None else (None, "none")
     train_tf, eval_tf = build_transforms(backbone.preprocess, size, augment)
     return Inputs(lambda s: ImageDataset(s, train_tf), lambda s: ImageDataset(s, eval_tf), None, key=str(eval_tf))

@@ -224,14 +224,12 @@ class Tokenize:
         return self.encode(list(texts)), torch.tensor(labels, dtype=torch.long)
 
 
-def count_truncated(tokenizer, samples: Samples, max_length: int) -> int:
-    """How many texts are longer than max_length tokens (they are truncated and counted, not rejected)."""
-    truncated = 0
-    for start in range(0, len(samples), 1024):
-        lengths = tokenizer(*_columns(list(samples.items[start:start + 1024])), return_length=True,
-                            verbose=False)["length"]
-        truncated += sum(n > max_length for n in lengths)
-    return int(truncated)
+def token_lengths(tokenizer, samples: Samples) -> np.ndarray:
+    """Tokens of each text (pair) before truncation, int64 (N,): one tokenizer pass per run, which counts the texts
+    longer than max_length (truncated and counted, not rejected) and groups training batches by length."""
+    lengths = [tokenizer(*_columns(list(samples.items[start:start + 1024])), return_length=True,
+                         verbose=False)["length"] for start in range(0, len(samples), 1024)]
+    return np.array([n for chunk in lengths for n in chunk], dtype=np.int64)
 
 
 def _columns(texts: list) -> tuple[list[str], ...]:
