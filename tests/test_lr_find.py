@@ -26,11 +26,13 @@ def test_suggestions_on_a_known_curve():
     x = np.log10(lrs)
     # flat, then falling fastest around 1e-3, bottom near 1e-1, then blowing up
     losses = list(2.0 - 1.5 / (1 + np.exp(-3 * (x + 3))) + np.where(x > -1, (x + 1) ** 2, 0))
-    valley, steep = suggest(lrs, losses)
+    suggestion, valley, steep = suggest(lrs, losses)
     assert 1e-4 < steep < 1e-2 and abs(np.log10(steep) + 3) < 0.2
     # fastai's valley: half-way along the longest descending stretch (here from the trimmed start to the minimum
     # near 1e-1, in log steps), so well before the minimum
     assert 1e-5 < valley < 1e-2 and abs(np.log10(valley) - (-6.2 - 1) / 2) < 0.3
+    assert valley < suggestion < steep and suggestion == pytest.approx(np.sqrt(valley * steep))
+    assert suggest(lrs, losses, head_only=True) == (steep, valley, steep)  # a head alone: the bold pick
 
 
 def test_every_group_keeps_its_ratio_to_the_head():
@@ -48,7 +50,8 @@ def test_find_lr_on_a_tiny_run_writes_plot_and_json(tmp_path, fashion_slice):
     recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=linear-probe", "optim.lr=find")
     out = tmp_path / "lrf"
     result = find_lr(recipe, out, start=1e-5, end=10, steps=40)
-    assert 1e-5 <= result["steep"] <= 10 and 1e-5 <= result["suggestion"] <= 10
+    assert 1e-5 <= result["valley"] <= result["steep"] <= 10
+    assert result["head_only"] and result["suggestion"] == result["steep"]  # linear probe: the head alone trains
     assert result["lrs"][0] == pytest.approx(1e-5) and len(result["lrs"]) == len(result["losses"])
     assert (out / "lr_find.png").stat().st_size > 10_000
     saved = json.loads((out / "lr_find.json").read_text())

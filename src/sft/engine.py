@@ -172,7 +172,7 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
     if recipe.optim.lr == "find":
         from sft.lr_find import find_lr
         lr_found = find_lr(recipe)
-        log.warning(f"optim.lr find: {lr_found['suggestion']:.3g} (valley of the LR range test)")
+        log.warning(f"optim.lr find: {lr_found['suggestion']:.3g} (LR range test)")
         recipe = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": lr_found["suggestion"]})})
     p = prepare(recipe)
     recipe = p.recipe  # resolved: strategy auto -> the chosen one
@@ -183,7 +183,7 @@ def fine_tune(recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
         if lr_found is not None:
             from sft.lr_find import write_lr_find
             write_lr_find(run.path / "lr-find", lr_found)
-            p.notes["lr_find"] = {k: lr_found[k] for k in ("suggestion", "steep", "steps_done", "seconds")}
+            p.notes["lr_find"] = {k: lr_found[k] for k in ("suggestion", "valley", "steep", "steps_done", "seconds")}
     model, data, schedule, splits, backbone = p.model, p.data, p.schedule, p.splits, p.backbone
     if p.notes.get("truncated_train_texts"):
         log.warning(f"{p.notes['truncated_train_texts']} of {len(splits.train)} training texts are longer than "
