@@ -124,6 +124,19 @@ def test_recipe_prints_documented_defaults():
     assert result.exit_code == 0 and "strategy:" in result.output and "#" in result.output
 
 
+def test_audit_with_a_second_backbone(tmp_path, recipe_file, fashion_slice):
+    out = tmp_path / "audit2"
+    result = sft("audit", recipe_file, *tiny_args(tmp_path, fashion_slice), "--out", out,
+                 "--also", "timm/test_resnet@none")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "audit.json").read_text())
+    assert report["backbones"] == ["timm/test_efficientnet@none", "timm/test_resnet@none"]
+    assert "timm/test_resnet@none" in (out / "audit.html").read_text()
+    result = sft("audit", recipe_file, *tiny_args(tmp_path, fashion_slice), "--out", tmp_path / "audit3",
+                 "--also", "timm/no_such_net@none")
+    assert result.exit_code == 2 and "no_such_net" in result.output and "Traceback" not in result.output
+
+
 def test_audit_then_train_without_the_suspects(tmp_path, recipe_file, fashion_slice):
     out = tmp_path / "audit"
     result = sft("audit", recipe_file, *tiny_args(tmp_path, fashion_slice), "--out", out)

@@ -14,7 +14,7 @@ import html
 import io
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class AuditReport:
     imbalance_ratio: float             # train: largest class count / smallest non-zero
     suspects: list[Suspect]            # ranked: label issues first by score, then the others
     oof_accuracy: float                # out-of-fold linear probe accuracy on train: how separable the features are
+    backbones: list[str] = field(default_factory=list)  # whose features were probed, when known
 
 
 def audit(samples: dict[str, Samples], features: dict[str, np.ndarray], *, folds: int = 5, seed: int = 0,
@@ -256,7 +257,7 @@ def write_audit(report: AuditReport, samples: dict[str, Samples], out_dir: Path,
     rows = [asdict(s) for s in report.suspects]
     atomic_write_json(out_dir / "audit.json", {
         "classes": report.classes, "counts": report.counts, "imbalance_ratio": _num(report.imbalance_ratio),
-        "oof_accuracy": _num(report.oof_accuracy), "suspects": rows})
+        "oof_accuracy": _num(report.oof_accuracy), "backbones": report.backbones, "suspects": rows})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -288,6 +289,7 @@ def _html(report: AuditReport, samples: dict[str, Samples], thumbnails: int) -> 
     body = "".join(f"<tr><td>{e(c)}</td>" + "".join(f"<td>{report.counts[s][c]}</td>" for s in splits) + "</tr>"
                    for c in report.classes)
     tally = {k: sum(s.kind == k for s in report.suspects) for k in KINDS}
+    probed = f" (features of {e(' + '.join(report.backbones))})" if report.backbones else ""
     cards = []
     for s in report.suspects[:thumbnails]:
         change = e(s.given_label) + (f" &rarr; {e(s.suggested_label)}" if s.suggested_label != s.given_label else "")
@@ -305,7 +307,7 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}} td:first-child
 </style></head><body><h1>Dataset audit</h1>
 <h2>Class counts</h2><table><tr><th>class</th>{head}</tr>{body}</table>
 <p>Train imbalance ratio (largest / smallest class): <b>{fmt(report.imbalance_ratio)}</b>.
-Out-of-fold linear-probe accuracy on train: <b>{fmt(report.oof_accuracy)}</b>.</p>
+Out-of-fold linear-probe accuracy on train: <b>{fmt(report.oof_accuracy)}</b>{probed}.</p>
 <p>Suspects: {", ".join(f"{n} {e(k)}" for k, n in tally.items())}. Full list in suspects.csv.</p>
 <h2>Worst {len(cards)} suspects</h2><div class=grid>{"".join(cards)}</div></body></html>
 """

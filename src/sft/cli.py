@@ -146,6 +146,9 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
 def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbone and weights are audited)"),
           overrides: Optional[list[str]] = typer.Argument(None, help="dotted.key=value overrides"),
           out: Optional[Path] = typer.Option(None, help="output folder; default: <run_dir>-audit"),
+          also: Optional[list[str]] = typer.Option(None, "--also", help="another backbone (backbone or "
+                                                   "backbone@weights) whose probe joins the label-issue vote; "
+                                                   "repeatable"),
           overwrite: bool = typer.Option(False, help="replace an existing audit")):
     """Find label issues, duplicates, train/test leakage, outliers and class imbalance in the recipe's data."""
     try:
@@ -153,7 +156,7 @@ def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbo
         from sft.recipe import load_recipe
         loaded = load_recipe(recipe, overrides or [])
         out = out or Path(f"{loaded.run_dir}-audit")
-        report = audit_data(loaded, out, overwrite=overwrite)
+        report = audit_data(loaded, out, overwrite=overwrite, also=also or [])
     except UserError as e:
         _fail(e)
     kinds: dict[str, int] = {}

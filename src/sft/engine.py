@@ -309,10 +309,12 @@ def _split_metrics(split: str, result: dict, classes: list[str]) -> dict:
     return out
 
 
-def audit_data(recipe: Recipe, out_dir: str | Path, *, overwrite: bool = False):
+def audit_data(recipe: Recipe, out_dir: str | Path, *, overwrite: bool = False, also: list[str] | tuple = ()):
     """`sft audit`: the recipe's data seen through its backbone's (cached) features: class counts, duplicates,
-    leakage, label issues and outliers, written to out_dir as audit.json, suspects.csv and audit.html."""
+    leakage, label issues and outliers, written to out_dir as audit.json, suspects.csv and audit.html. `also`:
+    more backbones (`backbone` or `backbone@weights`) whose probes join the label-issue vote."""
     from sft.audit import audit, write_audit
+    from sft.rank import backbone_features, parse_candidate
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -321,6 +323,11 @@ def audit_data(recipe: Recipe, out_dir: str | Path, *, overwrite: bool = False):
     samples = {name: s for name, s in (("train", p.splits.train), ("val", p.splits.val), ("test", p.splits.test))
                if s}
     arrays = {name: p.data.features(name, p.data.eval_sets[name]).numpy() for name in samples}
-    report = audit(samples, arrays, seed=recipe.seed)
+    more = []
+    for text in also:
+        features, _ = backbone_features(p.recipe, *parse_candidate(text, p.recipe), samples)
+        more.append({name: x.numpy() for name, x in features.items()})
+    report = audit(samples, arrays, seed=recipe.seed, more_features=more)
+    report.backbones = [f"{p.recipe.model.backbone}@{p.recipe.model.weights}", *also]
     write_audit(report, samples, out)
     return report

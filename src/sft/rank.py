@@ -62,12 +62,14 @@ def rank_sample(recipe: Recipe, limit: int) -> Samples:
     return splits.train.subset(stratified_subset(splits.train.labels, limit, recipe.seed))
 
 
-def candidate_features(recipe: Recipe, backbone_name: str, weights: str | None, sample: Samples) -> CandidateFeatures:
-    """The one place that turns a candidate into features: the recipe with this backbone, built as training builds
-    it (images: the backbone and its eval transform; texts: the encoder and its tokenizer), through the cache."""
+def backbone_features(recipe: Recipe, backbone_name: str, weights: str | None,
+                      samples: dict[str, Samples]) -> tuple[dict[str, torch.Tensor], str]:
+    """The one place that turns another backbone into features of the recipe's data, as training builds them
+    (images: the backbone and its eval transform; texts: the encoder and its tokenizer), through the cache.
+    Returns the features of each named sample set and the weights' id."""
     import lightning as L
     from sft.engine import resolve_precision, split_features, use_channels_last
-    from sft.tasks import TEXT, build_backbone, build_inputs
+    from sft.tasks import build_backbone, build_inputs
 
     r = recipe.model_copy(deep=True)
     r.model.backbone, r.model.weights = backbone_name, weights
@@ -80,13 +82,21 @@ def candidate_features(recipe: Recipe, backbone_name: str, weights: str | None, 
     if r.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         backbone.module.to("cuda")
     channels_last = use_channels_last(r, backbone.module)
-    features = split_features(r, backbone.name, backbone.module, SimpleNamespace(rank=sample), inputs, precision,
+    features = split_features(r, backbone.name, backbone.module, SimpleNamespace(**samples), inputs, precision,
                               channels_last)
-    x = features("rank", inputs.eval(sample)).float()
-    if r.task == TEXT:
-        return CandidateFeatures(x.numpy(), None, backbone.weights_id, "no source classifier for text encoders")
+    return {name: features(name, inputs.eval(s)).float() for name, s in samples.items()}, backbone.weights_id
+
+
+def candidate_features(recipe: Recipe, backbone_name: str, weights: str | None, sample: Samples) -> CandidateFeatures:
+    """A candidate's features of the ranking sample, and its source classifier's probabilities (images)."""
+    from sft.tasks import TEXT
+
+    features, weights_id = backbone_features(recipe, backbone_name, weights, {"rank": sample})
+    x = features["rank"]
+    if recipe.task == TEXT:
+        return CandidateFeatures(x.numpy(), None, weights_id, "no source classifier for text encoders")
     probs, note = _source_probs(backbone_name, weights, x)
-    return CandidateFeatures(x.numpy(), probs, backbone.weights_id, note)
+    return CandidateFeatures(x.numpy(), probs, weights_id, note)
 
 
 def _source_probs(name: str, weights: str | None, features: torch.Tensor) -> tuple[np.ndarray | None, str]:
