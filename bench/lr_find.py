@@ -62,7 +62,8 @@ def run(name: str, overrides: list[str], tmp: str) -> dict:
         print(f"  lr {lr:.3g}: val_acc {m['val_acc']:.4f} ({m['train_seconds']:.0f} s)", flush=True)
     mine = grid[FACTORS.index(1.0)][1]
     rank = 1 + sum(acc > mine for _, acc in grid)
-    return {"suggestion": s, "valley": found["valley"], "steep": found["steep"], "grid": [[round(lr, 8), round(a, 4)] for lr, a in grid],
+    return {"suggestion": s, "valley": found["valley"], "steep": found["steep"],
+            "grid": [[round(lr, 8), round(a, 4)] for lr, a in grid],
             "rank": rank, "seconds": round(time.perf_counter() - started, 1)}
 
 

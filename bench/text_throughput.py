@@ -89,7 +89,8 @@ def run_hf_trainer(base: list[str], steps: int, tmp: str, group_by_length: bool)
             clock.step_end(masks[-1])
 
     args = TrainingArguments(output_dir=f"{tmp}/hf", per_device_train_batch_size=BATCH, max_steps=steps,
-                             learning_rate=LR, weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
+                             learning_rate=LR, weight_decay=0.01, lr_scheduler_type="cosine",
+                             warmup_steps=max(1, steps // 20),
                              save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, logging_steps=10_000,
                              dataloader_num_workers=0, disable_tqdm=True, seed=0,
                              train_sampling_strategy="group_by_length" if group_by_length else "random")

@@ -187,7 +187,8 @@ def lr_find(recipe: Path = typer.Argument(..., help="recipe YAML (its model, str
         _fail(e)
     if is_child_process():
         return
-    _print_metrics(out, {k: result[k] for k in ("suggestion", "valley", "steep", "strategy", "steps_done", "stopped_early")})
+    shown = ("suggestion", "valley", "steep", "strategy", "steps_done", "stopped_early")
+    _print_metrics(out, {k: result[k] for k in shown})
     console.print(f"lr_find.png and lr_find.json are in {out}; train with optim.lr={result['suggestion']:.3g}")
 
 
