@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import lightning as L
@@ -30,6 +31,7 @@ from sft.errors import UserError
 from sft.evaluate import evaluate
 from sft.features import cache_key, cached_features, weights_digest
 from sft.recipe import Recipe, dump_recipe
+from sft.sources import Samples
 from sft.run import ModelInfo, RunDir, export_model, is_child_process
 from sft.atomic import atomic_write_text
 from sft.strategies import Schedule
@@ -97,6 +99,27 @@ def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits,
                 num_workers=recipe.data.num_workers, collate_fn=inputs.collate)
         return loaded[split]
     return features
+
+
+def backbone_features(recipe: Recipe, backbone_name: str, weights: str | None,
+                      samples: dict[str, Samples]) -> tuple[dict[str, torch.Tensor], str]:
+    """Another backbone's features of the recipe's data, built as training builds them (images: the backbone and its
+    eval transform; texts: the encoder and its tokenizer), through the cache; what `sft rank` scores and `sft audit
+    --also` probes. Returns the features of each named sample set and the weights' id."""
+    r = recipe.model_copy(deep=True)
+    r.model.backbone, r.model.weights = backbone_name, weights
+    if r.strategy.name in ("lora", "auto"):
+        r.strategy.name = "linear-probe"  # the frozen pretrained features are scored, not adapters
+    L.seed_everything(recipe.seed, verbose=False)  # randomly initialised candidates are reproducible
+    backbone = build_backbone(r)
+    inputs = build_inputs(backbone, r.data, r.task)
+    precision = resolve_precision(r.trainer.precision, r.trainer.accelerator)
+    if r.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        backbone.module.to("cuda")
+    channels_last = use_channels_last(r, backbone.module)
+    features = split_features(r, backbone.name, backbone.module, SimpleNamespace(**samples), inputs, precision,
+                              channels_last)
+    return {name: features(name, inputs.eval(s)).float() for name, s in samples.items()}, backbone.weights_id
 
 
 @dataclass
@@ -314,7 +337,7 @@ def audit_data(recipe: Recipe, out_dir: str | Path, *, overwrite: bool = False, 
     leakage, label issues and outliers, written to out_dir as audit.json, suspects.csv and audit.html. `also`:
     more backbones (`backbone` or `backbone@weights`) whose probes join the label-issue vote."""
     from sft.audit import audit, write_audit
-    from sft.rank import backbone_features, parse_candidate
+    from sft.rank import parse_candidate
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -186,7 +186,8 @@ def find_lr(recipe: Recipe, out_dir: str | Path | None = None, start: float = 1e
     epoch = r.trainer.epochs - 1
     model = _sweep_module(p.model)
     model.sweep_epoch = epoch
-    cached = r.strategy.cache != "none" and p.schedule.head_only(epoch)
+    head_only = p.schedule.head_only(epoch)
+    cached = r.strategy.cache != "none" and head_only
     p.data.head_only = lambda _: cached
     sweep = LRSweep(start, end, steps)
     t = r.trainer
@@ -210,12 +211,12 @@ def find_lr(recipe: Recipe, out_dir: str | Path | None = None, start: float = 1e
         raise UserError(f"lr-find: the loss diverged at once (step {len(sweep.raw)}: {sweep.raw[-1]:.4g}, first "
                         f"loss {sweep.raw[0]:.4g}) at learning rate {sweep.lrs[len(sweep.raw) - 1]:.3g}; start the "
                         f"sweep lower, e.g. --start {start / 100:.0e}")
-    suggestion, low, steep = suggest(sweep.lrs[:len(sweep.losses)], sweep.losses, p.schedule.head_only(epoch))
+    suggestion, low, steep = suggest(sweep.lrs[:len(sweep.losses)], sweep.losses, head_only)
     groups = [g.get("name", str(i)) for i, g in enumerate(trainer.optimizers[0].param_groups)]
     result = {
         "suggestion": suggestion, "valley": low, "steep": steep, "start": start, "end": end, "steps": steps,
         "steps_done": len(sweep.losses), "stopped_early": sweep.stopped_early, "strategy": r.strategy.name,
-        "head_only": p.schedule.head_only(epoch),
+        "head_only": head_only,
         "epoch_state": epoch, "group_ratios": dict(zip(groups, sweep._ratios)), "seconds": round(seconds, 2),
         "lrs": sweep.lrs[:len(sweep.losses)], "losses": sweep.losses, "raw_losses": sweep.raw,
     }

@@ -15,7 +15,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -62,33 +61,9 @@ def rank_sample(recipe: Recipe, limit: int) -> Samples:
     return splits.train.subset(stratified_subset(splits.train.labels, limit, recipe.seed))
 
 
-def backbone_features(recipe: Recipe, backbone_name: str, weights: str | None,
-                      samples: dict[str, Samples]) -> tuple[dict[str, torch.Tensor], str]:
-    """The one place that turns another backbone into features of the recipe's data, as training builds them
-    (images: the backbone and its eval transform; texts: the encoder and its tokenizer), through the cache.
-    Returns the features of each named sample set and the weights' id."""
-    import lightning as L
-    from sft.engine import resolve_precision, split_features, use_channels_last
-    from sft.tasks import build_backbone, build_inputs
-
-    r = recipe.model_copy(deep=True)
-    r.model.backbone, r.model.weights = backbone_name, weights
-    if r.strategy.name in ("lora", "auto"):
-        r.strategy.name = "linear-probe"  # the frozen pretrained features are scored, not adapters
-    L.seed_everything(recipe.seed, verbose=False)  # randomly initialised candidates are reproducible
-    backbone = build_backbone(r)
-    inputs = build_inputs(backbone, r.data, r.task)
-    precision = resolve_precision(r.trainer.precision, r.trainer.accelerator)
-    if r.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        backbone.module.to("cuda")
-    channels_last = use_channels_last(r, backbone.module)
-    features = split_features(r, backbone.name, backbone.module, SimpleNamespace(**samples), inputs, precision,
-                              channels_last)
-    return {name: features(name, inputs.eval(s)).float() for name, s in samples.items()}, backbone.weights_id
-
-
 def candidate_features(recipe: Recipe, backbone_name: str, weights: str | None, sample: Samples) -> CandidateFeatures:
     """A candidate's features of the ranking sample, and its source classifier's probabilities (images)."""
+    from sft.engine import backbone_features
     from sft.tasks import TEXT
 
     features, weights_id = backbone_features(recipe, backbone_name, weights, {"rank": sample})
