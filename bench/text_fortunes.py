@@ -34,6 +34,9 @@ def logistic(train_x, train_y, test_x, test_y, C: float) -> float:
 
 
 def main(epochs: int = 3, strategies: str = ",".join(STRATEGIES)) -> None:
+    unknown = set(strategies.split(",")) - set(STRATEGIES)
+    if unknown:
+        raise SystemExit(f"unknown strategies {sorted(unknown)}; expected some of {','.join(STRATEGIES)}")
     data = OUT / "fortunes"
     build(TOPICS.split(","), data)
     figures: dict = {}
