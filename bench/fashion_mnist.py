@@ -35,7 +35,7 @@ def main() -> None:
         minutes = (time.perf_counter() - started) / 60
     m = run.metrics
     report({"test_accuracy": round(m["test_acc"], 4), "minutes": round(minutes, 2), "image_size": size,
-            "epochs": epochs, "augment": augment, "train_images_per_second": m["images_per_second"], "precision": m["precision"],
+            "epochs": epochs, "augment": augment, "train_images_per_second": m["samples_per_second"], "precision": m["precision"],
             "threads": torch.get_num_threads()})
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sft.recipe import load_recipe
+from sft import load_recipe
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -77,7 +77,7 @@ def fortunes_slice(tmp_path_factory) -> dict[str, Path]:
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with MiniLM's real tokenizer, saved as a Hugging Face folder: runs in seconds."""
     from transformers import AutoTokenizer, BertConfig, BertModel
-    from sft.text import MINILM, model_folder
+    from sft.models.text_encoder import MINILM, model_folder
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(model_folder(MINILM))
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

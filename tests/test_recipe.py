@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 
 from sft.errors import UserError
-from sft.recipe import documented_defaults, load_recipe
+from sft import load_recipe
+from sft.recipe import Recipe, documented_defaults
+from sft.tasks.classification.recipe import ClassificationRecipe
 
 
 def write(tmp_path, text):
@@ -48,9 +50,11 @@ def test_bad_override_and_missing_train(tmp_path):
 
 
 def test_documented_defaults_lists_every_section():
-    text = documented_defaults()
-    for key in ("data:", "  batch_size: 64", "strategy:", "optim:", "trainer:", "# "):
+    text = documented_defaults(ClassificationRecipe, "text-classification")
+    for key in ("task: text-classification", "data:", "  batch_size: 64", "strategy:", "optim:", "trainer:", "# ",
+                "  label_smoothing: 0.0"):  # a key of the task's own
         assert key in text
+    assert "label_smoothing" not in documented_defaults(Recipe, "toy")  # the shared sections alone
 
 
 def test_example_recipes_are_valid():

@@ -11,9 +11,20 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from sft.core.rundir import is_child_process
 from sft.errors import UserError
+from sft.recipe import documented_defaults
+from sft.tasks import DEFAULT as DEFAULT_TASK
+from sft.tasks import get_task, load_recipe, task_of_run
+from sft.tasks import names as task_names
+from sft.tasks.classification.tools.audit import audit_data
+from sft.tasks.classification.tools.rank import SCORES, rank_backbones
+from sft.tasks.compare import compare_runs, write_html
+from sft.training.fit import fine_tune
+from sft.training.lr_find import find_lr
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Supervised fine-tuning of pretrained models.")
@@ -33,9 +44,9 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML"),
           resume: bool = typer.Option(False, help="continue the run in run_dir from its last checkpoint")):
     """Fine-tune as RECIPE says; writes a run directory."""
     try:
-        from sft.engine import fine_tune
-        from sft.recipe import load_recipe
-        result = fine_tune(load_recipe(recipe, overrides or []), overwrite=overwrite, resume=resume)
+        loaded = load_recipe(recipe, overrides or [])
+        result = fine_tune(get_task(loaded.task), loaded, overwrite=overwrite, resume=resume,
+                           keep=_data_paths(loaded))
     except UserError as e:
         _fail(e)
     if result.metrics:
@@ -53,14 +64,10 @@ def eval_(run_dir: Path = typer.Argument(..., help="a run directory"),
     """Evaluate a trained run: metrics per class, calibration (fits the temperature on the validation split once),
     top losses and Grad-CAM, written as metrics.json and a self-contained report.html."""
     try:
-        from sft.evaluate import default_eval_dir, evaluate_run
-        out = out or default_eval_dir(run_dir, data)
-        summary = evaluate_run(run_dir, data, out, overwrite, progress=True, batch_size=batch_size,
-                               top_n=top_losses)
+        out, summary = task_of_run(run_dir).evaluate(run_dir, data, out, overwrite=overwrite, batch_size=batch_size,
+                                                     top_n=top_losses, progress=True)
     except UserError as e:
         _fail(e)
-    per_class = summary.pop("per_class")
-    summary["per_class_recall"] = {c: v["recall"] for c, v in per_class.items()}
     _print_metrics(out, summary)
     console.print(f"metrics.json and report.html are in {out}")
 
@@ -70,8 +77,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory"),
            eval_dir: Optional[Path] = typer.Option(None, "--eval", help="evaluation folder; default: RUN_DIR/eval")):
     """Rebuild report.html from a stored evaluation (re-runs Grad-CAM)."""
     try:
-        from sft.evaluate import rebuild_report
-        path = rebuild_report(run_dir, eval_dir)
+        path = task_of_run(run_dir).report(run_dir, eval_dir)
     except UserError as e:
         _fail(e)
     console.print(f"wrote {path}")
@@ -79,13 +85,13 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory"),
 
 @app.command()
 def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories"),
-            out: Optional[Path] = typer.Option(None, help="also write the table as an HTML file")):
+            out: Optional[Path] = typer.Option(None, help="also write the table as an HTML file"),
+            overwrite: bool = typer.Option(False, help="replace an earlier --out page of sft compare")):
     """Runs side by side: their metrics and the recipe keys that differ."""
     try:
-        from sft.compare import compare_runs, write_html
         header, rows = compare_runs(run_dirs)
         if out:
-            write_html(out, header, rows)
+            write_html(out, header, rows, overwrite=overwrite)
     except UserError as e:
         _fail(e)
     table = Table(*header)
@@ -106,27 +112,10 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
     try:
         if format not in ("table", "json", "csv"):
             raise UserError(f"--format {format}: expected table, json or csv")
-        from sft.evaluate import predict as predict_batch
-        from sft.run import load_model
-        from sft.tasks import TEXT, prediction_batches
-        model, info = load_model(run_dir)
-        if info.task == TEXT:
-            if files:
-                raise UserError(f"{run_dir} classifies texts: pass --text \"...\" or --file FILE, not files")
-            items = list(text or []) + (_text_lines(lines) if lines else [])
-        else:
-            if text or lines:
-                raise UserError(f"{run_dir} classifies images: pass image files, not --text/--file")
-            items = [str(f) for f in files or []]
-        if not items:
-            raise UserError("nothing to classify: give image files, --text or --file")
-        results = [r for batch in prediction_batches(model, info, items)
-                   for r in predict_batch(model, batch, info.classes, top_k, temperature=info.temperature)]
+        texts = list(text or []) + (_text_lines(lines) if lines else [])
+        rows = task_of_run(run_dir).predict(run_dir, [str(f) for f in files or []], texts, top_k)
     except UserError as e:
         _fail(e)
-    column = "text" if info.task == TEXT else "file"
-    rows = [{column: item, "rank": r + 1, "label": label, "probability": round(p, 4)}
-            for item, preds in zip(items, results) for r, (label, p) in enumerate(preds)]
     if format == "json":
         print(json.dumps(rows, indent=2))
     elif format == "csv":
@@ -136,9 +125,9 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
         writer.writerows(rows)
         sys.stdout.write(out.getvalue())
     else:
-        table = Table(column, "rank", "label", "probability")
+        table = Table(*rows[0])
         for row in rows:
-            table.add_row(row[column], str(row["rank"]), row["label"], f"{row['probability']:.4f}")
+            table.add_row(*(escape(f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row.values()))
         console.print(table)
 
 
@@ -152,11 +141,9 @@ def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbo
           overwrite: bool = typer.Option(False, help="replace an existing audit")):
     """Find label issues, duplicates, train/test leakage, outliers and class imbalance in the recipe's data."""
     try:
-        from sft.engine import audit_data
-        from sft.recipe import load_recipe
         loaded = load_recipe(recipe, overrides or [])
         out = out or Path(f"{loaded.run_dir}-audit")
-        report = audit_data(loaded, out, overwrite=overwrite, also=also or [])
+        report = audit_data(_classification(loaded, "audit"), loaded, out, overwrite=overwrite, also=also or [])
     except UserError as e:
         _fail(e)
     kinds: dict[str, int] = {}
@@ -177,12 +164,9 @@ def lr_find(recipe: Path = typer.Argument(..., help="recipe YAML (its model, str
             overwrite: bool = typer.Option(False, help="replace an existing LR range test")):
     """LR range test: suggests optim.lr for the recipe (plot and JSON in the output folder)."""
     try:
-        from sft.lr_find import find_lr
-        from sft.recipe import load_recipe
-        from sft.run import is_child_process
         loaded = load_recipe(recipe, overrides or [])
         out = out or Path(f"{loaded.run_dir}-lr-find")
-        result = find_lr(loaded, out, start=start, end=end, steps=steps, overwrite=overwrite)
+        result = find_lr(get_task(loaded.task), loaded, out, start=start, end=end, steps=steps, overwrite=overwrite)
     except UserError as e:
         _fail(e)
     if is_child_process():
@@ -203,10 +187,8 @@ def rank(recipe: Path = typer.Argument(..., help="recipe YAML (its data and inpu
          overwrite: bool = typer.Option(False, help="replace an existing ranking")):
     """Rank pretrained backbones for the recipe's data by transferability (LogME, H-score, NCE, LEEP, kNN)."""
     try:
-        from rich.markup import escape
-        from sft.rank import SCORES, rank_backbones
-        from sft.recipe import load_recipe
         loaded = load_recipe(recipe, overrides or [])
+        task = _classification(loaded, "rank")
 
         def progress(candidate, row):
             if row is None:
@@ -214,7 +196,7 @@ def rank(recipe: Path = typer.Argument(..., help="recipe YAML (its data and inpu
             else:
                 errors.print(f"{candidate}: scored in {row['seconds']:.1f} s", highlight=False)
 
-        result = rank_backbones(loaded, [c for c in candidates.split(",") if c.strip()], out, by=by, limit=limit,
+        result = rank_backbones(task, loaded, [c for c in candidates.split(",") if c.strip()], out, by=by, limit=limit,
                                 overwrite=overwrite, progress=progress)
     except UserError as e:
         _fail(e)
@@ -235,10 +217,26 @@ def rank(recipe: Path = typer.Argument(..., help="recipe YAML (its data and inpu
 
 
 @app.command()
-def recipe():
-    """Print the default recipe, every key documented."""
-    from sft.recipe import documented_defaults
-    sys.stdout.write(documented_defaults())
+def recipe(task: str = typer.Option(DEFAULT_TASK, help=f"the task whose recipe to print: {', '.join(task_names())}")):
+    """Print a task's default recipe, every key documented (its own keys included)."""
+    try:
+        chosen = get_task(task)
+    except UserError as e:
+        _fail(e)
+    sys.stdout.write(f"# {chosen.name}: {chosen.description}\n# tasks: {', '.join(task_names())}\n")
+    sys.stdout.write(documented_defaults(chosen.recipe, chosen.name))
+
+
+def _classification(recipe, command: str):
+    task = get_task(recipe.task)
+    if not hasattr(task, "read_split"):
+        raise UserError(f"sft {command} is a classification tool; task {recipe.task} has none")
+    return task
+
+
+def _data_paths(recipe) -> tuple:
+    """The recipe's data: replacing a run directory must never remove it."""
+    return tuple(s.path for s in (recipe.data.train, recipe.data.val, recipe.data.test) if s is not None)
 
 
 def _text_lines(path: Path) -> list[str]:

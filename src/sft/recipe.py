@@ -1,6 +1,8 @@
 """A recipe: one typed, validated object that describes a whole run (YAML file + `dotted.key=value` overrides).
 
-Every field carries its documentation, so `sft recipe` can print the defaults with their meaning, and a mistake in
+This module holds the sections every task shares and the machinery (reading, overrides, error messages); each task
+extends the sections with its own keys in its recipe class, and `task:` picks that class (see `sft.tasks`). Every
+field carries its documentation, so `sft recipe` can print the defaults with their meaning, and a mistake in
 the file is reported with its line, its key and a did-you-mean instead of a traceback.
 """
 
@@ -11,19 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sft.errors import UserError
 
 
-SAMPLED_BALANCE = ("oversample", "undersample")  # data.balance modes that draw the batches with their own sampler
-
-
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Source(_Section):
+class Source(Section):
     """Where one split's labelled samples come from."""
 
     path: str = Field(description="images: a folder (one subfolder per class), CSV manifest (path,label), IDX or "
@@ -33,7 +32,7 @@ class Source(_Section):
         "auto", description="how to read `path`")
 
 
-class Data(_Section):
+class Data(Section):
     train: Source | None = Field(None, description="training data (required); a path or {path, labels, format}")
     val: Source | None = Field(None, description="validation data; default: a seeded stratified split of train")
     test: Source | None = Field(None, description="test data, evaluated once with the best checkpoint")
@@ -45,21 +44,6 @@ class Data(_Section):
     image_size: int | None = Field(None, gt=0, description="input size in pixels; default: the backbone's own")
     augment: Literal["none", "light", "strong"] = Field(
         "light", description="none: resize+crop; light: random resized crop + flip; strong: + RandAugment, erasing")
-    balance: Literal["none", "class-weights", "oversample", "undersample"] = Field(
-        "none", description="imbalanced classes: weight the loss, or draw class-balanced epochs (works under DDP)")
-    class_weights: Literal["inverse", "effective"] | dict[str, float] = Field(
-        "inverse", description="class-weights: inverse frequency, effective number of samples, or {class: weight}")
-    exclude: str | None = Field(None, description="CSV with a `sample` column (e.g. sft audit's suspects.csv): "
-                                                   "train and validate without those samples")
-    relabel: str | None = Field(None, description="CSV with `sample` and `label` (or `suggested_label`) columns: "
-                                                   "corrected labels")
-    text_column: str = Field("text", description="texts: the column (CSV/TSV header or JSONL key) of the text")
-    text_pair_column: str | None = Field(None, description="texts: a second text column, for sentence pairs")
-    label_column: str = Field("label", description="texts: the column of the label")
-    max_length: int = Field(128, gt=0, description="texts: tokens per text; longer ones are truncated and counted")
-    group_by_length: bool = Field(
-        False, description="texts: training batches of similar token length, so they pad less; on by default for "
-                           "texts unless balance over/undersamples (it has its own sampler)")
     batch_size: int = Field(64, gt=0, description="samples per step and process")
     num_workers: int = Field(0, ge=0, description="data-loading processes (0: in the training process)")
 
@@ -68,28 +52,18 @@ class Data(_Section):
     def _path_shorthand(cls, value: Any) -> Any:
         return {"path": str(value)} if isinstance(value, (str, Path)) else value
 
-    @field_validator("group_by_length")
-    @classmethod
-    def _one_training_sampler(cls, value: bool, info: ValidationInfo) -> bool:
-        balance = info.data.get("balance")
-        if value and balance in SAMPLED_BALANCE:
-            raise ValueError(f"data.balance={balance} draws the training batches with its own sampler; set "
-                             f"data.group_by_length=false, or data.balance=class-weights to keep grouping")
-        return value
 
 
-class Model(_Section):
+class Model(Section):
     backbone: str = Field("torchvision/mobilenet_v2", description="images: timm/<name> or torchvision/<name>; texts: "
                                                                   "minilm (shipped; the text default), a Hugging "
                                                                   "Face model folder, or a hub name (online)")
     weights: str | None = Field(
         "imagenet", description="images: imagenet (shipped packages), a .pth/.safetensors file, hub (online), or "
                                 "none; texts: pretrained (the text default) or none")
-    pooling: Literal["mean", "cls"] = Field("mean", description="texts: how token states become one vector")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new head")
 
 
-class Strategy(_Section):
+class Strategy(Section):
     name: Literal["auto", "linear-probe", "full", "partial", "two-stage", "gradual", "lora"] = Field(
         "two-stage", description="which backbone groups train when (groups are the model's own stages/layers); "
                                  "lora: low-rank adapters (peft); auto: chosen from the data and the backbone")
@@ -115,7 +89,7 @@ class Strategy(_Section):
         return value
 
 
-class Optim(_Section):
+class Optim(Section):
     name: Literal["sgd", "adam", "adamw"] = Field("adamw", description="optimizer")
     lr: float | Literal["find"] = Field(
         1e-3, description="learning rate of the head (backbone groups: see strategy.lr_decay); find: run the LR "
@@ -127,9 +101,6 @@ class Optim(_Section):
     warmup: float = Field(0.05, ge=0, lt=1, description="cosine: share of all steps with linear warm-up")
     step_epochs: int = Field(3, ge=1, description="step: epochs between LR drops")
     step_gamma: float = Field(0.1, gt=0, le=1, description="step: LR factor at each drop")
-    loss: Literal["cross-entropy", "focal"] = Field("cross-entropy", description="focal: down-weights easy samples")
-    focal_gamma: float = Field(2.0, ge=0, description="focal loss gamma (0 = cross-entropy)")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the loss")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     accumulate: int = Field(1, ge=1, description="accumulate gradients over this many steps")
 
@@ -141,7 +112,7 @@ class Optim(_Section):
         return value
 
 
-class Trainer(_Section):
+class Trainer(Section):
     epochs: int = Field(5, ge=1, description="training epochs")
     precision: str = Field("auto", description="auto: bf16-mixed where the CPU/GPU supports it, else 32; or any "
                                                "Lightning precision (32, bf16-mixed, 16-mixed)")
@@ -150,14 +121,15 @@ class Trainer(_Section):
     devices: int | str = Field(1, description="processes/devices, e.g. 2 with strategy=ddp")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp")
     deterministic: bool = Field(False, description="deterministic algorithms (slower); runs are always seeded")
-    early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without val_acc gain")
+    early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without gain in the monitored value")
     progress: bool = Field(True, description="rich progress bars")
     log_every_n_steps: int = Field(10, ge=1, description="how often train metrics are logged")
 
 
-class Recipe(_Section):
-    task: Literal["image-classification", "text-classification"] = Field(
-        "image-classification", description="what is being learned")
+class Recipe(Section):
+    """The sections every task shares; a task's recipe class extends them with its own keys (`task:` picks it)."""
+
+    task: str = Field("image-classification", description="what is being learned (`sft recipe --task NAME`)")
     data: Data = Field(default_factory=Data)
     model: Model = Field(default_factory=Model)
     strategy: Strategy = Field(default_factory=Strategy)
@@ -167,22 +139,9 @@ class Recipe(_Section):
     run_dir: str | None = Field(None, description="where the run is written; default runs/<recipe file name>")
     cache_dir: str = Field("~/.cache/sft", description="feature cache (keyed by backbone, weights, transform, data)")
 
-    @model_validator(mode="after")
-    def _text_defaults(self) -> "Recipe":
-        """A text recipe that names no backbone gets the shipped MiniLM with its pretrained weights, and batches
-        grouped by length unless data.balance draws them."""
-        if self.task == "text-classification":
-            if "backbone" not in self.model.model_fields_set:
-                self.model.backbone = "minilm"
-            if "weights" not in self.model.model_fields_set:
-                self.model.weights = "pretrained"
-            if "group_by_length" not in self.data.model_fields_set:
-                self.data.group_by_length = self.data.balance not in SAMPLED_BALANCE
-        return self
 
-
-def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe (or the defaults), apply `dotted.key=value` overrides, validate everything."""
+def read_raw(path: str | Path | None = None, overrides: list[str] = ()) -> tuple[dict, str]:
+    """The YAML mapping of a recipe file (or {}) with `dotted.key=value` overrides applied, and the file's text."""
     raw: dict = {}
     text = ""
     if path is not None:
@@ -198,15 +157,29 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
             raise UserError(f"{path}: a recipe is a mapping of sections (data, model, strategy, ...)")
     for item in overrides:
         _apply_override(raw, item)
+    return raw, text
+
+
+def validate(raw: dict, schema: type[Recipe], path: str | Path | None = None, text: str = "") -> Recipe:
+    """The raw mapping validated against a task's recipe class; errors name the key, its line and a did-you-mean."""
+    path = Path(path) if path is not None else None
     try:
-        recipe = Recipe.model_validate(raw)
+        recipe = schema.model_validate(raw)
     except ValidationError as e:
-        raise UserError(_explain(e, path, text)) from None
+        raise UserError(_explain(e, path, text, schema)) from None
     if recipe.run_dir is None:
         recipe.run_dir = str(Path("runs") / (path.stem if path else "default"))
     if recipe.data.train is None:
         raise UserError(f"{path or 'recipe'}: data.train is required (an image folder, CSV, IDX or numpy file)")
     return recipe
+
+
+def unknown_value(path: str | Path | None, text: str, key: list[str], value: object, known: list[str]) -> UserError:
+    """The error for a value outside a known list (e.g. `task:`), with its line and a did-you-mean."""
+    close = difflib.get_close_matches(str(value), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UserError(f"{path or 'recipe'}: 1 problem(s)\n  {'.'.join(key)}{_line_of(text, key)}: unknown value "
+                     f"{value!r}{hint}; known: {', '.join(known)}")
 
 
 def _apply_override(raw: dict, item: str) -> None:
@@ -225,7 +198,7 @@ def _apply_override(raw: dict, item: str) -> None:
         node[leaf] = value
 
 
-def _explain(error: ValidationError, path: Path | None, text: str) -> str:
+def _explain(error: ValidationError, path: Path | None, text: str, schema: type[BaseModel]) -> str:
     lines = [f"{path or 'recipe'}: {error.error_count()} problem(s)"]
     for err in error.errors():
         loc = [str(part) for part in err["loc"] if not str(part).startswith(("function-", "literal["))]
@@ -233,7 +206,7 @@ def _explain(error: ValidationError, path: Path | None, text: str) -> str:
         where = _line_of(text, loc)
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            message = "unknown key" + _did_you_mean(loc)
+            message = "unknown key" + _did_you_mean(loc, schema)
         elif err["type"] == "literal_error":
             message = f"expected {err['ctx']['expected']}, got {err['input']!r}"
         elif "input" in err and not isinstance(err["input"], dict):
@@ -242,8 +215,8 @@ def _explain(error: ValidationError, path: Path | None, text: str) -> str:
     return "\n".join(lines)
 
 
-def _did_you_mean(loc: list[str]) -> str:
-    model: type[BaseModel] = Recipe
+def _did_you_mean(loc: list[str], schema: type[BaseModel]) -> str:
+    model: type[BaseModel] = schema
     for part in loc[:-1]:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
@@ -280,8 +253,8 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
 
-def documented_defaults() -> str:
-    """The default recipe as YAML, each key with its meaning as a comment (what `sft recipe` prints)."""
+def documented_defaults(schema: type[Recipe], task: str) -> str:
+    """A task's default recipe as YAML, each key with its meaning as a comment (what `sft recipe` prints)."""
     out: list[str] = []
 
     def walk(model: type[BaseModel], indent: str) -> None:
@@ -297,5 +270,6 @@ def documented_defaults() -> str:
             value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
             out.append(f"{indent}{name}: {value}".ljust(36) + f"  # {field.description}")
 
-    walk(Recipe, "")
+    walk(schema, "")
+    out[0] = f"task: {task}".ljust(36) + f"  # {schema.model_fields['task'].description}"
     return "\n".join(out) + "\n"

@@ -1,0 +1,1 @@
+"""From files to batches: samples and splits, image and text readers, transforms, samplers and loaders."""

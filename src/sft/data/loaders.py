@@ -1,0 +1,93 @@
+"""Loaders for one run: seeded samplers, and cached backbone features in head-only epochs.
+
+The data order is a function of (seed, epoch) alone, so a resumed run sees the same batches as an uninterrupted one,
+on one process or several.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+
+from sft.data.sampling import SAMPLER_MODES, BalancedSampler
+from sft.data.samples import Samples
+from sft.data.splits import Splits
+
+
+@dataclass
+class Inputs:
+    """How a task turns samples into model inputs: a dataset per split kind and the batch collate."""
+    train: Callable[[Samples], Dataset]
+    eval: Callable[[Samples], Dataset]
+    collate: Callable | None
+    key: str  # what features depend on besides weights and data: the transform or the tokenizer settings
+    lengths: Callable[[Samples], np.ndarray] | None = None  # texts: tokens per sample, before truncation
+
+
+class RunData(L.LightningDataModule):
+    """Loaders for one run. In head-only epochs they serve cached backbone features instead of images or texts."""
+
+    def __init__(self, splits: Splits, inputs: Inputs, *, batch_size: int, num_workers: int, seed: int,
+                 head_only: Callable[[int], bool], features: Callable[[str, Dataset], torch.Tensor],
+                 balance: str = "none", lengths: np.ndarray | None = None):
+        """lengths: the training samples' token counts, to draw training batches of similar length (texts)."""
+        super().__init__()
+        self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
+        self.balance, self.collate, self.lengths = balance, inputs.collate, lengths
+        self.train_set = inputs.train(splits.train)
+        self.eval_sets = {name: inputs.eval(samples)
+                          for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+                          if samples is not None}
+        self.head_only, self.features = head_only, features
+
+    def eval_dataset(self, split: str, cached: bool) -> Dataset:
+        """A split in eval transform: (features, target) from the cache when `cached`, else (input, target)."""
+        if not cached:
+            return self.eval_sets[split]
+        labels = torch.as_tensor(getattr(self.splits, split).labels, dtype=torch.long)
+        return TensorDataset(self.features(split, self.eval_sets[split]), labels)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _loader(self, dataset: Dataset, shuffle: bool, balanced: bool = False,
+                lengths: np.ndarray | None = None) -> DataLoader:
+        """The one place a sampler is chosen. Each draws its order from (seed, epoch) and gives every process a
+        disjoint share: class-balanced epochs, batches grouped by length (lengths given), or plain shuffling."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if balanced:
+            sampler = BalancedSampler(self.splits.train.labels, self.balance, num_replicas=world, rank=rank,
+                                      seed=self.seed)
+        elif lengths is not None:  # Hugging Face's group_by_length: shuffled mega-batches, each sorted by length
+            from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
+            sampler = DistributedLengthGroupedSampler(self.batch_size, num_replicas=world, rank=rank, seed=self.seed,
+                                                      lengths=lengths.tolist())
+        else:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        cached = isinstance(dataset, TensorDataset)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0 if cached else
+                          self.num_workers, collate_fn=None if cached else self.collate)
+
+    def train_dataloader(self) -> DataLoader:
+        head_only = self.head_only(self._epoch())
+        dataset = self.eval_dataset("train", cached=True) if head_only else self.train_set
+        return self._loader(dataset, shuffle=True, balanced=self.balance in SAMPLER_MODES,
+                            lengths=None if head_only else self.lengths)  # cached features have no padding
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_dataset("val", cached=self.head_only(self._epoch())), shuffle=False)
+
+
+def eval_batches(dataset: Dataset, batch_size: int, collate_fn: Callable | None, progress: bool, what: str):
+    """A split in order, batch by batch, with a transient progress bar when `progress`."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    if progress:
+        from rich.progress import track  # deferred: only interactive commands draw progress
+        return track(loader, description=what, transient=True)
+    return loader

@@ -1,0 +1,118 @@
+"""`Samples`: one split's labelled samples, whatever they are (pixels in memory, image files, texts), so the rest of
+the toolkit never cares where data came from; and the seeded, stratified ways to split and subsample them."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sft.errors import UserError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """One image file as RGB; a missing or corrupt file is a UserError naming it."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise UserError(f"{path}: cannot decode image ({e})") from None
+
+
+@dataclass
+class Samples:
+    """Labelled samples from one source: images (pixels in memory or file paths) or texts (strings, or
+    (text, text) pairs), as `kind` says."""
+    items: np.ndarray | list
+    labels: np.ndarray
+    classes: list[str]
+    ids: list[str]
+    kind: str = "image"
+
+    def __post_init__(self):
+        if not (len(self.items) == len(self.labels) == len(self.ids)):
+            raise ValueError(f"Samples: {len(self.items)} items, {len(self.labels)} labels, {len(self.ids)} ids")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        """Sample i as an RGB image, because every model downstream expects three channels."""
+        if isinstance(self.items, np.ndarray):
+            arr = self.items[i]
+            if arr.ndim == 3 and arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            return Image.fromarray(arr).convert("RGB")
+        return read_image(self.items[i])
+
+    def text(self, i: int) -> str:
+        """Sample i of a text source as one string (a pair joined by a tab)."""
+        item = self.items[i]
+        return "\t".join(item) if isinstance(item, tuple) else item
+
+    def subset(self, indices) -> "Samples":
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
+        return Samples(items, self.labels[idx], list(self.classes), [self.ids[i] for i in idx], self.kind)
+
+    def fingerprint(self) -> str:
+        """Key for cached features: changes with the pixels or files, not with labels."""
+        h = hashlib.sha256()
+        if self.kind == "text":
+            for item in self.items:
+                h.update(repr(item).encode() + b"\n")
+            return h.hexdigest()
+        if isinstance(self.items, np.ndarray):
+            h.update(f"array {self.items.shape} {self.items.dtype}\n".encode())
+            h.update(np.ascontiguousarray(self.items))
+            return h.hexdigest()
+        h.update(b"files\n")
+        for path in self.items:
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                raise UserError(f"{path}: cannot read image file ({e.strerror})") from None
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx): about `fraction` of every class to val, so small classes are not lost."""
+    if not 0 <= fraction < 1:
+        raise UserError(f"validation fraction must be in [0, 1), got {fraction}")
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(int(round(fraction * len(idx))), len(idx) - 1)  # each class keeps >= 1 in train
+        val.append(idx[:k]), train.append(idx[k:])
+    empty = np.zeros(0, np.int64)
+    return np.sort(np.concatenate([empty, *train])), np.sort(np.concatenate([empty, *val]))
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n sorted indices with the class proportions of `labels` (each class >= 1 when n allows)."""
+    labels = np.asarray(labels).reshape(-1)
+    if n < 0:
+        raise UserError(f"subset size must be >= 0, got {n}")
+    if n >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    values, counts = np.unique(labels, return_counts=True)
+    quota = n * counts / len(labels)
+    low = 1 if n >= len(values) else 0
+    alloc = np.minimum(np.maximum(np.floor(quota), low), counts).astype(np.int64)
+    while alloc.sum() < n:  # largest remainder first
+        alloc[np.argmax(np.where(alloc < counts, quota - alloc, -np.inf))] += 1
+    while alloc.sum() > n:  # only possible after the >= 1 bump: take from the most over-served
+        alloc[np.argmax(np.where(alloc > low, alloc - quota, -np.inf))] -= 1
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(values, alloc)]
+    return np.sort(np.concatenate([np.zeros(0, np.int64), *picks]))

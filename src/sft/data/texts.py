@@ -1,0 +1,123 @@
+"""Labelled texts from CSV/TSV/JSONL, and batches of them: tokenization with dynamic padding per batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sft.data.samples import Samples
+from sft.errors import UserError
+
+TEXT_FORMATS = ("csv", "tsv", "jsonl")
+
+
+def read_texts(path, *, format: str = "auto", text_column: str = "text", pair_column: str | None = None,
+               label_column: str = "label", classes: list[str] | None = None) -> Samples:
+    """Labelled texts (or text pairs) from a CSV, TSV or JSONL file; sample ids are `file:line`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: text data file not found")
+    if format == "auto":
+        format = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
+            path.suffix.lower(), "")
+    if format not in TEXT_FORMATS:
+        raise UserError(f"{path}: texts are read from {', '.join(TEXT_FORMATS)} files (by suffix or data.*.format)")
+    rows = list(_jsonl_rows(path) if format == "jsonl" else _table_rows(path, "\t" if format == "tsv" else ","))
+    columns = [text_column, label_column] + ([pair_column] if pair_column else [])
+    texts, labels, ids, empty = [], [], [], []
+    for line, row in rows:
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise UserError(f"{path}:{line}: no column {missing[0]!r}; the columns are {sorted(row)} "
+                            f"(set data.text_column / data.label_column / data.text_pair_column)")
+        parts = [str(row[text_column] or "")] + ([str(row[pair_column] or "")] if pair_column else [])
+        if not all(p.strip() for p in parts):
+            empty.append(line)
+            continue
+        texts.append(tuple(parts) if pair_column else parts[0])
+        labels.append(str(row[label_column]).strip())
+        ids.append(f"{path}:{line}")
+    if empty:
+        raise UserError(f"{path}: {len(empty)} empty text(s), at line(s) {empty[:10]}; remove or fill them")
+    if not texts:
+        raise UserError(f"{path}: no labelled texts")
+    names = [str(c) for c in classes] if classes else sorted(set(labels))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        first = ids[labels.index(unknown[0])]
+        raise UserError(f"{first}: label {unknown[0]!r} is not one of the classes {names} "
+                        f"({len(unknown)} unknown label(s): {unknown[:5]})")
+    return Samples(texts, np.array([index[x] for x in labels], dtype=np.int64), names, ids, kind="text")
+
+
+def _table_rows(path: Path, delimiter: str):
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise UserError(f"{path}: empty file; expected a header line with the column names")
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise UserError(f"{path}:{reader.line_num}: cannot read ({e})") from None
+
+
+def _jsonl_rows(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{line}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{line}: expected a JSON object per line, got {type(row).__name__}")
+            yield line, row
+
+
+class TextDataset(Dataset):
+    def __init__(self, samples: Samples):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return self.samples.items[i], int(self.samples.labels[i])
+
+
+class Tokenize:
+    """Collate (text, label) pairs into a padded batch: padding to the longest text of the batch, not max_length."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def encode(self, texts: list) -> dict:
+        return dict(self.tokenizer(*_columns(texts), truncation=True, max_length=self.max_length, padding=True,
+                                   return_tensors="pt"))
+
+    def __call__(self, batch):
+        texts, labels = zip(*batch)
+        return self.encode(list(texts)), torch.tensor(labels, dtype=torch.long)
+
+
+def token_lengths(tokenizer, samples: Samples) -> np.ndarray:
+    """Tokens of each text (pair) before truncation, int64 (N,): one tokenizer pass per run, which counts the texts
+    longer than max_length (truncated and counted, not rejected) and groups training batches by length."""
+    lengths = [tokenizer(*_columns(list(samples.items[start:start + 1024])), return_length=True,
+                         verbose=False)["length"] for start in range(0, len(samples), 1024)]
+    return np.array([n for chunk in lengths for n in chunk], dtype=np.int64)
+
+
+def _columns(texts: list) -> tuple[list[str], ...]:
+    """Single texts -> (texts,); pairs -> (firsts, seconds), as tokenizers take them."""
+    if isinstance(texts[0], tuple):
+        return [t[0] for t in texts], [t[1] for t in texts]
+    return (list(texts),)

@@ -1,0 +1,81 @@
+"""Tasks: what is being learned. A lazy registry maps a task name to "module:Class", imported on first use (as
+torchtune's recipe registry and timm's model registry do), so adding a task is its package and one line here; other
+packages can add theirs through the `sft.tasks` entry-point group, and tests through `register`.
+
+`load_recipe` lives here because `task:` decides which recipe class validates the rest of the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+from functools import lru_cache
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from sft.errors import UserError
+from sft.recipe import Recipe, read_raw, unknown_value, validate
+
+DEFAULT = "image-classification"
+_REGISTRY: dict[str, str] = {
+    "image-classification": "sft.tasks.classification.task:ImageClassification",
+    "text-classification": "sft.tasks.classification.task:TextClassification",
+}
+
+
+def register(name: str, target: str) -> None:
+    """Add (or replace) a task: `target` is "package.module:Class"; nothing is imported until it is used."""
+    _REGISTRY[name] = target
+    get_task.cache_clear()
+
+
+def names() -> list[str]:
+    """Every known task: the built-in ones, those registered, and those installed packages declare."""
+    found = dict(_REGISTRY)
+    for entry in entry_points(group="sft.tasks"):
+        found.setdefault(entry.name, entry.value)
+    return list(found)
+
+
+@lru_cache(maxsize=None)
+def get_task(name: str):
+    """The task object of `name`, its module imported now."""
+    target = dict(_REGISTRY)
+    for entry in entry_points(group="sft.tasks"):
+        target.setdefault(entry.name, entry.value)
+    if name not in target:
+        close = difflib.get_close_matches(name, list(target), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown task {name!r}{hint}; known: {', '.join(target)}")
+    module, _, cls = target[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (or the defaults), apply `dotted.key=value` overrides, and validate it with the recipe
+    class of its `task:`."""
+    raw, text = read_raw(path, overrides)
+    name = raw.get("task", DEFAULT)
+    if not isinstance(name, str) or name not in names():
+        raise unknown_value(path, text, ["task"], name, names())
+    return validate(raw, get_task(name).recipe, path, text)
+
+
+def task_of_run(run_dir: str | Path):
+    """The task that wrote a run directory (its marker, else its recipe)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run directory")
+    marker = run / ".sft-run"
+    name = None
+    if marker.is_file():
+        try:
+            name = json.loads(marker.read_text()).get("task")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    if name is None:
+        if not (run / "recipe.yaml").is_file():
+            raise UserError(f"{run}: not a run directory (no recipe.yaml)")
+        name = read_raw(run / "recipe.yaml")[0].get("task", DEFAULT)
+    return get_task(name)

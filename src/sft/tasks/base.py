@@ -1,0 +1,67 @@
+"""The Task protocol: everything that differs between what is being learned (classification, segmentation, ...).
+
+The training path (sft.training) asks a task for its parts through `TrainingTask`: splits, backbone, inputs, the
+LightningModule with its loss and metrics, the monitored value, the loader options, whether head-only epochs may
+train on cached features, the choice of `strategy: auto`, the export of a finished run and its final metrics. A
+`Task` adds its recipe class (`task:` picks it) and the commands that act on a finished run: evaluation with its
+report, and prediction. `TaskBase` gives the defaults a new task can keep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from sft.data.loaders import Inputs
+from sft.data.splits import Splits
+from sft.errors import UserError
+from sft.recipe import Recipe
+from sft.training.prepare import Prepared, TrainingTask
+
+
+class Task(TrainingTask, Protocol):
+    recipe: type[Recipe]  # the task's recipe class: the shared sections extended with its own keys
+    description: str  # one line for `sft recipe --task` and the docs
+
+    def evaluate(self, run_dir: Path, data: str | None, out: Path | None, *, overwrite: bool, batch_size: int,
+                 top_n: int, progress: bool) -> tuple[Path, dict]:
+        """`sft eval`: score a finished run; returns the evaluation folder and the summary to print."""
+
+    def report(self, run_dir: Path, eval_dir: Path | None) -> Path:
+        """`sft report`: rebuild an evaluation's page; returns its path."""
+
+    def predict(self, run_dir: Path, files: list[str], texts: list[str], top_k: int) -> list[dict]:
+        """`sft predict`: one row (a flat dict) per result, for a table, JSON or CSV."""
+
+
+class TaskBase:
+    """Defaults for a task: no feature cache, plain loaders, no `strategy: auto`, and commands that say they are not
+    available. A task overrides what it has."""
+
+    name = ""
+    description = ""
+    recipe: type[Recipe] = Recipe
+
+    def uses_feature_cache(self, recipe: Recipe) -> bool:
+        return False
+
+    def loader_options(self, recipe: Recipe, splits: Splits, inputs: Inputs, notes: dict) -> dict:
+        return {}
+
+    def choose_strategy(self, recipe: Recipe, splits: Splits, train_features: torch.Tensor, notes: dict) -> Recipe:
+        raise UserError(f"strategy auto is not available for task {self.name}; choose one of linear-probe, full, "
+                        f"partial, two-stage, gradual")
+
+    def final_metrics(self, prepared: Prepared, cached: bool) -> dict:
+        return {}
+
+    def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
+        raise UserError(f"task {self.name} has no `sft eval` yet")
+
+    def report(self, run_dir, eval_dir):
+        raise UserError(f"task {self.name} has no `sft report` yet")
+
+    def predict(self, run_dir, files, texts, top_k):
+        raise UserError(f"task {self.name} has no `sft predict` yet")

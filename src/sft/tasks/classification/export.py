@@ -1,0 +1,108 @@
+"""A finished classification run's model: written as model.safetensors + model.json (+ the text encoder's config and
+tokenizer, and a LoRA run's adapter), and rebuilt from those files alone for `sft eval` and `sft predict`.
+
+    model.safetensors      the best weights, backbone + head
+    model.json             how to rebuild and feed the model: backbone name, classes, preprocessing, temperature
+    backbone/              texts: the encoder's config and tokenizer files (the run needs no model folder)
+    adapter/               lora: the peft adapter alone (adapter_config.json, adapter_model.safetensors)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json
+from sft.core.rundir import RunDir
+from sft.errors import UserError
+from sft.models.backbone import Preprocess
+from sft.models.lora import add_lora
+from sft.models.text_encoder import TextPreprocess, create_text_encoder
+from sft.models.vision import create_backbone
+from sft.recipe import Strategy
+from sft.tasks.classification.module import logits, new_head
+from sft.tasks.classification.recipe import TEXT
+
+
+@dataclass
+class ModelInfo:
+    """Everything needed to rebuild the trained model without the training data or the original weights."""
+    backbone: str
+    classes: list[str]
+    num_features: int
+    preprocess: Preprocess | TextPreprocess
+    dropout: float = 0.0
+    channels_last: bool = False
+    task: str = "image-classification"
+    lora: dict | None = None  # the strategy section of a lora run: rebuilds the same adapters
+    temperature: float = 1.0  # calibration: predicted probabilities are softmax(logits / temperature)
+    extra: dict = field(default_factory=dict)
+
+
+class TrainedClassifier(nn.Module):
+    """backbone -> head, for evaluation and prediction (of images, tokenized texts or cached features)."""
+
+    def __init__(self, parts: nn.ModuleDict, channels_last: bool):
+        super().__init__()
+        self.backbone, self.head, self.channels_last = parts["backbone"], parts["head"], channels_last
+
+    def forward(self, x: torch.Tensor | dict) -> torch.Tensor:
+        return logits(self.backbone, self.head, x, self.channels_last)
+
+
+def model_files(run: RunDir) -> tuple[Path, Path, Path, Path]:
+    """(weights, info, encoder files, adapter) of a run."""
+    return (run.path / "model.safetensors", run.path / "model.json", run.path / "backbone", run.path / "adapter")
+
+
+def export_model(run: RunDir, model: nn.Module, info: ModelInfo) -> None:
+    weights, info_file, encoder_files, adapter = model_files(run)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if k.startswith(("backbone.", "head."))}
+    if info.task == TEXT:
+        encoder = model.backbone
+        atomic_write_dir(encoder_files, lambda tmp: (encoder.model.config.save_pretrained(tmp),
+                                                     encoder.tokenizer.save_pretrained(tmp)))
+        if info.lora:
+            atomic_write_dir(adapter, encoder.model.save_pretrained)
+    atomic_write(weights, lambda tmp: save_file(state, tmp))
+    atomic_write_json(info_file, asdict(info))
+
+
+def used_preprocess(pre, image_size: int | None):
+    """The preprocessing a run trained with: the backbone's own, at data.image_size when set."""
+    if isinstance(pre, Preprocess) and image_size:
+        return replace(pre, input_size=(image_size, image_size))
+    return pre
+
+
+def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
+    """The trained model (eval mode) and its info, from a run directory alone."""
+    run = RunDir(run_dir)
+    weights, info_file, encoder_files, _ = model_files(run)
+    if not run.path.is_dir():
+        raise UserError(f"{run.path}: no such run directory")
+    if not (weights.exists() and info_file.exists()):
+        raise UserError(f"{run.path}: no finished model (model.safetensors, model.json); the run did not complete "
+                        f"— resume it with `sft train RECIPE --resume`")
+    raw = json.loads(info_file.read_text())
+    kind = TextPreprocess if raw.get("task") == TEXT else Preprocess
+    raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
+    info = ModelInfo(**raw)
+    if info.task == TEXT:
+        backbone = create_text_encoder(str(encoder_files), "none", info.preprocess.pooling)[0]
+        if info.lora:
+            backbone.model = add_lora(backbone.model, Strategy(**info.lora))
+    else:
+        backbone = create_backbone(info.backbone, weights=None).module
+    model = nn.ModuleDict({"backbone": backbone, "head": new_head(info.num_features, len(info.classes), info.dropout)})
+    model.load_state_dict(load_file(weights))
+    model.eval()
+    if info.channels_last:  # the layout it trained in: mixed layouts are several times slower on CPU
+        model.to(memory_format=torch.channels_last)
+    return TrainedClassifier(model, info.channels_last), info

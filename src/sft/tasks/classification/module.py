@@ -1,0 +1,75 @@
+"""The classification LightningModule: the new head on the backbone's pooled vector, cross-entropy or focal loss
+(class-weighted when asked), accuracy monitored as val_acc. It trains on inputs or, in head-only epochs, on cached
+features: `logits` takes either."""
+
+from __future__ import annotations
+
+import torch
+import torchmetrics
+from torch import nn
+
+from sft.data.splits import Splits
+from sft.models.backbone import Backbone
+from sft.tasks.classification.losses import FocalLoss, class_weights
+from sft.tasks.classification.recipe import ClassificationRecipe
+from sft.training.module import FineTuneModule
+from sft.training.strategies import Schedule
+
+
+def new_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """The replaced final layer: the same shape in training and when a run's model is rebuilt."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+
+
+def logits(backbone: nn.Module, head: nn.Module, x: torch.Tensor | dict, channels_last: bool) -> torch.Tensor:
+    """Logits from images (B,3,H,W), tokenized texts (a dict) or cached features (B,D)."""
+    if isinstance(x, dict):
+        x = backbone(x)
+    elif x.ndim == 4:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = backbone(x)
+    return head(x)
+
+
+def build_loss(recipe: ClassificationRecipe, train) -> nn.Module:
+    """Cross-entropy or focal loss, with class weights when data.balance is class-weights."""
+    weight = (class_weights(train.labels, train.classes, recipe.data.class_weights)
+              if recipe.data.balance == "class-weights" else None)
+    if recipe.optim.loss == "focal":
+        return FocalLoss(recipe.optim.focal_gamma, weight=weight, label_smoothing=recipe.optim.label_smoothing)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.optim.label_smoothing)
+
+
+class Classifier(FineTuneModule):
+    def __init__(self, backbone: Backbone, splits: Splits, schedule: Schedule, recipe: ClassificationRecipe,
+                 channels_last: bool = False):
+        classes = splits.classes
+        super().__init__(backbone.module, new_head(backbone.num_features, len(classes), recipe.model.dropout),
+                         schedule, recipe.optim, recipe.trainer.epochs, channels_last)
+        self.classes = classes
+        self.loss_fn = build_loss(recipe, splits.train)
+        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=len(classes))
+        self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=len(classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits(self.backbone, self.head, x, self.channels_last)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        loss = self.check_finite(self.loss_fn(out.float(), y))
+        self.train_acc(out, y)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        self.val_acc(out, y)
+        self.log("val_loss", self.loss_fn(out.float(), y), prog_bar=True, sync_dist=True, batch_size=len(y))
+        self.log("val_acc", self.val_acc, prog_bar=True, batch_size=len(y))
+
+    def checkpoint_facts(self) -> dict:
+        return {"classes": self.classes}

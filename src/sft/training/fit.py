@@ -1,0 +1,143 @@
+"""Training: a recipe and its task in, a finished run directory out, with Lightning's Trainer doing all the training.
+
+Reads top to bottom: check the run directory and lock it, resolve what the interrupted run resolved (on resume) or
+find the learning rate, prepare, build the Trainer, fit, export the best model, score it. Lightning gives precision,
+devices/DDP, checkpoints, loggers and progress bars; this module only wires them to the task's parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from sft.core.atomic import atomic_write_text
+from sft.core.rundir import RunDir, is_child_process, locked
+from sft.errors import UserError
+from sft.recipe import Recipe, dump_recipe
+from sft.training.lr_find import find_lr, write_lr_find
+from sft.training.module import NonFiniteLoss
+from sft.training.prepare import TrainingTask, prepare
+from sft.training.trainer import Monitor, build_trainer
+
+log = logging.getLogger("sft")
+
+
+def quiet_lightning() -> None:
+    """Lightning's advertising and hardware banners, and a deprecation inside Lightning itself, are noise for our
+    users; called when a command starts, never at import."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for message in (".*isinstance\\(treespec, LeafSpec\\).*", ".*smaller than the logging interval.*",
+                    ".*module\\(s\\) in eval mode at the start of training.*",  # frozen on purpose
+                    ".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+@dataclass
+class Run:
+    """A finished run: its directory and its metrics."""
+    dir: Path
+    metrics: dict
+
+
+def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
+              callbacks: list[Callback] = (), keep: tuple = ()) -> Run:
+    """Train as the recipe says; write and return the run directory (checkpoints, logs, model, metrics). `keep`:
+    paths (the data) that replacing a run directory must never remove."""
+    quiet_lightning()
+    run = RunDir(recipe.run_dir)
+    with contextlib.nullcontext() if is_child_process() else locked(run):
+        if not is_child_process():
+            run.check(overwrite=overwrite, resume=resume, keep=keep)
+        return _fine_tune(task, recipe, run, overwrite, resume, list(callbacks), keep)
+
+
+def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool, callbacks: list, keep) -> Run:
+    lr_found = None
+    if resume and run.recipe.exists():  # what the interrupted run resolved (a found LR, an auto strategy)
+        import yaml
+        done = type(recipe).model_validate(yaml.safe_load(run.recipe.read_text()))
+        recipe = recipe.model_copy(update={"optim": done.optim, "strategy": done.strategy})
+    if recipe.optim.lr == "find":
+        lr_found = find_lr(task, recipe)
+        log.warning(f"optim.lr find: {lr_found['suggestion']:.3g} (LR range test)")
+        recipe = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": lr_found["suggestion"]})})
+    p = prepare(task, recipe)
+    recipe = p.recipe  # resolved: strategy auto -> the chosen one
+    trainer = _trainer(recipe, run, p.precision, task.monitor, callbacks)  # before the folder: bad settings leave none
+    if not is_child_process():
+        run.start(overwrite=overwrite, resume=resume, task=task.name, keep=keep)
+        atomic_write_text(run.recipe, dump_recipe(recipe))
+        if lr_found is not None:
+            write_lr_find(run.path / "lr-find", lr_found)
+            p.notes["lr_find"] = {k: lr_found[k] for k in ("suggestion", "valley", "steep", "steps_done", "seconds")}
+    for warning in p.notes.pop("warnings", []):
+        log.warning(warning)
+
+    started = time.perf_counter()
+    try:
+        trainer.fit(p.model, datamodule=p.data, ckpt_path=str(run.last_checkpoint) if resume else None)
+    except NonFiniteLoss as e:
+        kept = f"; the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint.exists() else ""
+        raise UserError(f"training stopped: {e}{kept}. Lower optim.lr or set optim.grad_clip.") from None
+    seconds = time.perf_counter() - started
+    if trainer.global_rank != 0:
+        return Run(run.path, {})
+    if trainer.interrupted or not run.best_checkpoint.exists():
+        return Run(run.path, {"interrupted": True, "epochs_done": trainer.current_epoch})
+
+    best = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
+    p.model.load_state_dict(best["state_dict"])
+    p.model.to("cpu").eval()
+    task.export(run, p)
+    # a backbone that never trained is the cached one: its val/test features come from (and go to) the cache
+    cached = (task.uses_feature_cache(recipe) and recipe.strategy.cache != "none"
+              and not p.schedule.ever_trains_backbone(recipe.trainer.epochs))
+    score = trainer.checkpoint_callback.best_model_score
+    metrics = {
+        task.monitor.name: float(score) if score is not None else None,
+        "best_epoch": best.get("epoch"),
+        "epochs": trainer.current_epoch,
+        "strategy": recipe.strategy.name,
+        "backbone": recipe.model.backbone,
+        "precision": p.precision,
+        "train_samples": len(p.splits.train),
+        "val_samples": len(p.splits.val),
+        "train_seconds": round(seconds, 2),
+        "samples_per_second": round(len(p.splits.train) * trainer.current_epoch / seconds, 1) if seconds else None,
+    }
+    metrics.update(task.final_metrics(p, cached))
+    metrics.update(weights=p.backbone.weights_id, **p.notes)
+    run.write_metrics(metrics)
+    return Run(run.path, metrics)
+
+
+def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extra: list[Callback]):
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor.name, mode=monitor.mode,
+                        enable_version_counter=False),
+        # every epoch, improved or not: Lightning's save_last only writes when a monitored checkpoint is saved,
+        # which would resume a run from its best epoch instead of its latest
+        ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
+        LearningRateMonitor(logging_interval="step"),
+        *extra,
+    ]
+    t = recipe.trainer
+    if t.early_stopping:
+        callbacks.append(EarlyStopping(monitor=monitor.name, mode=monitor.mode, patience=t.early_stopping))
+    csv_log = run.path / "logs" / "metrics.csv"
+    if csv_log.exists():  # Lightning's CSVLogger deletes an existing file: keep a resumed run's earlier epochs
+        csv_log.rename(csv_log.with_name(f"metrics.before-resume-{len(list(csv_log.parent.glob('metrics*')))}.csv"))
+    loggers = [CSVLogger(run.path, name="logs", version=""),
+               TensorBoardLogger(run.path / "logs", name="tensorboard", version="")]
+    return build_trainer(recipe, precision, callbacks, max_epochs=t.epochs, logger=loggers,
+                         default_root_dir=run.path, log_every_n_steps=t.log_every_n_steps,
+                         accumulate_grad_batches=recipe.optim.accumulate)

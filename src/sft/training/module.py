@@ -1,0 +1,75 @@
+"""The LightningModule every task's module extends: a backbone and a new head, trained by a freeze schedule.
+
+The module always holds the whole model, so every strategy produces the same checkpoint. The checkpoint also carries
+the freeze state and the RNG states, so a resumed run continues exactly where the uninterrupted one would have been.
+A task adds its loss and metrics in `training_step` / `validation_step` and logs the value it monitors.
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from sft.recipe import Optim
+from sft.training.optim import build_optimizer, build_scheduler
+from sft.training.strategies import Schedule
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: training stops and the last good checkpoint is kept."""
+
+
+class FineTuneModule(L.LightningModule):
+    def __init__(self, backbone: nn.Module, head: nn.Module, schedule: Schedule, optim: Optim, epochs: int,
+                 channels_last: bool = False):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.schedule, self.optim, self.epochs, self.channels_last = schedule, optim, epochs, channels_last
+
+    # -- the freeze schedule: applied at every epoch start and again after each validation ------------------------
+    def on_train_epoch_start(self) -> None:
+        self.schedule.apply(self.backbone, self.current_epoch)
+
+    def on_validation_model_train(self) -> None:
+        super().on_validation_model_train()
+        self.schedule.apply(self.backbone, self.current_epoch)
+
+    def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}")
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.optim, self.backbone, self.head, self.schedule)
+        scheduler = build_scheduler(self.optim, self.epochs, optimizer, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoint extras -------------------------------------------------------------------------------------------
+    def checkpoint_facts(self) -> dict:
+        """What a task stores beside the weights in every checkpoint (e.g. its class names)."""
+        return {}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sft"] = {
+            **self.checkpoint_facts(),
+            "trainable_groups": self.schedule.trainable_groups(self.current_epoch),
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("sft", {}).get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            kind, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+            random.setstate(rng["python"])
+
+
+def _numpy_state() -> tuple:
+    """NumPy's RNG state in plain types, so checkpoints load with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)

@@ -1,0 +1,61 @@
+"""Optimizer and LR schedule: one parameter group per (backbone group, decay or not), fixed for the whole run.
+
+Every parameter is in the optimizer from the first step, frozen or not: frozen ones get no gradient and are skipped,
+so unfreezing later never changes the optimizer's groups and a resumed run restores them one to one (the mismatch
+that breaks resuming freeze schedules in hand-made setups). Norm weights and biases get no weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sft.recipe import Optim
+from sft.training.strategies import Schedule
+
+
+def param_groups(backbone: nn.Module, head: nn.Module, schedule: Schedule, lr: float, weight_decay: float) -> list:
+    named = dict(backbone.named_parameters())
+    blocks = [(f"backbone.{i}", [named[n] for n in group], lr * scale)
+              for i, (group, scale) in enumerate(zip(schedule.groups, schedule.lr_scales()))]
+    blocks.append(("head", list(head.parameters()), lr))
+    groups = []
+    for name, params, group_lr in blocks:  # names label the LR curves in the logs
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups += [{"params": ps, "lr": group_lr, "weight_decay": wd, "name": label}
+                   for ps, wd, label in ((decay, weight_decay, name), (no_decay, 0.0, f"{name}.no_decay")) if ps]
+    return groups
+
+
+def build_optimizer(cfg: Optim, backbone: nn.Module, head: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
+    groups = param_groups(backbone, head, schedule, cfg.lr, cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_scheduler(cfg: Optim, epochs: int, optimizer: torch.optim.Optimizer, total_steps: int):
+    """A per-step schedule; its state is in Lightning's checkpoint, so resuming continues the same curve."""
+    total_steps = max(total_steps, 1)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps)
+    if cfg.scheduler == "step":
+        steps_per_epoch = max(total_steps // epochs, 1)
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_epochs * steps_per_epoch, gamma=cfg.step_gamma)
+    if cfg.scheduler == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warmup = int(cfg.warmup * total_steps)
+
+    def cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)

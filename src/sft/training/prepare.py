@@ -1,0 +1,104 @@
+"""Everything a run trains, built from the recipe alone (no run directory, no trainer): what training, the LR range
+test and a task's tools share. The task supplies each part through the `TrainingTask` interface below."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from sft.core.precision import resolve_precision, use_channels_last
+from sft.core.rundir import RunDir
+from sft.data.loaders import Inputs, RunData
+from sft.data.splits import Splits
+from sft.models.backbone import Backbone
+from sft.recipe import Recipe
+from sft.training.features import cache_key, cached_features, weights_digest
+from sft.training.module import FineTuneModule
+from sft.training.strategies import Schedule
+from sft.training.trainer import Monitor
+
+
+class TrainingTask(Protocol):
+    """What the training path asks of a task (sft.tasks.base.Task adds evaluation, prediction and loading)."""
+
+    name: str
+    monitor: Monitor
+
+    def load_splits(self, recipe: Recipe) -> Splits: ...
+
+    def build_backbone(self, recipe: Recipe) -> Backbone: ...
+
+    def build_inputs(self, backbone: Backbone, recipe: Recipe | None) -> Inputs: ...
+
+    def uses_feature_cache(self, recipe: Recipe) -> bool: ...
+
+    def loader_options(self, recipe: Recipe, splits: Splits, inputs: Inputs, notes: dict) -> dict: ...
+
+    def choose_strategy(self, recipe: Recipe, splits: Splits, train_features: torch.Tensor, notes: dict) -> Recipe: ...
+
+    def build_module(self, recipe: Recipe, backbone: Backbone, splits: Splits, schedule: Schedule,
+                     channels_last: bool) -> FineTuneModule: ...
+
+    def export(self, run: RunDir, prepared: "Prepared") -> None: ...
+
+    def final_metrics(self, prepared: "Prepared", cached: bool) -> dict: ...
+
+
+@dataclass
+class Prepared:
+    recipe: Recipe
+    backbone: Backbone
+    splits: Splits
+    inputs: Inputs
+    schedule: Schedule
+    precision: str
+    channels_last: bool
+    model: FineTuneModule
+    data: RunData
+    notes: dict = field(default_factory=dict)  # facts for the run log and metrics.json (e.g. truncated texts)
+
+
+def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
+    """Seed, read the data, build the backbone, its inputs, the freeze schedule, the model and the loaders."""
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    backbone = task.build_backbone(recipe)
+    splits = task.load_splits(recipe)
+    inputs = task.build_inputs(backbone, recipe)
+    notes: dict = {}
+    options = task.loader_options(recipe, splits, inputs, notes)
+    precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
+    channels_last = use_channels_last(recipe.trainer.channels_last, backbone.module)
+    features = split_features(recipe, backbone.name, backbone.module, splits, inputs, precision, channels_last)
+    if recipe.strategy.name == "auto":
+        recipe = task.choose_strategy(recipe, splits, features("train", inputs.eval(splits.train)), notes)
+    schedule = Schedule(recipe.strategy, backbone.groups)
+    model = task.build_module(recipe, backbone, splits, schedule, channels_last)
+    cache = task.uses_feature_cache(recipe) and recipe.strategy.cache != "none"
+    head_only = (lambda epoch: schedule.head_only(epoch)) if cache else (lambda epoch: False)
+    data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers,
+                   seed=recipe.seed, head_only=head_only, features=features, **options)
+    return Prepared(recipe, backbone, splits, inputs, schedule, precision, channels_last, model, data, notes)
+
+
+def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits, inputs: Inputs, precision: str,
+                   channels_last: bool) -> Callable[[str, Dataset], torch.Tensor]:
+    """features(split, dataset): the frozen backbone's features of a split, through the cache. The key holds the
+    weights' content, the transform or tokenizer, the data's fingerprint and the precision, so any change
+    recomputes them."""
+    weights = weights_digest(backbone)
+    loaded: dict[str, torch.Tensor] = {}  # head-only epochs ask every epoch: hash and read each split once per run
+
+    def features(split: str, dataset: Dataset) -> torch.Tensor:
+        if split not in loaded:
+            key = cache_key(name, weights, inputs.key, getattr(splits, split).fingerprint(), precision)
+            loaded[split] = cached_features(
+                key, backbone, dataset, mode=recipe.strategy.cache, cache_dir=recipe.cache_dir,
+                batch_size=max(recipe.data.batch_size, 128), precision=precision,
+                channels_last=channels_last, device=next(backbone.parameters()).device,
+                num_workers=recipe.data.num_workers, collate_fn=inputs.collate)
+        return loaded[split]
+    return features

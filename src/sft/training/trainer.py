@@ -1,0 +1,39 @@
+"""The one place a Lightning Trainer is built, for training and for the LR range test alike: the recipe's devices,
+strategy, precision and clipping, and the value the task monitors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, RichProgressBar
+
+from sft.errors import UserError
+from sft.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """The validation value a task logs to pick the best checkpoint and stop early, e.g. val_acc (max)."""
+    name: str
+    mode: str  # "max" | "min"
+
+
+def build_trainer(recipe: Recipe, precision: str, callbacks: list[Callback], **settings) -> L.Trainer:
+    """A Trainer with the recipe's settings; `settings` are the caller's own (epochs or steps, loggers, ...)."""
+    t = recipe.trainer
+    strategy = t.strategy
+    if strategy == "ddp" and recipe.strategy.name != "full":
+        strategy = "ddp_find_unused_parameters_true"  # frozen groups and cached epochs leave parameters unused
+    if t.progress:
+        callbacks = [*callbacks, RichProgressBar()]
+    try:
+        return L.Trainer(
+            accelerator=t.accelerator, devices=t.devices, strategy=strategy, precision=precision,
+            deterministic=t.deterministic, callbacks=callbacks, gradient_clip_val=recipe.optim.grad_clip,
+            use_distributed_sampler=False, reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0,
+            enable_progress_bar=t.progress, enable_model_summary=False, **settings)
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as e:
+        raise UserError(f"trainer settings (accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, "
+                        f"precision={t.precision}): {e}") from None
