@@ -28,6 +28,7 @@ demo: install data
 	$(PY) examples/demo.py
 
 test: install data
+	.venv/bin/lint-imports --no-cache  # the layers of docs/architecture.md (contracts in pyproject.toml)
 	$(PY) -m pytest -q
 
 bench: install data

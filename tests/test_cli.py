@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from sft import engine as _engine  # noqa: F401  (imports Lightning now: its log handler binds to the real stderr)
+from sft.training import fit as _fit  # noqa: F401  (imports Lightning now: its log handler binds to the real stderr)
 from sft.cli import app
 
 runner = CliRunner()

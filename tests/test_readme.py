@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import sft.engine  # noqa: F401  (Lightning's log handler binds to the real stderr)
+import sft.training.fit  # noqa: F401  (Lightning's log handler binds to the real stderr)
 from sft.cli import app
 
 ROOT = Path(__file__).parents[1]

@@ -169,3 +169,32 @@ def test_hub_offline(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="could not fetch hub weights for timm/test_efficientnet") as e:
         create_backbone(TINY, "hub")
     assert "weights: imagenet" not in str(e.value) and "weights: none" in str(e.value)
+
+
+@pytest.mark.parametrize("name, channels", [("torchvision/mobilenet_v2", [16, 24, 32, 96, 1280]),
+                                            ("timm/tf_efficientnet_lite0", [16, 24, 40, 112, 320])])
+def test_shipped_weights_load_as_feature_maps(name, channels):
+    """Maps mode: the same ImageNet tensors under the same groups, a pyramid at strides 2..32 of the input."""
+    pooled, maps = create_backbone(name, "imagenet"), create_backbone(name, "imagenet", out="maps")
+    own, mapped = pooled.module.state_dict(), maps.module.state_dict()
+    assert all(torch.equal(own[k], mapped[f"model.{k}"]) for k in own)
+    assert maps.out == "maps" and maps.channels == channels and maps.reductions == [2, 4, 8, 16, 32]
+    assert len(maps.groups) == len(pooled.groups)
+    in_groups = {n for g in maps.groups for n in g}
+    assert in_groups <= {f"model.{n}" for g in pooled.groups for n in g}
+    unused = {n for n, _ in maps.module.named_parameters()} - in_groups  # e.g. a head convolution after the pyramid
+    assert all("conv_head" in n or "bn2" in n for n in unused)
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        out = maps.module.eval()(x)
+        vector = pooled.module.eval()(x)
+    assert [tuple(o.shape) for o in out] == [(2, c, 96 // r, 96 // r) for c, r in zip(channels, maps.reductions)]
+    if name.startswith("torchvision"):  # its pooled vector is the average of the deepest map
+        assert torch.allclose(out[-1].mean((2, 3)), vector, atol=1e-5)
+
+
+def test_maps_mode_skips_pooling_and_rejects_unknown_outputs():
+    resnet = create_backbone("torchvision/resnet18", None, out="maps")
+    assert resnet.reductions == [2, 4, 8, 16, 32] and resnet.channels[-1] == 512
+    with pytest.raises(UserError, match="'pooled' or 'maps'"):
+        create_backbone("torchvision/resnet18", None, out="tokens")

@@ -17,7 +17,7 @@ from sft.tasks import get_task
 from sft.training.lr_find import LRSweep, find_lr, suggest
 from tests.conftest import tiny_recipe
 
-__import__("sft.engine")  # imports Lightning now, so its log handler binds to the real stderr, not the runner's
+__import__("sft.training.fit")  # imports Lightning now, so its log handler binds to the real stderr, not the runner's
 runner = CliRunner()
 SFT = Path(sys.executable).with_name("sft")
 
@@ -95,5 +95,5 @@ def test_two_processes_stop_together(tmp_path, fashion_slice):
     result = json.loads((tmp_path / "run-lr-find" / "lr_find.json").read_text())
     assert result["stopped_early"] and result["steps_done"] < 40
     assert 1e-3 <= result["suggestion"] <= 1e6
-    assert sorted(p.name for p in (tmp_path / "run-lr-find").iterdir()) == ["lr_find.json", "lr_find.png"]
+    assert sorted(p.name for p in (tmp_path / "run-lr-find").iterdir()) == [".sft-run", "lr_find.json", "lr_find.png"]
     assert torch.distributed.is_available()

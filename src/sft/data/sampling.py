@@ -19,14 +19,14 @@ from sft.errors import UserError
 SAMPLER_MODES = ("oversample", "undersample")  # data.balance modes that draw the batches with their own sampler
 
 
-def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Samples per class, int64 (C,); a label outside 0..C-1 is a data error, not something to count silently."""
+def class_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Samples per class, int64 (n,); a label outside 0..n-1 is a data error, not something to count silently."""
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    bad = labels[(labels < 0) | (labels >= num_classes)]
+    bad = labels[(labels < 0) | (labels >= n)]
     if bad.size:
-        raise UserError(f"labels {sorted(set(bad.tolist()))[:10]} are out of range: expected 0..{num_classes - 1} "
-                        f"for {num_classes} classes")
-    return np.bincount(labels, minlength=num_classes).astype(np.int64)
+        raise UserError(f"labels {sorted(set(bad.tolist()))[:10]} are out of range: expected 0..{n - 1} "
+                        f"for {n} classes")
+    return np.bincount(labels, minlength=n).astype(np.int64)
 
 
 class BalancedSampler(torch.utils.data.Sampler[int]):

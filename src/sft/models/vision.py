@@ -75,10 +75,10 @@ def _stages(lib: str, model: nn.Module) -> tuple[list[str], list[int], list[int]
         names = [i["module"] for i in info]
         return names, [int(i["num_chs"]) for i in info], [int(i["reduction"]) for i in info]
     if isinstance(getattr(model, "features", None), nn.Sequential):
-        candidates = [f"features.{n}" for n, _ in model.features.named_children()]
+        children = [(f"features.{n}", m) for n, m in model.features.named_children()]
     else:
-        candidates = [n for n, _ in model.named_children()]
-    stages = find_stages(model, candidates)
+        children = list(model.named_children())
+    stages = find_stages(model, [n for n, m in children if next(m.parameters(), None) is not None])  # no pooling
     if not stages[0]:
         raise UserError(f"{lib}: cannot find the feature-map stages of this backbone; choose a convolutional one")
     return stages

@@ -30,25 +30,27 @@ def register(name: str, target: str) -> None:
     get_task.cache_clear()
 
 
-def names() -> list[str]:
-    """Every known task: the built-in ones, those registered, and those installed packages declare."""
+def _targets() -> dict[str, str]:
+    """name -> "module:Class": the built-in and registered tasks, then those installed packages declare."""
     found = dict(_REGISTRY)
     for entry in entry_points(group="sft.tasks"):
         found.setdefault(entry.name, entry.value)
-    return list(found)
+    return found
+
+
+def names() -> list[str]:
+    return list(_targets())
 
 
 @lru_cache(maxsize=None)
 def get_task(name: str):
     """The task object of `name`, its module imported now."""
-    target = dict(_REGISTRY)
-    for entry in entry_points(group="sft.tasks"):
-        target.setdefault(entry.name, entry.value)
-    if name not in target:
-        close = difflib.get_close_matches(name, list(target), n=1)
+    targets = _targets()
+    if name not in targets:
+        close = difflib.get_close_matches(name, list(targets), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"unknown task {name!r}{hint}; known: {', '.join(target)}")
-    module, _, cls = target[name].partition(":")
+        raise UserError(f"unknown task {name!r}{hint}; known: {', '.join(targets)}")
+    module, _, cls = targets[name].partition(":")
     return getattr(importlib.import_module(module), cls)()
 
 
@@ -76,6 +78,6 @@ def task_of_run(run_dir: str | Path):
             name = None
     if name is None:
         if not (run / "recipe.yaml").is_file():
-            raise UserError(f"{run}: not a run directory (no recipe.yaml)")
+            raise UserError(f"{run}: no finished model here (no recipe.yaml): give a run directory that `sft train` wrote")
         name = read_raw(run / "recipe.yaml")[0].get("task", DEFAULT)
     return get_task(name)

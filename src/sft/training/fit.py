@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +29,6 @@ from sft.training.trainer import Monitor, build_trainer
 log = logging.getLogger("sft")
 
 
-def quiet_lightning() -> None:
-    """Lightning's advertising and hardware banners, and a deprecation inside Lightning itself, are noise for our
-    users; called when a command starts, never at import."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    for message in (".*isinstance\\(treespec, LeafSpec\\).*", ".*smaller than the logging interval.*",
-                    ".*module\\(s\\) in eval mode at the start of training.*",  # frozen on purpose
-                    ".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*"):
-        warnings.filterwarnings("ignore", message=message)
-
-
 @dataclass
 class Run:
     """A finished run: its directory and its metrics."""
@@ -51,7 +40,6 @@ def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, re
               callbacks: list[Callback] = (), keep: tuple = ()) -> Run:
     """Train as the recipe says; write and return the run directory (checkpoints, logs, model, metrics). `keep`:
     paths (the data) that replacing a run directory must never remove."""
-    quiet_lightning()
     run = RunDir(recipe.run_dir)
     with contextlib.nullcontext() if is_child_process() else locked(run):
         if not is_child_process():

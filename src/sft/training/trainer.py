@@ -3,6 +3,8 @@ strategy, precision and clipping, and the value the task monitors."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import lightning as L
@@ -13,15 +15,26 @@ from sft.errors import UserError
 from sft.recipe import Recipe
 
 
+def quiet_lightning() -> None:
+    """Lightning's advertising and hardware banners, and a deprecation inside Lightning itself, are noise for our
+    users; silenced when a Trainer is built, never at import."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for message in (".*isinstance\\(treespec, LeafSpec\\).*", ".*smaller than the logging interval.*",
+                    ".*module\\(s\\) in eval mode at the start of training.*",  # frozen on purpose
+                    ".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 @dataclass(frozen=True)
 class Monitor:
-    """The validation value a task logs to pick the best checkpoint and stop early, e.g. val_acc (max)."""
+    """The validation value a task logs to pick the best checkpoint and stop early: an accuracy (max), a loss (min)."""
     name: str
     mode: str  # "max" | "min"
 
 
 def build_trainer(recipe: Recipe, precision: str, callbacks: list[Callback], **settings) -> L.Trainer:
     """A Trainer with the recipe's settings; `settings` are the caller's own (epochs or steps, loggers, ...)."""
+    quiet_lightning()
     t = recipe.trainer
     strategy = t.strategy
     if strategy == "ddp" and recipe.strategy.name != "full":

@@ -12,7 +12,7 @@ from sft.tasks import get_task
 from sft.tasks.classification.tools.rank import SCORES, candidate_features, parse_candidate, rank_backbones, rank_sample, score
 from tests.conftest import tiny_recipe
 
-__import__("sft.engine")  # imports Lightning now, so its log handler binds to the real stderr, not the runner's
+__import__("sft.training.fit")  # imports Lightning now, so its log handler binds to the real stderr, not the runner's
 runner = CliRunner()
 
 TASK = get_task("image-classification")

@@ -157,7 +157,7 @@ def test_report_opens_in_headless_chromium(run, tmp_path):
 
 def test_text_report_escapes_texts_and_shows_token_attributions():
     """The text path on a toy tokenized-text model (dict inputs, a collate_fn with a tokenizer)."""
-    from tests.test_interpret import BagOfTokens, Tokenizer
+    from tests.tasks.classification.test_interpret import BagOfTokens, Tokenizer
 
     texts = ["w5 w3 <b>bold</b>", "w5 w7", "w3 w3", "w7 & w5"]
     samples = Samples(texts, np.array([0, 1, 1, 0]), ["neg", "pos"], [f"t{i}" for i in range(4)], kind="text")
