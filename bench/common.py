@@ -24,7 +24,7 @@ def read_fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def fashion_npz(split: str, n: int | None, seed: int = 0) -> Path:
     """A stratified slice of n samples of an official split, as an .npz sft can read (all of it when n is None)."""
-    from sft.sources import stratified_subset
+    from sft.data.samples import stratified_subset
 
     x, y = read_fashion(split)
     if n is not None:

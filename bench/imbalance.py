@@ -16,7 +16,7 @@ import numpy as np
 
 from common import CLASSES, OUT, read_fashion, fashion_npz, report
 from sft import fine_tune, load_recipe
-import sft.engine  # noqa: F401,E402
+import sft.training.fit  # noqa: F401,E402
 
 RATIO, LARGEST, SEEDS = 100, 2000, (0, 1, 2)
 METHODS = {"none": [], "class-weights": ["data.balance=class-weights"], "oversample": ["data.balance=oversample"],

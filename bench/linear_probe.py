@@ -22,9 +22,9 @@ from torchvision import transforms
 
 from common import CLASSES, fashion_npz, report
 from sft import fine_tune, load_recipe
-import sft.engine  # noqa: F401,E402  (Lightning's import is not per-run work: keep it out of the timings)
-from sft.backbones import classify_imagenet_head
-from sft.sources import read_samples
+import sft.training.fit  # noqa: F401,E402  (Lightning's import is not per-run work: keep it out of the timings)
+from sft.models.vision import classify_imagenet_head
+from sft.data.images import read_samples
 
 SIZE, EPOCHS, BATCH = 96, 10, 64
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from common import CLASSES, fashion_npz, report
 from sft import fine_tune, load_recipe
-__import__("sft.engine")  # Lightning's import is not per-run work: keep it out of the timings
-from sft.lr_find import find_lr
+__import__("sft.training.fit")  # Lightning's import is not per-run work: keep it out of the timings
+from sft.tasks import get_task
+from sft.training.lr_find import find_lr
 
 FACTORS = (10 ** -1, 10 ** -0.5, 1.0, 10 ** 0.5, 10 ** 1)
 FORTUNES = Path(__file__).resolve().parent.parent / "examples" / "fortunes" / "data"
@@ -49,7 +50,8 @@ def settings() -> dict[str, list[str] | None]:
 def run(name: str, overrides: list[str], tmp: str) -> dict:
     common = ["trainer.progress=false", f"cache_dir={tmp}/cache", "seed=0", *overrides]
     started = time.perf_counter()
-    found = find_lr(load_recipe(None, [*common, f"run_dir={tmp}/{name}"]), Path(tmp) / f"{name}-lr-find")
+    recipe = load_recipe(None, [*common, f"run_dir={tmp}/{name}"])
+    found = find_lr(get_task(recipe.task), recipe, Path(tmp) / f"{name}-lr-find")
     sweep_s = time.perf_counter() - started
     s = found["suggestion"]
     print(f"{name}: suggestion {s:.3g} (valley {found['valley']:.3g}, steep {found['steep']:.3g}) in {sweep_s:.0f} s",

@@ -21,7 +21,8 @@ import numpy as np
 
 from common import CLASSES, OUT, fashion_npz, report
 from sft import fine_tune, load_recipe
-from sft.engine import audit_data
+from sft.tasks import get_task
+from sft.tasks.classification.tools.audit import audit_data
 
 NOISE = 0.10
 
@@ -51,7 +52,7 @@ def main() -> None:
                 "data.augment=none", "strategy.name=linear-probe", "optim.lr=0.003", "trainer.epochs=15",
                 "trainer.progress=false", f"run_dir={tmp}/{name}", f"cache_dir={tmp}/cache", *extra])
 
-        audit = audit_data(recipe(noisy, "audit"), Path(tmp) / "audit")
+        audit = audit_data(get_task("image-classification"), recipe(noisy, "audit"), Path(tmp) / "audit")
         audit_minutes = (time.perf_counter() - start) / 60
         found = {s.sample for s in audit.suspects if s.kind == "label_issue"}
         hits = len(found & flipped)

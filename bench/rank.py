@@ -28,8 +28,9 @@ from scipy.stats import kendalltau
 
 from common import CLASSES, fashion_npz, report
 from sft import fine_tune, load_recipe
-__import__("sft.engine")  # Lightning's import is not per-run work: keep it out of the timings
-from sft.rank import SCORES, rank_backbones
+__import__("sft.training.fit")  # Lightning's import is not per-run work: keep it out of the timings
+from sft.tasks import get_task
+from sft.tasks.classification.tools.rank import SCORES, rank_backbones
 
 CANDIDATES = [f"{backbone}@{weights}" for weights in ("imagenet", "none")
               for backbone in ("torchvision/mobilenet_v2", "timm/tf_efficientnet_lite0", "timm/tf_efficientnet_lite1",
@@ -46,7 +47,8 @@ def main(train_n: int = 2000) -> None:
         common = [f"data.train={train}", f"data.test={test}", f"data.classes={CLASSES}", "data.image_size=96",
                   "trainer.progress=false", f"cache_dir={tmp}/cache", "seed=0"]
         started = time.perf_counter()
-        ranking = rank_backbones(load_recipe(None, [*common, *RECIPES["probe"], f"run_dir={tmp}/rank"]), CANDIDATES,
+        ranking = rank_backbones(get_task("image-classification"),
+                                 load_recipe(None, [*common, *RECIPES["probe"], f"run_dir={tmp}/rank"]), CANDIDATES,
                                  f"{tmp}/rank-out", limit=train_n)
         rank_s = time.perf_counter() - started
         if ranking["failed"]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from common import OUT, report
 from sft import fine_tune, load_recipe
-from sft.engine import prepare, split_features
+from sft.tasks import get_task
+from sft.training.prepare import prepare, split_features
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "fortunes"))
@@ -45,7 +46,7 @@ def main(epochs: int = 3, strategies: str = ",".join(STRATEGIES)) -> None:
                 "data.max_length=128", "data.batch_size=32", "trainer.progress=false", f"cache_dir={tmp}/cache"]
 
         started = time.perf_counter()
-        p = prepare(load_recipe(None, base + ["strategy.name=linear-probe"]))
+        p = prepare(get_task("text-classification"), load_recipe(None, base + ["strategy.name=linear-probe"]))
         train, test = p.splits.train, p.splits.test
         from sklearn.feature_extraction.text import TfidfVectorizer
         tfidf = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)

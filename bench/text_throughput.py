@@ -22,7 +22,8 @@ import lightning as L
 
 from common import OUT, report
 from sft import fine_tune, load_recipe
-from sft.engine import prepare
+from sft.tasks import get_task
+from sft.training.prepare import prepare
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "fortunes"))
 from build import TOPICS, build  # noqa: E402
@@ -70,7 +71,7 @@ def run_sft(base: list[str], steps: int, tmp: str) -> Clock:
 def run_hf_trainer(base: list[str], steps: int, tmp: str, group_by_length: bool) -> Clock:
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback,
                               TrainingArguments)
-    p = prepare(load_recipe(None, base + ["strategy.name=full"]))
+    p = prepare(get_task("text-classification"), load_recipe(None, base + ["strategy.name=full"]))
     tokenizer, train = p.backbone.module.tokenizer, p.splits.train
     folder = p.backbone.weights_id.split(":", 1)[1]
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(train.classes))

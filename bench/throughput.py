@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 
 from common import CLASSES, fashion_npz, report
 from sft import fine_tune, load_recipe
-from sft.backbones import create_backbone
-from sft.data import ImageDataset, build_transforms
-from sft.engine import cpu_has_bf16
-from sft.sources import read_samples
+from sft.models.vision import create_backbone
+from sft.data.images import ImageDataset, build_transforms
+from sft.core.precision import cpu_has_bf16
+from sft.data.images import read_samples
 
 BATCH, SIZE, WARMUP, STEPS = 32, 224, 2, 8
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from sft.tasks import task_of_run
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
                   "--virtual-time-budget=5000", "--hide-scrollbars"]
 
@@ -36,8 +38,7 @@ def main() -> None:
     png = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/report.png")
     page = run / "eval" / "report.html"
     if not page.exists():
-        from sft.evaluate import evaluate_run
-        evaluate_run(run)
+        task_of_run(run).evaluate(run, None, None, overwrite=False, batch_size=128, top_n=16, progress=False)
     screenshot(page, png)
     print(f"{png}: screenshot of {page}")
 

@@ -47,6 +47,30 @@ def tiny_recipe(tmp_path, data: dict, *overrides: str):
         *overrides])
 
 
+def tiny_args(tmp_path, data: dict, run_dir=None) -> list[str]:
+    """The tiny recipe as `sft train` overrides: a 1-epoch linear probe."""
+    return [f"data.train={data['train']}", f"data.test={data['test']}", "data.image_size=32",
+            "data.classes=[T-shirt, Trouser, Sneaker, Bag]", "model.backbone=timm/test_efficientnet",
+            "model.weights=none", "trainer.epochs=1", "trainer.progress=false", "strategy.name=linear-probe",
+            f"run_dir={run_dir or tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"]
+
+
+def sft(*args):
+    """`sft ARGS...` in this process; a traceback is never an answer."""
+    from typer.testing import CliRunner
+    from sft.cli import app
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("optim:\n  lr: 0.01\n")
+    return path
+
+
 FORTUNES = Path("/usr/share/games/fortunes")
 TOPICS = ["computers", "food", "law", "pets"]
 

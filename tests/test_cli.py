@@ -5,33 +5,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from sft.training import fit as _fit  # noqa: F401  (imports Lightning now: its log handler binds to the real stderr)
-from sft.cli import app
-
-runner = CliRunner()
-
-
-def sft(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    return result
-
-
-def tiny_args(tmp_path, data):
-    return [f"data.train={data['train']}", f"data.test={data['test']}", "data.image_size=32",
-            "data.classes=[T-shirt, Trouser, Sneaker, Bag]", "model.backbone=timm/test_efficientnet",
-            "model.weights=none", "trainer.epochs=1", "trainer.progress=false", "strategy.name=linear-probe",
-            f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"]
-
-
-@pytest.fixture
-def recipe_file(tmp_path):
-    path = tmp_path / "recipe.yaml"
-    path.write_text("optim:\n  lr: 0.01\n")
-    return path
-
+from tests.conftest import sft, tiny_args
 
 @pytest.fixture
 def trained(tmp_path, recipe_file, fashion_slice):

@@ -20,11 +20,6 @@ from sft.recipe import documented_defaults
 from sft.tasks import DEFAULT as DEFAULT_TASK
 from sft.tasks import get_task, load_recipe, task_of_run
 from sft.tasks import names as task_names
-from sft.tasks.classification.tools.audit import audit_data
-from sft.tasks.classification.tools.rank import SCORES, rank_backbones
-from sft.tasks.compare import compare_runs, write_html
-from sft.training.fit import fine_tune
-from sft.training.lr_find import find_lr
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Supervised fine-tuning of pretrained models.")
@@ -44,6 +39,7 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML"),
           resume: bool = typer.Option(False, help="continue the run in run_dir from its last checkpoint")):
     """Fine-tune as RECIPE says; writes a run directory."""
     try:
+        from sft.training.fit import fine_tune  # deferred here and below: `sft --help` stays instant
         loaded = load_recipe(recipe, overrides or [])
         result = fine_tune(get_task(loaded.task), loaded, overwrite=overwrite, resume=resume,
                            keep=_data_paths(loaded))
@@ -89,6 +85,7 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories"),
             overwrite: bool = typer.Option(False, help="replace an earlier --out page of sft compare")):
     """Runs side by side: their metrics and the recipe keys that differ."""
     try:
+        from sft.tasks.compare import compare_runs, write_html
         header, rows = compare_runs(run_dirs)
         if out:
             write_html(out, header, rows, overwrite=overwrite)
@@ -141,6 +138,7 @@ def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbo
           overwrite: bool = typer.Option(False, help="replace an existing audit")):
     """Find label issues, duplicates, train/test leakage, outliers and class imbalance in the recipe's data."""
     try:
+        from sft.tasks.classification.tools.audit import audit_data
         loaded = load_recipe(recipe, overrides or [])
         out = out or Path(f"{loaded.run_dir}-audit")
         report = audit_data(_classification(loaded, "audit"), loaded, out, overwrite=overwrite, also=also or [])
@@ -164,6 +162,7 @@ def lr_find(recipe: Path = typer.Argument(..., help="recipe YAML (its model, str
             overwrite: bool = typer.Option(False, help="replace an existing LR range test")):
     """LR range test: suggests optim.lr for the recipe (plot and JSON in the output folder)."""
     try:
+        from sft.training.lr_find import find_lr
         loaded = load_recipe(recipe, overrides or [])
         out = out or Path(f"{loaded.run_dir}-lr-find")
         result = find_lr(get_task(loaded.task), loaded, out, start=start, end=end, steps=steps, overwrite=overwrite)
@@ -187,6 +186,7 @@ def rank(recipe: Path = typer.Argument(..., help="recipe YAML (its data and inpu
          overwrite: bool = typer.Option(False, help="replace an existing ranking")):
     """Rank pretrained backbones for the recipe's data by transferability (LogME, H-score, NCE, LEEP, kNN)."""
     try:
+        from sft.tasks.classification.tools.rank import SCORES, rank_backbones
         loaded = load_recipe(recipe, overrides or [])
         task = _classification(loaded, "rank")
 

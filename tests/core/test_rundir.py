@@ -5,82 +5,60 @@ import json
 import os
 
 import pytest
-from typer.testing import CliRunner
-
-from sft.cli import app
 from sft.core.rundir import RunDir, check_replaceable, folder_kind, replace_folder
 from sft.errors import UserError
+from tests.conftest import sft, tiny_args
 
 
-def sft(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    return result
-
-
-def train_args(tmp_path, data, run_dir):
-    return [f"data.train={data['train']}", f"data.test={data['test']}", "data.image_size=32",
-            "data.classes=[T-shirt, Trouser, Sneaker, Bag]", "model.backbone=timm/test_efficientnet",
-            "model.weights=none", "trainer.epochs=1", "trainer.progress=false", "strategy.name=linear-probe",
-            f"run_dir={run_dir}", f"cache_dir={tmp_path / 'cache'}"]
-
-
-@pytest.fixture
-def recipe(tmp_path):
-    path = tmp_path / "recipe.yaml"
-    path.write_text("optim:\n  lr: 0.01\n")
-    return path
-
-
-def test_a_folder_of_the_user_is_refused_even_with_overwrite(tmp_path, recipe, fashion_slice):
+def test_a_folder_of_the_user_is_refused_even_with_overwrite(tmp_path, recipe_file, fashion_slice):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.txt").write_text("draft")
     for flags in ([], ["--overwrite"]):
-        result = sft("train", recipe, *train_args(tmp_path, fashion_slice, mine), *flags)
+        result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, mine), *flags)
         assert result.exit_code == 2 and "not written by sft" in result.output and "thesis.txt" in result.output
         assert "unfinished run" not in result.output
     assert (mine / "thesis.txt").read_text() == "draft" and len(list(mine.iterdir())) == 1
 
 
-def test_a_run_is_replaced_only_when_asked_and_carries_its_marker(tmp_path, recipe, fashion_slice):
+def test_a_run_is_replaced_only_when_asked_and_carries_its_marker(tmp_path, recipe_file, fashion_slice):
     run = tmp_path / "run"
-    assert sft("train", recipe, *train_args(tmp_path, fashion_slice, run)).exit_code == 0
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run)).exit_code == 0
     assert json.loads((run / ".sft-run").read_text()) == {"kind": "run", "task": "image-classification"}
-    again = sft("train", recipe, *train_args(tmp_path, fashion_slice, run))
+    again = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run))
     assert again.exit_code == 2 and "already holds a finished run" in again.output
     (run / "notes.txt").write_text("kept?")
-    assert sft("train", recipe, *train_args(tmp_path, fashion_slice, run), "--overwrite").exit_code == 0
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run), "--overwrite").exit_code == 0
     assert not (run / "notes.txt").exists() and (run / "metrics.json").exists()
 
 
-def test_the_data_and_the_current_directory_are_never_removed(tmp_path, recipe, fashion_slice, monkeypatch):
+def test_the_data_and_the_current_directory_are_never_removed(tmp_path, recipe_file, fashion_slice, monkeypatch):
     run = tmp_path / "run"
-    assert sft("train", recipe, *train_args(tmp_path, fashion_slice, run)).exit_code == 0
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run)).exit_code == 0
     data = {"train": run / "train.npz", "test": fashion_slice["test"]}  # the user keeps data inside a run
     data["train"].write_bytes(fashion_slice["train"].read_bytes())
-    result = sft("train", recipe, *train_args(tmp_path, data, run), "--overwrite")
+    result = sft("train", recipe_file, *tiny_args(tmp_path, data, run), "--overwrite")
     assert result.exit_code == 2 and "the data" in result.output and data["train"].exists()
     monkeypatch.chdir(run)
-    result = sft("train", recipe, *train_args(tmp_path, fashion_slice, "."), "--overwrite")
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, "."), "--overwrite")
     assert result.exit_code == 2 and "current directory" in result.output and (run / "model.json").exists()
 
 
-def test_a_second_training_into_a_locked_run_is_refused(tmp_path, recipe, fashion_slice):
+def test_a_second_training_into_a_locked_run_is_refused(tmp_path, recipe_file, fashion_slice):
     run = tmp_path / "run"
     lock = RunDir(run).lock()
     lock.acquire()  # another process is training into run/
     try:
-        result = sft("train", recipe, *train_args(tmp_path, fashion_slice, run))
+        result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run))
         assert result.exit_code == 2 and "another sft process is training into this folder" in result.output
         assert not run.exists()
     finally:
         lock.release()
 
 
-def test_eval_out_replaces_only_an_evaluation(tmp_path, recipe, fashion_slice):
+def test_eval_out_replaces_only_an_evaluation(tmp_path, recipe_file, fashion_slice):
     run = tmp_path / "run"
-    assert sft("train", recipe, *train_args(tmp_path, fashion_slice, run)).exit_code == 0
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run)).exit_code == 0
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "cat.jpg").write_bytes(b"not really")
@@ -95,9 +73,9 @@ def test_eval_out_replaces_only_an_evaluation(tmp_path, recipe, fashion_slice):
     assert sft("eval", run, "--out", out, "--overwrite", "--top-losses", "0").exit_code == 0
 
 
-def test_compare_out_never_overwrites_a_file_it_did_not_write(tmp_path, recipe, fashion_slice):
+def test_compare_out_never_overwrites_a_file_it_did_not_write(tmp_path, recipe_file, fashion_slice):
     run = tmp_path / "run"
-    assert sft("train", recipe, *train_args(tmp_path, fashion_slice, run)).exit_code == 0
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run)).exit_code == 0
     page = tmp_path / "essay.html"
     page.write_text("<p>my essay</p>")
     result = sft("compare", run, "--out", page)

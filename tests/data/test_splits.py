@@ -56,7 +56,8 @@ def test_exclude_and_relabel(fashion_slice, tmp_path):
     exclude.write_text("sample\n" + "\n".join(bags[:5]) + "\n")
     relabel = tmp_path / "relabel.csv"
     relabel.write_text(f"sample,label\n{bags[5]},0\n")
-    splits = load_splits(Data(train=fashion_slice["train"]), seed=0, read=read, exclude=str(exclude), relabel=str(relabel))
+    splits = load_splits(Data(train=fashion_slice["train"]), seed=0, read=read, exclude=str(exclude),
+                         relabel=str(relabel))
     kept = dict(zip(splits.train.ids + splits.val.ids, list(splits.train.labels) + list(splits.val.labels)))
     assert not set(bags[:5]) & set(kept) and len(kept) == len(samples) - 5
     assert kept[bags[5]] == 0

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
-from sft.data.sampling import SAMPLER_MODES, BalancedSampler
 from sft.data.samples import Samples
+from sft.data.sampling import SAMPLER_MODES, BalancedSampler
 from sft.data.splits import Splits
 
 

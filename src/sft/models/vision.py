@@ -1,4 +1,4 @@
-"""Pretrained image backbones from timm and torchvision, pooled or as feature maps, under sft.models.backbone's contract.
+"""Pretrained image backbones from timm and torchvision, pooled or as feature maps (sft.models.backbone's contract).
 
 Machines here are offline, so models are always built without downloading (timm `pretrained=False`, torchvision
 `weights=None`) and weights are loaded from files we find ourselves: the registry packages of ASSETS.md

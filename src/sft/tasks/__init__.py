@@ -78,6 +78,7 @@ def task_of_run(run_dir: str | Path):
             name = None
     if name is None:
         if not (run / "recipe.yaml").is_file():
-            raise UserError(f"{run}: no finished model here (no recipe.yaml): give a run directory that `sft train` wrote")
+            raise UserError(f"{run}: no finished model here (no recipe.yaml): give a run directory that `sft train` "
+                            f"wrote")
         name = read_raw(run / "recipe.yaml")[0].get("task", DEFAULT)
     return get_task(name)

@@ -86,7 +86,7 @@ def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, 
 
 
 def _folded(backbone: nn.Module, channels_last: bool) -> nn.Module:
-    """A copy with BatchNorm folded into the convolutions (torch.fx): the same features, about 1.3x faster on CPU.
+    """A copy with BatchNorm folded into the convolutions (torch.fx): the same features, faster on the CPU.
     Models without BatchNorm, or that fx cannot trace, are used as they are."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
         return backbone

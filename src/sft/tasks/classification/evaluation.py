@@ -202,7 +202,8 @@ def evaluate_run(task, run_dir: str | Path, data: str | Path | None = None, out:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     calibration = calibrate_run(run.path, model, info, lambda: val_samples(task, recipe),
-                                task.run_inputs(model, info), seed=recipe.seed, device=device, batch_size=batch_size, progress=progress)
+                                task.run_inputs(model, info), seed=recipe.seed, device=device,
+                                batch_size=batch_size, progress=progress)
     result = evaluate(model, dataset, len(info.classes), batch_size=batch_size, device=device, progress=progress,
                       collate_fn=collate_fn, temperature=calibration["temperature"], top_losses=top_n)
     for row in result["top_losses"]:

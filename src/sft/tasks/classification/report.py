@@ -251,6 +251,7 @@ def build_report(results: dict, model, info, samples, dataset, collate_fn, progr
     """The page, with a spinner while Grad-CAM runs (on the CPU, in NCHW: its backward passes are several times
     faster there than in channels_last)."""
     from contextlib import nullcontext
+
     from rich.console import Console
     model = model.cpu().eval()
     if getattr(model, "channels_last", False):

@@ -20,8 +20,8 @@ import numpy as np
 from sft.core.atomic import atomic_write_json, atomic_write_text
 from sft.core.html import esc, img, page
 from sft.core.rundir import check_replaceable, mark
-from sft.errors import UserError
 from sft.data.samples import Samples
+from sft.errors import UserError
 from sft.recipe import Recipe
 from sft.tasks.classification.tools.rank import backbone_features, parse_candidate
 from sft.training.prepare import prepare
@@ -66,10 +66,9 @@ def audit(samples: dict[str, Samples], features: dict[str, np.ndarray], *, folds
 
     `neighbours`: k of the nearest-neighbour vote blended into the probe (0 = linear probe alone).
     `more_features`: features of the same samples from other backbones, same keys; each adds its own probe to
-    the label-issue probabilities (averaged), which finds more flips with fewer false alarms than one backbone
-    (bench/noisy_labels.py's data, MobileNetV2 + EfficientNet-Lite0 at 96 px: F1 0.855 / 0.849 on flip seeds 0 / 1,
-    against 0.825 / 0.814 with MobileNetV2 alone; the second probe doubles the probe time).
-    Duplicates, leaks and outliers use `features` only.
+    the label-issue probabilities (averaged): backbones err differently, so the vote finds more flips with fewer
+    false alarms than one backbone (README, "Imbalanced and noisy data"). Duplicates, leaks and outliers use
+    `features` only.
     """
     if "train" not in samples or set(samples) != set(features):
         raise ValueError(f"audit: need matching keys with 'train'; got {list(samples)} and {list(features)}")
@@ -119,14 +118,11 @@ def _label_issues(labels: list[np.ndarray], views: list[list[np.ndarray]], folds
     of the confident joint, `cleanlab.count.num_label_issues`) and flags that many samples, those whose given
     label gets the lowest probability (filter_by="low_self_confidence").
 
-    Why these choices (bench/noisy_labels.py, 5,000 Fashion-MNIST images with 10 % flips, MobileNetV2 at 96 px,
-    flip seeds 0-3, F1 against the flips): the estimated count ranked by self-confidence beats the mask filters
-    (F1 0.80-0.82 against 0.70-0.72 for "both", the former default, which flags ~750 for 500 flips; the others
-    did worse). The kNN vote errs differently from the linear probe: an equal blend (no weight tuned; 0.3-0.7
-    all score alike) ranks the flips better (86-87 % of the 500 lowest are flips, against 84-85 %) and lifts
-    F1 to 0.81-0.83. Left alone: temperature scaling (no gain), 10 folds (+0.005 for twice the time),
-    centred or distance-weighted kNN, LDA, PCA-whitened probes and a second round fitted without the flagged
-    samples (it ranks better but over-estimates the count).
+    Why these choices (measured with bench/noisy_labels.py, figures in the README): the estimated count ranked by
+    self-confidence beats cleanlab's mask filters, which flag far more samples than there are flips. The kNN vote
+    errs differently from the linear probe, so an equal blend (no weight tuned) ranks the flips better. Left alone
+    for lack of gain: temperature scaling, 10 folds, centred or distance-weighted kNN, LDA, PCA-whitened probes and
+    a second round fitted without the flagged samples (it ranks better but over-estimates the count).
     """
     from cleanlab.filter import find_label_issues
     from sklearn.linear_model import LogisticRegression
