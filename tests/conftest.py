@@ -118,3 +118,18 @@ def tiny_text_recipe(tmp_path, data: dict, bert: Path, *overrides: str):
         "data.batch_size=16", "data.max_length=48", f"model.backbone={bert}", "trainer.epochs=2",
         "trainer.progress=false", "optim.lr=0.003", f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
         *overrides])
+
+
+@pytest.fixture(scope="session")
+def segmentation_set(tmp_path_factory) -> Path:
+    """examples/segmentation/build.py's composites of real Fashion-MNIST garments: 24 train, 8 val, 8 test at 64 px."""
+    if not FASHION.exists():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("segmentation_build", Path(__file__).parents[1] / "examples" /
+                                                  "segmentation" / "build.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    out = tmp_path_factory.mktemp("segmentation") / "data"
+    builder.build(out, train=24, val=8, test=8, size=64, seed=0)
+    return out

@@ -20,6 +20,31 @@ ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
 
 
+def in_a_copy(tmp_path, monkeypatch, needs: str) -> None:
+    """Work in a copy of examples/ (without built data), as a user in a fresh checkout would; skip without `needs`."""
+    if not Path(needs).exists():
+        pytest.skip(f"{needs} is not installed")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("data"))
+    monkeypatch.chdir(tmp_path)
+
+
+def run_block(block: str, script_args: list[str], train_args: list[str]):
+    """Each line of a bash block as written: `python` scripts with `script_args`, `sft train` with `train_args`
+    (shorter runs), other `sft` commands as they are; returns the last command's result."""
+    result = None
+    for line in block.splitlines():
+        line = line.split("  #")[0].strip()
+        if line.startswith("python "):
+            subprocess.run([sys.executable, *shlex.split(line)[1:], *script_args], check=True)
+            continue
+        args = shlex.split(line)[1:]
+        if args[0] == "train":
+            args += train_args
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (line, result.output)
+    return result
+
+
 @pytest.mark.slow
 def test_readme_python_block_and_cli_lines(tmp_path, monkeypatch):
     if not Path("/usr/share/datasets/fashion-mnist").exists():
@@ -61,27 +86,15 @@ def test_readme_text_block(tmp_path, monkeypatch):
     block = re.search(r"```bash\n(python examples/fortunes/build.py.*?)```", README, re.S).group(1)
     shorter = ["strategy.name=linear-probe", "trainer.epochs=1", "data.train_limit=200", "data.test_limit=60",
                f"cache_dir={tmp_path / 'cache'}"]
-    for line in block.splitlines():
-        line = line.split("  #")[0].strip()
-        if line.startswith("python "):
-            subprocess.run([sys.executable, *shlex.split(line)[1:]], check=True)
-            assert Path("examples/fortunes/data/train.csv").exists()
-            continue
-        args = shlex.split(line)[1:]
-        if args[0] == "train":
-            args += shorter
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, (line, result.output)
+    result = run_block(block, [], shorter)
+    assert Path("examples/fortunes/data/train.csv").exists()
     assert "pets" in result.output and "law" in result.output  # the predict line's table
     assert Path("runs/fortunes-lora/metrics.json").exists()
 
 
 @pytest.mark.slow
 def test_readme_lr_find_rank_auto_block(tmp_path, monkeypatch):
-    if not Path("/usr/share/datasets/fashion-mnist").exists():
-        pytest.skip("dataset-fashion-mnist is not installed")
-    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("data"))
-    monkeypatch.chdir(tmp_path)
+    in_a_copy(tmp_path, monkeypatch, "/usr/share/datasets/fashion-mnist")
     block = re.search(r"```bash\n(sft lr-find.*?)```", README, re.S).group(1)
     for line in block.splitlines():
         args = shlex.split(line.split("  #")[0])[1:]
@@ -92,3 +105,15 @@ def test_readme_lr_find_rank_auto_block(tmp_path, monkeypatch):
     assert Path("runs/fashion_mnist-lr-find/lr_find.png").exists() and Path("runs/fashion_mnist-rank/rank.json").exists()
     metrics = json.loads(Path("runs/auto/metrics.json").read_text())
     assert metrics["strategy_auto"]["chosen"] == metrics["strategy"] and metrics["lr_find"]["suggestion"] > 0
+
+
+@pytest.mark.slow
+def test_readme_segmentation_block(tmp_path, monkeypatch):
+    """The segmentation block as written: a smaller composite set and one short epoch, the same commands."""
+    in_a_copy(tmp_path, monkeypatch, "/usr/share/datasets/fashion-mnist")
+    Image.fromarray(np.full((100, 80, 3), 60, np.uint8)).save("img.png")
+    block = re.search(r"```bash\n(python examples/segmentation/build.py.*?)```", README, re.S).group(1)
+    run_block(block, ["--train", "32", "--val", "8", "--test", "8"],
+              ["trainer.epochs=1", "data.image_size=64", f"cache_dir={tmp_path / 'cache'}"])
+    assert Path("runs/segmentation/eval/report.html").exists()
+    assert Image.open("masks/img.png").size == (80, 100)

@@ -30,7 +30,7 @@ from sft.errors import UserError
 
 MARKER = ".sft-run"
 KIND_NAMES = {"run": "a run", "eval": "an evaluation", "audit": "an audit", "rank": "a ranking",
-              "lr-find": "an LR range test"}
+              "lr-find": "an LR range test", "predictions": "predictions"}
 
 
 def is_child_process() -> bool:

@@ -74,12 +74,13 @@ class Samples:
             h.update(np.ascontiguousarray(self.items))
             return h.hexdigest()
         h.update(b"files\n")
-        for path in self.items:
-            try:
-                st = os.stat(path)
-            except OSError as e:
-                raise UserError(f"{path}: cannot read image file ({e.strerror})") from None
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        for item in self.items:
+            for path in item if isinstance(item, tuple) else (item,):  # a sample may be several files (image, mask)
+                try:
+                    st = os.stat(path)
+                except OSError as e:
+                    raise UserError(f"{path}: cannot read file ({e.strerror})") from None
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
 

@@ -21,6 +21,7 @@ DEFAULT = "image-classification"
 _REGISTRY: dict[str, str] = {
     "image-classification": "sft.tasks.classification.task:ImageClassification",
     "text-classification": "sft.tasks.classification.task:TextClassification",
+    "segmentation": "sft.tasks.segmentation.task:Segmentation",
 }
 
 

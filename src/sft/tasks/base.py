@@ -17,7 +17,9 @@ import torch
 from sft.data.loaders import Inputs
 from sft.data.splits import Splits
 from sft.errors import UserError
-from sft.recipe import Recipe
+from sft.core.rundir import RunDir
+from sft.recipe import Recipe, Source
+from sft.tasks import load_recipe
 from sft.training.prepare import Prepared, TrainingTask
 
 
@@ -32,8 +34,10 @@ class Task(TrainingTask, Protocol):
     def report(self, run_dir: Path, eval_dir: Path | None) -> Path:
         """`sft report`: rebuild an evaluation's page; returns its path."""
 
-    def predict(self, run_dir: Path, files: list[str], texts: list[str], top_k: int) -> list[dict]:
-        """`sft predict`: one row (a flat dict) per result, for a table, JSON or CSV."""
+    def predict(self, run_dir: Path, files: list[str], texts: list[str], top_k: int,
+                out: Path | None = None) -> list[dict]:
+        """`sft predict`: one row (a flat dict) per result, for a table, JSON or CSV; `out`: a folder for the files
+        a task writes (masks)."""
 
 
 class TaskBase:
@@ -63,5 +67,27 @@ class TaskBase:
     def report(self, run_dir, eval_dir):
         raise UserError(f"task {self.name} has no `sft report` yet")
 
-    def predict(self, run_dir, files, texts, top_k):
+    def predict(self, run_dir, files, texts, top_k, out=None):
         raise UserError(f"task {self.name} has no `sft predict` yet")
+
+
+def evaluation_target(run_dir: str | Path, data: str | Path | None,
+                      out: str | Path | None) -> tuple[RunDir, Recipe, Source, Path]:
+    """What `sft eval` scores: the run, its recipe, the labelled data (default: the run's test split) and the
+    output folder (default RUN_DIR/eval, or RUN_DIR/eval-<data name> for other data)."""
+    run = RunDir(run_dir)
+    if not run.recipe.is_file():
+        raise UserError(f"{run.path}: no recipe.yaml; not a run directory")
+    recipe = load_recipe(run.recipe)
+    source = Source(path=str(Path(data).resolve())) if data else recipe.data.test
+    if source is None:
+        raise UserError(f"{run.path}: the run has no test split; pass --data with labelled data")
+    return run, recipe, source, Path(out) if out else default_eval_dir(run.path, data)
+
+
+def default_eval_dir(run_dir: str | Path, data: str | Path | None) -> Path:
+    """RUN_DIR/eval for the run's test split, RUN_DIR/eval-<data file or folder name> for other data."""
+    if data is None:
+        return Path(run_dir) / "eval"
+    name = Path(str(data)).name.split(".")[0]
+    return Path(run_dir) / ("eval-" + ("".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "data"))

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from sft.errors import UserError
-from sft.tasks.classification.evaluation import TopLosses, check_classes, default_eval_dir, evaluate, predict
+from sft.tasks.base import default_eval_dir
+from sft.tasks.classification.evaluation import TopLosses, check_classes, evaluate, predict
 
 
 class Lookup(nn.Module):

@@ -26,6 +26,7 @@ from sft.data.loaders import eval_batches
 from sft.errors import UserError
 from sft.recipe import Source
 from sft.tasks import load_recipe
+from sft.tasks.base import evaluation_target
 from sft.tasks.classification.calibration import calibrate_run
 from sft.tasks.classification.export import load_model
 from sft.tasks.classification.report import build_report, write_report
@@ -189,13 +190,8 @@ def evaluate_run(task, run_dir: str | Path, data: str | Path | None = None, out:
 
     A folder holding the evaluation of other data is refused unless `overwrite`; the same data is re-evaluated.
     Only an evaluation folder is ever replaced, never the data, the run or a folder sft did not write."""
-    run = RunDir(run_dir)
+    run, recipe, source, out = evaluation_target(run_dir, data, out)
     model, info = load_model(run.path)
-    recipe = load_recipe(run.recipe)
-    source = Source(path=str(Path(data).resolve())) if data else recipe.data.test
-    if source is None:
-        raise UserError(f"{run.path}: the run has no test split; pass --data FOLDER|CSV|IDX|NPZ")
-    out = Path(out) if out else default_eval_dir(run.path, data)
     samples, dataset, collate_fn = eval_inputs(task, model, info, recipe, source)
     identity = {"source": source.model_dump(), "fingerprint": samples.fingerprint(), "samples": len(samples)}
     _check_out(out, identity, overwrite, run.path, source.path)
@@ -273,11 +269,3 @@ def _check_out(out: Path, identity: dict, overwrite: bool, run: Path, data: str)
             raise UserError(f"{out} holds the evaluation of other data ({old.get('source', {}).get('path')}); pass "
                             f"--overwrite to replace it or --out another folder")
     check_replaceable(out, "eval", overwrite=overwrite, keep=(data, run))
-
-
-def default_eval_dir(run_dir: str | Path, data: str | Path | None) -> Path:
-    """RUN_DIR/eval for the run's test split, RUN_DIR/eval-<data file or folder name> for other data."""
-    if data is None:
-        return Path(run_dir) / "eval"
-    name = Path(str(data)).name.split(".")[0]
-    return Path(run_dir) / ("eval-" + ("".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "data"))

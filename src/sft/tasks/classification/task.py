@@ -131,7 +131,9 @@ class ImageClassification(TaskBase):
     def report(self, run_dir, eval_dir):
         return rebuild_report(self, run_dir, eval_dir)
 
-    def predict(self, run_dir, files: list[str], texts: list[str], top_k: int) -> list[dict]:
+    def predict(self, run_dir, files: list[str], texts: list[str], top_k: int, out=None) -> list[dict]:
+        if out is not None:
+            raise UserError("--out: classification writes no files; use --format json|csv and redirect the output")
         model, info = load_model(run_dir)
         items, samples = self.prediction_samples(info, files, texts)
         if not items:

@@ -1,0 +1,146 @@
+"""Images with masks: a folder holding `images/` and `masks/` (paired by file name), or a CSV manifest `image,mask`;
+masks of class indices (single-channel or palette PNGs) or RGB masks mapped through `data.palette`.
+
+Every mask is read once when the split is loaded, so a missing mask, an image/mask size mismatch, values outside the
+classes or an RGB mask without a palette stop the run before training, naming the file. Image and mask are
+transformed together (torchvision.transforms.v2 with `tv_tensors.Mask`: nearest interpolation for masks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from sft.core.csvfile import read_rows
+from sft.data.images import IMAGE_EXTS
+from sft.data.samples import Samples, read_image
+from sft.errors import UserError
+from sft.models.backbone import Preprocess
+
+MASK_EXTS = (".png", ".bmp", ".tif", ".tiff")
+
+
+def read_pairs(path: str | Path, format: str, classes: list[str], ignore_index: int,
+               palette: dict[str, list[int]] | None) -> Samples:
+    """One split's (image, mask) pairs, every mask checked; `items` are (image path, mask path)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: data folder or CSV not found")
+    if format == "auto":
+        format = "csv" if path.suffix.lower() == ".csv" else "folder"
+    if format not in ("folder", "csv"):
+        raise UserError(f"{path}: segmentation data is a folder (images/ + masks/) or a CSV manifest, not {format}")
+    pairs = _csv_pairs(path) if format == "csv" else _folder_pairs(path)
+    if not pairs:
+        raise UserError(f"{path}: no images; expected {path}/images/*.png|jpg with masks/ of the same names")
+    lookup = palette_lookup(palette, classes) if palette else None
+    for image, mask in pairs:
+        values = np.unique(read_mask(mask, lookup, image))
+        bad = [int(v) for v in values if v >= len(classes) and v != ignore_index]
+        if bad:
+            raise UserError(f"{mask}: mask values {bad[:8]} are not classes 0..{len(classes) - 1} nor the "
+                            f"ignore index {ignore_index}; set data.classes or data.ignore_index")
+    ids = [image for image, _ in pairs]
+    return Samples(pairs, np.zeros(len(pairs), dtype=np.int64), list(classes), ids, kind="segmentation")
+
+
+def _folder_pairs(root: Path) -> list[tuple[str, str]]:
+    images, masks = root / "images", root / "masks"
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise UserError(f"{root}: expected the subfolders images/ and masks/ (no {folder.name}/)")
+    found = {p.stem: str(p) for p in sorted(masks.iterdir()) if p.suffix.lower() in MASK_EXTS}
+    pairs = []
+    for image in sorted(images.iterdir()):
+        if image.suffix.lower() not in IMAGE_EXTS or image.name.startswith("."):
+            continue
+        if image.stem not in found:
+            raise UserError(f"{image}: no mask for this image (expected {masks}/{image.stem}.png)")
+        pairs.append((os.path.abspath(image), os.path.abspath(found[image.stem])))
+    return pairs
+
+
+def _csv_pairs(path: Path) -> list[tuple[str, str]]:
+    _, rows = read_rows(path, ["image", "mask"])
+    pairs = []
+    for line, row in rows:
+        image, mask = (os.path.abspath(path.parent / (row[c] or "").strip()) for c in ("image", "mask"))
+        for name, file in (("image", image), ("mask", mask)):
+            if not os.path.isfile(file):
+                raise UserError(f"{path} line {line}: {name} file not found: {file}")
+        pairs.append((image, mask))
+    return pairs
+
+
+def palette_lookup(palette: dict[str, list[int]], classes: list[str]) -> dict[tuple, int]:
+    missing = [c for c in classes if c not in palette]
+    unknown = [c for c in palette if c not in classes]
+    if missing or unknown:
+        raise UserError(f"data.palette: every class needs a colour (missing: {missing}; not classes: {unknown})")
+    return {tuple(rgb): classes.index(name) for name, rgb in palette.items()}
+
+
+def read_mask(path: str, lookup: dict[tuple, int] | None, image: str | None = None) -> np.ndarray:
+    """A mask as class indices (H, W) uint8; with `image`, checks that both have the same size."""
+    try:
+        with Image.open(path) as m:
+            mode, size = m.mode, m.size
+            array = np.asarray(m.convert("RGB") if mode in ("RGB", "RGBA") else m)
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise UserError(f"{path}: cannot read mask ({e})") from None
+    if image is not None:
+        with Image.open(image) as im:
+            if im.size != size:
+                raise UserError(f"{path}: mask is {size[0]}x{size[1]} but its image {image} is "
+                                f"{im.size[0]}x{im.size[1]}")
+    if array.ndim == 2:
+        return array.astype(np.uint8)
+    if lookup is None:
+        raise UserError(f"{path}: an RGB mask; give data.palette ({{class: [r, g, b]}}) or save masks as class "
+                        f"indices (single-channel or palette PNG)")
+    codes = array[..., 0].astype(np.int64) << 16 | array[..., 1].astype(np.int64) << 8 | array[..., 2]
+    table = {r << 16 | g << 8 | b: index for (r, g, b), index in lookup.items()}
+    colours, inverse = np.unique(codes, return_inverse=True)
+    unknown = [f"#{c:06x}" for c in colours if int(c) not in table]
+    if unknown:
+        raise UserError(f"{path}: colours {unknown[:6]} are not in data.palette")
+    return np.array([table[int(c)] for c in colours], dtype=np.uint8)[inverse].reshape(codes.shape)
+
+
+def joint_transforms(pre: Preprocess, size: int, augment: str, ignore_index: int) -> tuple[v2.Compose, v2.Compose]:
+    """(train, eval) transforms of an (image, mask) pair at size x size, normalised as the backbone was trained."""
+    finish = [v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),
+              v2.Normalize(pre.mean, pre.std)]
+    eval_tf = v2.Compose([v2.Resize((size, size), antialias=True), *finish])
+    if augment == "none":
+        return eval_tf, eval_tf
+    scale = (0.5, 1.0) if augment == "light" else (0.25, 1.0)
+    train = [v2.RandomResizedCrop((size, size), scale=scale, antialias=True), v2.RandomHorizontalFlip()]
+    if augment == "strong":
+        train += [v2.RandomRotation(15, fill={tv_tensors.Mask: ignore_index, "others": 0}),
+                  v2.ColorJitter(0.3, 0.3, 0.3)]
+    return v2.Compose([*train, *finish]), eval_tf
+
+
+class PairDataset(Dataset):
+    """(normalised image (3, S, S), mask (S, S) int64) of each pair."""
+
+    def __init__(self, samples: Samples, transform, lookup: dict[tuple, int] | None):
+        self.samples, self.transform, self.lookup = samples, transform, lookup
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        image_path, mask_path = self.samples.items[i]
+        image = tv_tensors.Image(torch.from_numpy(np.array(read_image(image_path))).permute(2, 0, 1))
+        mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path, self.lookup).astype(np.int64)))
+        image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)

@@ -1,0 +1,81 @@
+"""Segmentation through `sft train / eval / predict` on real Fashion-MNIST composites, and its decoders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from sft.models.vision import create_backbone
+from sft.tasks.segmentation.module import DecoderHead
+from tests.conftest import sft
+
+
+def recipe(tmp_path, data, *lines):
+    path = tmp_path / "seg.yaml"
+    path.write_text("\n".join([
+        "task: segmentation", "data:", f"  train: {data / 'train'}", f"  val: {data / 'val'}",
+        f"  test: {data / 'test'}", "  image_size: 64", "  batch_size: 8", "trainer:", "  epochs: 2",
+        "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}", *lines]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory, segmentation_set):
+    """ImageNet MobileNetV2, frozen (linear-probe: only the new Unet decoder trains)."""
+    tmp_path = tmp_path_factory.mktemp("seg-run")
+    result = sft("train", recipe(tmp_path, segmentation_set, "strategy:", "  name: linear-probe", "optim:",
+                                 "  loss: ce+dice"))
+    assert result.exit_code == 0, result.output
+    return tmp_path / "run"
+
+
+def test_a_frozen_encoder_trains_its_decoder_and_stays_pretrained(frozen_run):
+    metrics = json.loads((frozen_run / "metrics.json").read_text())
+    assert 0 <= metrics["val_miou"] <= 1 and 0 <= metrics["test_miou"] <= 1 and metrics["epochs"] == 2
+    assert set(metrics["test_iou"]) == {"background", "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    weights = load_file(frozen_run / "model.safetensors")
+    shipped = create_backbone("torchvision/mobilenet_v2", "imagenet", out="maps").module.state_dict()
+    assert all(torch.equal(weights[f"backbone.{k}"], v) for k, v in shipped.items())  # BatchNorm statistics too
+    assert any(k.startswith("head.decoder.") for k in weights)
+
+
+def test_eval_and_predict_a_finished_run(frozen_run, segmentation_set, tmp_path):
+    result = sft("eval", frozen_run, "--top-losses", "3")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((frozen_run / "eval" / "metrics.json").read_text())
+    trained = json.loads((frozen_run / "metrics.json").read_text())
+    assert metrics["samples"] == 8 and abs(metrics["miou"] - trained["test_miou"]) < 1e-6
+    page = (frozen_run / "eval" / "report.html").read_text()
+    assert 'id=per-class' in page and 'id=confusion' in page and page.count("<img") == 9  # 3 x image|truth|pred
+    images = sorted((segmentation_set / "test" / "images").glob("*.png"))[:2]
+    result = sft("predict", frozen_run, *images, "--out", tmp_path / "masks", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert len(rows) == 2 and abs(sum(v for k, v in rows[0].items() if k not in ("file", "mask")) - 1) < 1e-3
+    mask = np.asarray(Image.open(rows[0]["mask"]))
+    assert mask.shape == (64, 64) and mask.max() <= 10
+    assert (tmp_path / "masks" / f"{images[0].stem}-overlay.png").exists()
+
+
+@pytest.mark.parametrize("decoder", ["unet", "fpn", "deeplabv3plus"])
+def test_decoders_give_logits_at_the_input_size(decoder):
+    backbone = create_backbone("timm/test_efficientnet", None, out="maps")
+    head = DecoderHead(decoder, backbone.channels, backbone.reductions, 11)
+    x = torch.rand(2, 3, 64, 64)
+    assert head([x, *backbone.module(x)]).shape == (2, 11, 64, 64)
+
+
+def test_full_fine_tune_with_fpn_and_errors(tmp_path, segmentation_set):
+    path = recipe(tmp_path, segmentation_set, "model:", "  backbone: timm/test_efficientnet", "  weights: none",
+                  "  decoder: fpn", "strategy:", "  name: gradual", "optim:", "  loss: focal")
+    result = sft("train", path, "data.class_weights=inverse")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["strategy"] == "gradual"
+    result = sft("train", path, "data.image_size=72", f"run_dir={tmp_path / 'other'}")
+    assert result.exit_code == 2 and "multiple of 32" in result.output and not (tmp_path / "other").exists()
+    result = sft("train", path, "strategy.name=lora", f"run_dir={tmp_path / 'other'}")
+    assert result.exit_code == 2 and "not available for segmentation" in result.output
