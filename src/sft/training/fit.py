@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -50,7 +51,6 @@ def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, re
 def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool, callbacks: list, keep) -> Run:
     lr_found = None
     if resume and run.recipe.exists():  # what the interrupted run resolved (a found LR, an auto strategy)
-        import yaml
         done = type(recipe).model_validate(yaml.safe_load(run.recipe.read_text()))
         recipe = recipe.model_copy(update={"optim": done.optim, "strategy": done.strategy})
     if recipe.optim.lr == "find":
