@@ -132,3 +132,13 @@ def test_audit_then_train_without_the_suspects(tmp_path, recipe_file, fashion_sl
     result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice), "data.balance=class-weights", weights,
                  "--overwrite")
     assert result.exit_code == 2 and "Cat" in result.output
+
+
+def test_rich_markup_in_class_names_and_errors_is_printed_as_text(tmp_path, recipe_file, fashion_slice):
+    """A class named like rich markup ([/], [bold]) neither crashes the result table nor the error printer."""
+    args = [a for a in tiny_args(tmp_path, fashion_slice) if not a.startswith("data.classes")]
+    result = sft("train", recipe_file, *args, "data.classes=['[/]', '[bold]x', T-shirt, Bag]")
+    assert result.exit_code == 0, result.output
+    assert "test_recall [/]" in result.output and "[bold]x" in result.output
+    result = sft("train", tmp_path / "[/]missing.yaml")
+    assert result.exit_code == 2 and "[/]missing.yaml" in result.output

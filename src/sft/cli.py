@@ -28,7 +28,7 @@ errors = Console(stderr=True)
 
 
 def _fail(error: UserError) -> None:
-    errors.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -65,7 +65,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="a run directory"),
     except UserError as e:
         _fail(e)
     _print_metrics(out, summary)
-    console.print(f"metrics.json and report.html are in {out}")
+    console.print(f"metrics.json and report.html are in {escape(str(out))}")
 
 
 @app.command()
@@ -76,7 +76,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory"),
         path = task_of_run(run_dir).report(run_dir, eval_dir)
     except UserError as e:
         _fail(e)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {escape(str(path))}")
 
 
 @app.command()
@@ -150,7 +150,8 @@ def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbo
         kinds[suspect.kind] = kinds.get(suspect.kind, 0) + 1
     _print_metrics(out, {"imbalance_ratio": report.imbalance_ratio, "out_of_fold_accuracy": report.oof_accuracy,
                          "suspects": kinds, "train_counts": report.counts["train"]})
-    console.print(f"suspects.csv and audit.html are in {out}; train without them: data.exclude={out}/suspects.csv")
+    console.print(escape(f"suspects.csv and audit.html are in {out}; train without them: "
+                         f"data.exclude={out}/suspects.csv"))
 
 
 @app.command("lr-find")
@@ -173,7 +174,7 @@ def lr_find(recipe: Path = typer.Argument(..., help="recipe YAML (its model, str
         return
     shown = ("suggestion", "valley", "steep", "strategy", "steps_done", "stopped_early")
     _print_metrics(out, {k: result[k] for k in shown})
-    console.print(f"lr_find.png and lr_find.json are in {out}; train with optim.lr={result['suggestion']:.3g}")
+    console.print(escape(f"lr_find.png and lr_find.json are in {out}; train with optim.lr={result['suggestion']:.3g}"))
 
 
 @app.command()
@@ -214,7 +215,7 @@ def rank(recipe: Path = typer.Argument(..., help="recipe YAML (its data and inpu
     for failed in result["failed"]:
         errors.print(f"[yellow]not ranked:[/] {escape(failed['candidate'])}: {escape(failed['error'])}",
                      highlight=False, soft_wrap=True)
-    console.print(f"rank.json is in {result['out']}")
+    console.print(f"rank.json is in {escape(result['out'])}")
 
 
 @app.command()
@@ -247,11 +248,12 @@ def _text_lines(path: Path) -> list[str]:
 
 
 def _print_metrics(run_dir, metrics: dict) -> None:
-    table = Table(title=str(run_dir), show_header=False)
+    """A two-column table; names come from the user's data (class names), so rich markup in them is escaped."""
+    table = Table(title=escape(str(run_dir)), show_header=False)
     for key, value in metrics.items():
         for name, item in (value.items() if isinstance(value, dict) else [(None, value)]):
             label = f"{key} {name}" if name is not None else key
-            table.add_row(label, f"{item:.4f}" if isinstance(item, float) else str(item))
+            table.add_row(escape(label), escape(f"{item:.4f}" if isinstance(item, float) else str(item)))
     console.print(table)
 
 

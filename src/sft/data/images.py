@@ -20,7 +20,7 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
-from sft.data.samples import IMAGE_EXTS, Samples
+from sft.data.samples import IMAGE_EXTS, EpochSeeded, Samples
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
 
@@ -239,7 +239,7 @@ def build_transforms(pre: Preprocess, image_size: int | None, augment: str) -> t
     return train_tf, eval_tf
 
 
-class ImageDataset(Dataset):
+class ImageDataset(EpochSeeded, Dataset):
     def __init__(self, samples: Samples, transform: Callable):
         self.samples, self.transform = samples, transform
 
@@ -247,4 +247,6 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        return self.transform(self.samples.image(i)), int(self.samples.labels[i])
+        image = self.samples.image(i)
+        with self.seeded(i):
+            return self.transform(image), int(self.samples.labels[i])

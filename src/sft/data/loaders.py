@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
-from sft.data.samples import Samples
+from sft.data.samples import EpochSeeded, Samples
 from sft.data.sampling import SAMPLER_MODES, BalancedSampler
 from sft.data.splits import Splits
 
@@ -71,12 +71,17 @@ class RunData(L.LightningDataModule):
         else:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         cached = isinstance(dataset, TensorDataset)
+        # its own generator: creating the iterator (which Lightning does once or twice per epoch, depending on
+        # whether the run was resumed) then draws the workers' base seed from (seed, epoch), not the global RNG
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._epoch())
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0 if cached else
-                          self.num_workers, collate_fn=None if cached else self.collate)
+                          self.num_workers, collate_fn=None if cached else self.collate, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         head_only = self.head_only(self._epoch())
         dataset = self.eval_dataset("train", cached=True) if head_only else self.train_set
+        if isinstance(dataset, EpochSeeded):  # its augmentations: a function of (seed, epoch, sample)
+            dataset.seed, dataset.epoch = self.seed, self._epoch()
         return self._loader(dataset, shuffle=True, balanced=self.balance in SAMPLER_MODES,
                             lengths=None if head_only else self.lengths)  # cached features have no padding
 

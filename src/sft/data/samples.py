@@ -2,12 +2,15 @@
 the toolkit never cares where data came from; and the seeded, stratified ways to split and subsample them."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from sft.errors import UserError
@@ -117,3 +120,27 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(values, alloc)]
     return np.sort(np.concatenate([np.zeros(0, np.int64), *picks]))
+
+
+class EpochSeeded:
+    """A dataset whose random transforms draw from (seed, epoch, sample index) alone, never from the process's RNG
+    states: resuming, a warm or cold feature cache, the loaders created on the way, the number of processes or
+    workers cannot change a sample's augmentation. The loaders set `seed` and `epoch` before each epoch."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    @contextlib.contextmanager
+    def seeded(self, index: int):
+        """Python, NumPy and torch (CPU) seeded for this sample; the process's own states are restored after."""
+        state = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        saved = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(state)
+            np.random.seed(state)
+            torch.manual_seed(state)
+            try:
+                yield
+            finally:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])

@@ -1,7 +1,8 @@
 """The LightningModule every task's module extends: a backbone and a new head, trained by a freeze schedule.
 
 The module always holds the whole model, so every strategy produces the same checkpoint. The checkpoint also carries
-the freeze state and the RNG states, so a resumed run continues exactly where the uninterrupted one would have been.
+the freeze state and the RNG states, so a resumed run continues exactly where the uninterrupted one would have been
+(augmentations do not draw from these states at all: see sft.data.samples.EpochSeeded).
 A task adds its loss and metrics in `training_step` / `validation_step` and logs the value it monitors.
 """
 

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from sft.core.csvfile import read_rows
 from sft.data.images import IMAGE_EXTS
-from sft.data.samples import Samples, read_image
+from sft.data.samples import EpochSeeded, Samples, read_image
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
 
@@ -129,7 +129,7 @@ def joint_transforms(pre: Preprocess, size: int, augment: str, ignore_index: int
     return v2.Compose([*train, *finish]), eval_tf
 
 
-class PairDataset(Dataset):
+class PairDataset(EpochSeeded, Dataset):
     """(normalised image (3, S, S), mask (S, S) int64) of each pair."""
 
     def __init__(self, samples: Samples, transform, lookup: dict[tuple, int] | None):
@@ -142,5 +142,6 @@ class PairDataset(Dataset):
         image_path, mask_path = self.samples.items[i]
         image = tv_tensors.Image(torch.from_numpy(np.array(read_image(image_path))).permute(2, 0, 1))
         mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path, self.lookup).astype(np.int64)))
-        image, mask = self.transform(image, mask)
+        with self.seeded(i):
+            image, mask = self.transform(image, mask)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
