@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from segmentation_models_pytorch.base import SegmentationHead
+from segmentation_models_pytorch.base.initialization import initialize_decoder, initialize_head
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
@@ -36,6 +37,7 @@ class DecoderHead(nn.Module):
             widths = [max(width // 2 ** i, 4) for i in range(len(channels))]
             self.decoder = UnetDecoder(encoder_channels, widths, n_blocks=len(channels))
             self.head = SegmentationHead(widths[-1], num_classes, kernel_size=3)
+            self._initialize()
             return
         if reductions != [2, 4, 8, 16, 32]:
             raise UserError(f"decoder {kind} needs feature maps at strides 2, 4, 8, 16, 32; this backbone gives "
@@ -44,6 +46,7 @@ class DecoderHead(nn.Module):
             self.decoder = FPNDecoder(encoder_channels, encoder_depth=5, pyramid_channels=width,
                                       segmentation_channels=max(width // 2, 4), dropout=0.2, merge_policy="add")
             self.head = SegmentationHead(self.decoder.out_channels, num_classes, kernel_size=1, upsampling=4)
+            self._initialize()
             return
         self.decoder = DeepLabV3PlusDecoder(encoder_channels, encoder_depth=5, out_channels=width,
                                             atrous_rates=(12, 24, 36), output_stride=16, aspp_separable=True,
@@ -51,6 +54,12 @@ class DecoderHead(nn.Module):
         self.decoder.up = nn.Upsample(scale_factor=reductions[-1] // reductions[1], mode="bilinear",
                                       align_corners=True)  # stride 32 -> the stride-4 map it joins
         self.head = SegmentationHead(width, num_classes, kernel_size=1, upsampling=reductions[1])
+        self._initialize()
+
+    def _initialize(self) -> None:
+        """smp's own initialisation of its models' decoders and heads (Kaiming / Xavier), not PyTorch's defaults."""
+        initialize_decoder(self.decoder)
+        initialize_head(self.head)
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         return self.head(self.decoder(maps))
