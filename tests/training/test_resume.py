@@ -47,6 +47,10 @@ def test_killed_and_resumed_in_a_new_process_equals_the_uninterrupted_run(tmp_pa
     assert (tmp_path / "b" / "run" / "checkpoints" / "last.ckpt").exists()
     resumed = fine_tune(recipe, resume=True)
     assert same_weights(whole.dir, resumed.dir) == []
+    m = resumed.metrics  # the speed of the resumed process counts its own epochs only
+    assert m["resumed_from_epoch"] in (1, 2) and m["epochs"] == 3
+    expected = m["train_samples"] * (3 - m["resumed_from_epoch"]) / m["train_seconds"]
+    assert m["samples_per_second"] == pytest.approx(expected, rel=0.02)
     assert resumed.metrics["test_acc"] == whole.metrics["test_acc"]
 
 

@@ -69,6 +69,8 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
     for warning in p.notes.pop("warnings", []):
         log.warning(warning)
 
+    first = FirstEpoch()
+    trainer.callbacks.append(first)
     started = time.perf_counter()
     try:
         trainer.fit(p.model, datamodule=p.data, ckpt_path=str(run.last_checkpoint) if resume else None)
@@ -99,12 +101,24 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
         "train_samples": len(p.splits.train),
         "val_samples": len(p.splits.val),
         "train_seconds": round(seconds, 2),
-        "samples_per_second": round(len(p.splits.train) * trainer.current_epoch / seconds, 1) if seconds else None,
+        # the epochs this process trained: a resumed run's earlier epochs took time that `seconds` does not hold
+        "samples_per_second": (round(len(p.splits.train) * (trainer.current_epoch - first.epoch) / seconds, 1)
+                               if seconds else None),
     }
+    if resume:
+        metrics["resumed_from_epoch"] = first.epoch
     metrics.update(task.final_metrics(p, cached))
     metrics.update(weights=p.backbone.weights_id, **p.notes)
     run.write_metrics(metrics)
     return Run(run.path, metrics)
+
+
+class FirstEpoch(Callback):
+    """The epoch training starts at in this process: 0, or where a resumed run's checkpoint left off."""
+    epoch = 0
+
+    def on_train_start(self, trainer, module) -> None:
+        self.epoch = trainer.current_epoch
 
 
 def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extra: list[Callback]):
