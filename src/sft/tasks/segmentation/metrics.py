@@ -24,16 +24,20 @@ class ConfusionMatrix(Metric):
                        dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """preds: (B, H, W) class indices or (B, C, H, W) logits; target: (B, H, W) with ignore_index allowed."""
-        if preds.ndim == target.ndim + 1:
-            preds = preds.argmax(1)
-        keep = target != self.ignore_index
-        n = self.num_classes
-        cells = target[keep].long() * n + preds[keep].long()
-        self.matrix += torch.bincount(cells, minlength=n * n).reshape(n, n)
+        self.matrix += confusion(preds, target, self.num_classes, self.ignore_index)
 
     def compute(self) -> torch.Tensor:
         return self.matrix
+
+
+def confusion(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Pixel counts (target, prediction) of a batch: preds (B, H, W) class indices or (B, C, H, W) logits, target
+    (B, H, W) with ignore_index pixels dropped before counting."""
+    if preds.ndim == target.ndim + 1:
+        preds = preds.argmax(1)
+    keep = target != ignore_index
+    cells = target[keep].long() * num_classes + preds[keep].long()
+    return torch.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def scores(matrix: torch.Tensor) -> dict:

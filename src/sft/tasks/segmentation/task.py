@@ -32,7 +32,7 @@ from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
 from sft.tasks.base import TaskBase, evaluation_target
 from sft.tasks.segmentation.data import PairDataset, joint_transforms, palette_lookup, read_pairs
-from sft.tasks.segmentation.metrics import ConfusionMatrix, scores
+from sft.tasks.segmentation.metrics import ConfusionMatrix, confusion, scores
 from sft.tasks.segmentation.module import DecoderHead, Segmenter, segment
 from sft.tasks.segmentation.recipe import SegmentationRecipe
 from sft.training.prepare import Prepared
@@ -162,8 +162,10 @@ class Segmentation(TaskBase):
             row = {"file": file, **{c: round(float(v), 4) for c, v in zip(info.classes, shares)}}
             if out is not None:
                 stem = Path(file).stem
-                Image.fromarray(mask).save(Path(out) / f"{stem}.png")
-                Image.fromarray(overlay(np.asarray(image), mask)).save(Path(out) / f"{stem}-overlay.png")
+                shown = overlay(np.asarray(image), mask)
+                atomic_write(Path(out) / f"{stem}.png", lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+                atomic_write(Path(out) / f"{stem}-overlay.png",
+                             lambda tmp: Image.fromarray(shown).save(tmp, format="PNG"))
                 row["mask"] = str(Path(out) / f"{stem}.png")
             rows.append(row)
         return rows
@@ -223,10 +225,8 @@ def evaluate(model: nn.Module, dataset, classes: list[str], ignore_index: int, *
         pred = model(x).float().argmax(1)
         total.update(pred, y)
         for p, t in zip(pred, y):
-            if top_n:
-                one = ConfusionMatrix(len(classes), ignore_index).to(device)
-                one.update(p[None], t[None])
-                item = (-scores(one.compute())["miou"], -index)
+            if top_n:  # this image's own matrix: a bincount, no Metric object per image
+                item = (-scores(confusion(p[None], t[None], len(classes), ignore_index))["miou"], -index)
                 heapq.heappush(worst, item) if len(worst) < top_n else heapq.heappushpop(worst, item)
             index += 1
     result = scores(total.compute())
