@@ -79,3 +79,12 @@ def test_full_fine_tune_with_fpn_and_errors(tmp_path, segmentation_set):
     assert result.exit_code == 2 and "multiple of 32" in result.output and not (tmp_path / "other").exists()
     result = sft("train", path, "strategy.name=lora", f"run_dir={tmp_path / 'other'}")
     assert result.exit_code == 2 and "not available for segmentation" in result.output
+
+
+def test_eval_of_other_data_does_not_replace_an_evaluation(frozen_run, segmentation_set, tmp_path):
+    out = tmp_path / "evaluation"
+    assert sft("eval", frozen_run, "--out", out, "--top-losses", "0").exit_code == 0
+    result = sft("eval", frozen_run, "--data", segmentation_set / "val", "--out", out, "--top-losses", "0")
+    assert result.exit_code == 2 and "other data" in result.output
+    assert json.loads((out / "results.json").read_text())["data"].endswith("test")
+    assert sft("eval", frozen_run, "--out", out, "--top-losses", "0").exit_code == 0  # the same data: re-evaluated

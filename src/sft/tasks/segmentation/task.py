@@ -124,11 +124,16 @@ class Segmentation(TaskBase):
         run, _, source, out = evaluation_target(run_dir, data, out)
         model, info = load_model(run.path)
         samples = read_pairs(source.path, source.format, info.classes, info.ignore_index, info.palette)
-        check_replaceable(out, "eval", overwrite=overwrite or (out / "results.json").exists(),
-                          keep=(source.path, run.path))
+        previous = out / "results.json"
+        same = previous.is_file() and json.loads(previous.read_text()).get("data") == source.path
+        if previous.is_file() and not same and not overwrite:  # as for classification: other data is not replaced
+            raise UserError(f"{out} holds the evaluation of other data; pass --overwrite to replace it or --out "
+                            f"another folder")
+        check_replaceable(out, "eval", overwrite=overwrite or same, keep=(source.path, run.path))
         dataset = eval_dataset(info, samples)
         result = evaluate(model, dataset, info.classes, info.ignore_index, batch_size=batch_size, top_n=top_n,
                           progress=progress)
+        result["data"] = source.path
         summary = {k: result[k] for k in ("miou", "pixel_acc", "mean_dice", "samples")}
         summary["iou"] = {c: v for c, v in zip(info.classes, result["iou"])}
         report = render_report(run.path, source.path, info, samples, dataset, model, result)
