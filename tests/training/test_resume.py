@@ -1,6 +1,7 @@
 """A run's randomness per epoch is a function of (seed, epoch, rank): a process killed with SIGKILL and resumed in a
 new one, or a run whose feature cache was warm instead of cold, ends with the same weights, augmentation on."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 from sft import fine_tune
 from sft.recipe import dump_recipe
-from tests.conftest import tiny_recipe
+from tests.conftest import sft, tiny_args, tiny_recipe
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
@@ -60,3 +61,61 @@ def test_a_warm_feature_cache_gives_the_same_run_as_a_cold_one(tmp_path, fashion
     assert any((tmp_path / "cache").iterdir())
     warm = fine_tune(tiny_recipe(tmp_path / "warm", fashion_slice, *args))
     assert same_weights(cold.dir, warm.dir) == []
+
+
+# -- what --resume accepts --------------------------------------------------------------------------------------------
+
+def test_resume_refuses_a_changed_recipe_and_names_what_changed(tmp_path, fashion_slice, recipe_file):
+    args = tiny_args(tmp_path, fashion_slice)
+    assert sft("train", recipe_file, *args).exit_code == 0
+    before = (tmp_path / "run" / "model.json").read_text()
+    for change, shown in (("data.classes=[a, b, c, d]", "data.classes: ['T-shirt', 'Trouser', 'Sneaker', 'Bag'] -> "
+                                                        "['a', 'b', 'c', 'd']"),
+                          ("model.backbone=timm/test_resnet", "model.backbone: 'timm/test_efficientnet' -> "
+                                                              "'timm/test_resnet'"),
+                          ("data.image_size=48", "data.image_size: 32 -> 48"),
+                          ("optim.lr=0.5", "optim.lr: 0.01 -> 0.5"),
+                          ("task=text-classification", "task: 'image-classification' -> 'text-classification'")):
+        result = sft("train", recipe_file, *args, change, "--resume")
+        assert result.exit_code == 2, (change, result.output)
+        assert shown in " ".join(result.output.split()), result.output
+        assert "state_dict" not in result.output
+    assert (tmp_path / "run" / "model.json").read_text() == before  # nothing rewritten
+
+
+def test_resume_takes_longer_training_and_says_so(tmp_path, fashion_slice, recipe_file, caplog):
+    args = tiny_args(tmp_path, fashion_slice)
+    assert sft("train", recipe_file, *args).exit_code == 0
+    with caplog.at_level("WARNING", logger="sft"):
+        result = sft("train", recipe_file, *args, "trainer.epochs=2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "trainer.epochs: 1 -> 2" in caplog.text
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_resume_refuses_classes_that_changed_in_the_data(tmp_path, recipe_file):
+    from PIL import Image
+    data = tmp_path / "data"
+    for i, name in enumerate(("cat", "dog", "fox")):
+        (data / name).mkdir(parents=True)
+        for k in range(6):
+            Image.new("RGB", (32, 32), (40 * i + k, 200 - 40 * i, 90)).save(data / name / f"{k}.png")
+    args = [f"data.train={data}", "data.image_size=32", "model.backbone=timm/test_efficientnet", "model.weights=none",
+            "trainer.epochs=1", "trainer.progress=false", "strategy.name=full", f"run_dir={tmp_path / 'run'}",
+            f"cache_dir={tmp_path / 'cache'}", "data.val_fraction=0.3"]
+    (data / "fox").rename(tmp_path / "fox")
+    assert sft("train", recipe_file, *args).exit_code == 0
+    (tmp_path / "fox").rename(data / "fox")
+    result = sft("train", recipe_file, *args, "--resume")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "last.ckpt" in text and "['cat', 'dog'], the data now gives ['cat', 'dog', 'fox']" in text
+
+
+def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
+    from sft.errors import UserError
+    from sft.training.resume import check_checkpoint
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": torch.nn.Linear(4, 2).state_dict(), "sft": {}}, path)
+    with pytest.raises(UserError, match=r"2 of another shape \(e.g. bias \(2,\) vs \(3,\), checkpoint vs model"):
+        check_checkpoint(path, torch.nn.Linear(4, 3), {})

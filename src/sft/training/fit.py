@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -25,6 +24,7 @@ from sft.recipe import Recipe, dump_recipe
 from sft.training.lr_find import find_lr, write_lr_find
 from sft.training.module import NonFiniteLoss
 from sft.training.prepare import TrainingTask, prepare
+from sft.training.resume import check_checkpoint, resumed_recipe
 from sft.training.trainer import Monitor, build_trainer
 
 log = logging.getLogger("sft")
@@ -50,15 +50,16 @@ def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, re
 
 def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool, callbacks: list, keep) -> Run:
     lr_found = None
-    if resume and run.recipe.exists():  # what the interrupted run resolved (a found LR, an auto strategy)
-        done = type(recipe).model_validate(yaml.safe_load(run.recipe.read_text()))
-        recipe = recipe.model_copy(update={"optim": done.optim, "strategy": done.strategy})
+    if resume and run.recipe.exists():  # the interrupted run's recipe: what it resolved (a found LR, auto strategy)
+        recipe = resumed_recipe(recipe, run.recipe)
     if recipe.optim.lr == "find":
         lr_found = find_lr(task, recipe)
         log.warning(f"optim.lr find: {lr_found['suggestion']:.3g} (LR range test)")
         recipe = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": lr_found["suggestion"]})})
     p = prepare(task, recipe)
     recipe = p.recipe  # resolved: strategy auto -> the chosen one
+    if resume:  # the same classes and tensors, before Lightning meets the file
+        check_checkpoint(run.last_checkpoint, p.model, p.model.checkpoint_facts())
     trainer = _trainer(recipe, run, p.precision, task.monitor, callbacks)  # before the folder: bad settings leave none
     if not is_child_process():
         run.start(overwrite=overwrite, resume=resume, task=task.name, keep=keep)

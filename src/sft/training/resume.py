@@ -1,0 +1,118 @@
+"""What `--resume` accepts: the recipe the run was started with, give or take settings that do not change what is
+being trained, and a checkpoint that fits the model this recipe builds.
+
+A changed class list, backbone, weights, task, image size, strategy or optimizer would continue some other run from
+this one's weights (or fail deep in PyTorch with a state-dict traceback), so each is refused with the old and the
+new value. Settings that only say how long or how visibly to train are taken from the new recipe and named in a
+warning. The checkpoint is read with `weights_only=True` whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says: a planted
+file runs no code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from sft.errors import UserError
+from sft.recipe import Recipe
+
+log = logging.getLogger("sft")
+
+# keys a resumed run takes from the new recipe: how long, where and how visibly it trains, not what it learns
+FREE = ("trainer.epochs", "trainer.early_stopping", "trainer.progress", "trainer.log_every_n_steps",
+        "trainer.checkpoint_minutes", "trainer.checkpoint_steps", "trainer.accelerator", "trainer.devices",
+        "trainer.strategy", "trainer.deterministic", "data.num_workers", "strategy.cache", "run_dir", "cache_dir")
+RESOLVED = {"optim.lr": "find", "strategy.name": "auto"}  # recorded as the value they were resolved to
+
+
+def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
+    """The recipe to continue the run with: the saved one (what `find` and `auto` resolved to) with the new
+    recipe's free keys. Any other difference is a UserError listing each key with its old and new value."""
+    try:
+        old = yaml.safe_load(saved.read_text())
+        done = type(recipe).model_validate(old)
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign recipe.yaml: say which file
+        raise UserError(f"{saved}: cannot read the run's recipe ({str(e).splitlines()[0]}); it cannot be resumed: "
+                        f"train into a new run_dir") from None
+    before, after = _flat(done.model_dump(mode="json")), _flat(recipe.model_dump(mode="json"))
+    refused, kept = [], []
+    for key in sorted(before.keys() & after.keys()):
+        a, b = before[key], after[key]
+        if _same(key, a, b) or RESOLVED.get(key) == b:
+            continue
+        (kept if key in FREE else refused).append(f"{key}: {a!r} -> {b!r}")
+    if refused:
+        raise UserError(f"{saved.parent}: --resume continues the run with the recipe it was started with, and these "
+                        f"settings changed:\n  " + "\n  ".join(refused) + "\nRestore them to resume, or train the "
+                        f"new recipe into another run_dir (or replace this run with --overwrite).")
+    if kept:
+        note = " (the learning-rate schedule is stretched to the new length)" if any(
+            k.startswith("trainer.epochs") for k in kept) else ""
+        log.warning("resuming with these settings changed: " + "; ".join(kept) + note)
+    return recipe.model_copy(update={"optim": done.optim,
+                                     "strategy": done.strategy.model_copy(update={"cache": recipe.strategy.cache})})
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint read weights-only (tensors and plain containers, never arbitrary objects)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).split("\n")[0].split(". ")[0]  # torch's advice to load the file unsafely is not relayed
+        raise UserError(f"{path}: refused, it holds objects other than tensors and plain values ({first}); sft "
+                        f"loads checkpoints weights-only, so it cannot resume from this file. Train into a new "
+                        f"run_dir, or replace this run with --overwrite") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                        f"; it cannot be resumed: train into a new run_dir or replace it with --overwrite") from None
+
+
+def check_checkpoint(path: Path, model: nn.Module, facts: dict) -> None:
+    """The checkpoint fits `model`: the same task facts (e.g. class names, which may come from the data rather than
+    the recipe) and the same tensor names and shapes. Otherwise a UserError saying what differs."""
+    ckpt = load_checkpoint(path)
+    saved_facts = ckpt.get("sft", {}) if isinstance(ckpt, dict) else {}
+    for key, value in facts.items():
+        if key in saved_facts and saved_facts[key] != value:
+            raise UserError(f"{path}: the run was trained with {key} {saved_facts[key]}, the data now gives "
+                            f"{value}; resume with the same data, or train into a new run_dir")
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a Lightning checkpoint of sft (no state_dict); it cannot be resumed")
+    own = model.state_dict()
+    missing, extra = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(own.keys() & state.keys())
+              if tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or extra or shapes:
+        what = "; ".join(filter(None, (
+            f"{len(missing)} tensors missing (e.g. {missing[0]})" if missing else "",
+            f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+            f"{len(shapes)} of another shape (e.g. {shapes[0]}, checkpoint vs model)" if shapes else "")))
+        raise UserError(f"{path}: the checkpoint does not fit the model this recipe builds: {what}; resume with the "
+                        f"recipe the run was started with, or train into a new run_dir")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _same(key: str, a, b) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and (key.endswith((".path", ".labels", "exclude", "relabel"))
+                                                      or key == "model.backbone"):
+        return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+    return False
