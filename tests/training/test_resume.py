@@ -119,3 +119,34 @@ def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
     torch.save({"state_dict": torch.nn.Linear(4, 2).state_dict(), "sft": {}}, path)
     with pytest.raises(UserError, match=r"2 of another shape \(e.g. bias \(2,\) vs \(3,\), checkpoint vs model"):
         check_checkpoint(path, torch.nn.Linear(4, 3), {})
+
+
+class Planted:
+    """What a planted checkpoint could hold: unpickling it would create a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_planted_checkpoint_runs_no_code_even_when_torch_is_told_to_unpickle(tmp_path, fashion_slice, recipe_file,
+                                                                               monkeypatch):
+    args = tiny_args(tmp_path, fashion_slice)
+    assert sft("train", recipe_file, *args).exit_code == 0
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a common workaround, set for other tools
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    good = torch.load(last, weights_only=True)
+    torch.save({**good, "planted": Planted(tmp_path / "pwned")}, last)
+    result = sft("train", recipe_file, *args, "--resume")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{last}: refused" in text and "weights-only" in text
+    assert "weights_only=False" not in text and "False" not in text
+    assert not (tmp_path / "pwned").exists()
+    last.write_bytes(last.read_bytes()[:200])  # truncated: a clear error too
+    result = sft("train", recipe_file, *args, "--resume")
+    assert result.exit_code == 2 and "damaged or not a PyTorch file" in result.output, result.output
+    torch.save(good, last)  # the genuine file resumes with the variable still set: Lightning loads it weights-only
+    assert sft("train", recipe_file, *args, "trainer.epochs=2", "--resume").exit_code == 0

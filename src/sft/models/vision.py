@@ -17,6 +17,7 @@ import torchvision
 from timm.models import group_parameters
 from torch import nn
 
+from sft.core.torchfile import load_safetensors, load_torch_file
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess, as_feature_maps, find_stages
 
@@ -249,15 +250,11 @@ def _load_file(model: nn.Module, key: str, path: Path, head_keys: set[str]) -> s
                         f"of a {'/'.join(WEIGHT_SUFFIXES)} file")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise UserError(f"weights file {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
+    hint = "save a plain state dict instead: torch.save(model.state_dict(), path), or use weights: none"
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(path, device="cpu")
+        state = load_safetensors(path, hint)
     else:
-        try:
-            state = torch.load(path, weights_only=True, map_location="cpu")  # never a plain unpickle
-        except Exception as e:
-            raise UserError(f"{path} cannot be loaded safely (weights_only=True): {e}. Save a plain state dict "
-                            f"instead: torch.save(model.state_dict(), path)") from e
+        state = load_torch_file(path, hint)  # never a plain unpickle
     for wrapper in ("state_dict", "model"):  # training checkpoints
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

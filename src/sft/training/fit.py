@@ -74,7 +74,8 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
     trainer.callbacks.append(first)
     started = time.perf_counter()
     try:
-        trainer.fit(p.model, datamodule=p.data, ckpt_path=str(run.last_checkpoint) if resume else None)
+        trainer.fit(p.model, datamodule=p.data, ckpt_path=str(run.last_checkpoint) if resume else None,
+                    weights_only=True)  # explicit: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override it
     except NonFiniteLoss as e:
         kept = f"; the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint.exists() else ""
         raise UserError(f"training stopped: {e}{kept}. Lower optim.lr or set optim.grad_clip.") from None

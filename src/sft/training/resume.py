@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
-import torch
 import yaml
 from torch import nn
 
+from sft.core.torchfile import load_torch_file
 from sft.errors import UserError
 from sft.recipe import Recipe
 
@@ -62,16 +60,7 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
 
 def load_checkpoint(path: Path) -> dict:
     """A Lightning checkpoint read weights-only (tensors and plain containers, never arbitrary objects)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).split("\n")[0].split(". ")[0]  # torch's advice to load the file unsafely is not relayed
-        raise UserError(f"{path}: refused, it holds objects other than tensors and plain values ({first}); sft "
-                        f"loads checkpoints weights-only, so it cannot resume from this file. Train into a new "
-                        f"run_dir, or replace this run with --overwrite") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                        f"; it cannot be resumed: train into a new run_dir or replace it with --overwrite") from None
+    return load_torch_file(path, "it cannot be resumed: train into a new run_dir, or replace this run with --overwrite")
 
 
 def check_checkpoint(path: Path, model: nn.Module, facts: dict) -> None:
