@@ -105,13 +105,16 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
             lines: Optional[Path] = typer.Option(None, "--file", help="text runs: a file with one text per line"),
             top_k: int = typer.Option(1, "--top-k", min=1),
             out: Optional[Path] = typer.Option(None, help="segmentation: a folder for the masks and overlays"),
-            format: str = typer.Option("table", "--format", help="table | json | csv")):
+            format: str = typer.Option("table", "--format", help="table | json | csv"),
+            score: Optional[float] = typer.Option(None, "--score", min=0, max=1,
+                                                  help="detection: the lowest score shown (default 0.3)")):
     """Classify image files or texts, or segment images, with a trained run."""
     try:
         if format not in ("table", "json", "csv"):
             raise UserError(f"--format {format}: expected table, json or csv")
         texts = list(text or []) + (_text_lines(lines) if lines else [])
-        rows = task_of_run(run_dir).predict(run_dir, [str(f) for f in files or []], texts, top_k, out=out)
+        rows = task_of_run(run_dir).predict(run_dir, [str(f) for f in files or []], texts, top_k, out=out,
+                                            **({"score": score} if score is not None else {}))
     except UserError as e:
         _fail(e)
     if format == "json":

@@ -22,6 +22,7 @@ _REGISTRY: dict[str, str] = {
     "image-classification": "sft.tasks.classification.task:ImageClassification",
     "text-classification": "sft.tasks.classification.task:TextClassification",
     "segmentation": "sft.tasks.segmentation.task:Segmentation",
+    "detection": "sft.tasks.detection.task:Detection",
 }
 
 

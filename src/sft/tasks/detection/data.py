@@ -1,0 +1,278 @@
+"""Images with boxes: COCO JSON (an instances file, images beside it) or YOLO (images/ + labels/*.txt of normalised
+`class cx cy w h`). Images without boxes are negatives: kept, and counted.
+
+Every annotation is checked when the split is read, so a box outside its image or of non-positive size, an unknown
+category, a label file without an image, an empty split, or a box written in the other convention (xyxy where COCO
+wants xywh, xyxy or pixels where YOLO wants normalised cx cy w h) stops the run before training, naming the file and
+the annotation id or line. Images and boxes are transformed together (torchvision.transforms.v2 with
+`tv_tensors.BoundingBoxes`), and boxes that a crop leaves empty are dropped with their labels (SanitizeBoundingBoxes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from sft.data.images import IMAGE_EXTS
+from sft.data.samples import EpochSeeded, Samples, read_image
+from sft.errors import UserError
+
+TOLERANCE = 1.0  # pixels a box may pass the image border by (rounding in exporters); it is clamped
+
+
+@dataclass
+class DetectionSamples(Samples):
+    """Samples whose `items` are image paths, with `boxes[i]` (n, 4) xyxy pixels and `box_labels[i]` (n,) 0-based
+    class indices per image; `labels` are zeros (splits are not stratified by class)."""
+    boxes: list = field(default_factory=list)
+    box_labels: list = field(default_factory=list)
+    sizes: list = field(default_factory=list)  # (width, height) of each image
+
+    def box_sides(self, size: int) -> np.ndarray:
+        """sqrt(area) of every box once its image is resized to size x size: what anchors are chosen from."""
+        sides = [np.sqrt((b[:, 2] - b[:, 0]) * size / w * (b[:, 3] - b[:, 1]) * size / h)
+                 for b, (w, h) in zip(self.boxes, self.sizes)]
+        return np.concatenate([np.zeros(0, np.float32), *sides])
+
+    def subset(self, indices) -> "DetectionSamples":
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return DetectionSamples([self.items[i] for i in idx], self.labels[idx], list(self.classes),
+                                [self.ids[i] for i in idx], self.kind, [self.boxes[i] for i in idx],
+                                [self.box_labels[i] for i in idx], [self.sizes[i] for i in idx])
+
+    @property
+    def negatives(self) -> int:
+        return sum(len(b) == 0 for b in self.boxes)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(super().fingerprint().encode())
+        for boxes, labels in zip(self.boxes, self.box_labels):
+            h.update(np.ascontiguousarray(boxes, np.float32).tobytes() + np.asarray(labels, np.int64).tobytes())
+        return h.hexdigest()
+
+
+def detect_format(path: Path, format: str) -> tuple[str, Path]:
+    """("coco", instances file) or ("yolo", folder)."""
+    if not path.exists():
+        raise UserError(f"{path}: detection data not found (a COCO .json or a folder)")
+    if format in ("auto", "coco") and path.is_file():
+        return "coco", path
+    if not path.is_dir():
+        raise UserError(f"{path}: a COCO instances .json or a folder, not {format}")
+    jsons = sorted(path.glob("*.json"))
+    if format == "yolo" or (format == "auto" and (path / "labels").is_dir()):
+        return "yolo", path
+    if len(jsons) == 1:
+        return "coco", jsons[0]
+    raise UserError(f"{path}: expected YOLO (images/ and labels/) or one COCO .json in the folder "
+                    f"(found {len(jsons)} .json files); give the .json path or data.*.format")
+
+
+def read_detection(path: str | Path, format: str, classes: list[str] | None) -> DetectionSamples:
+    """One split, every box checked. Class names: `classes` (the recipe), else the file's (COCO categories, YOLO
+    classes.txt or data.yaml)."""
+    kind, where = detect_format(Path(path), format)
+    images, boxes, labels, sizes, classes = (read_coco if kind == "coco" else read_yolo)(where, classes)
+    if not images:
+        raise UserError(f"{where}: no images in this split")
+    return DetectionSamples(images, np.zeros(len(images), np.int64), classes, list(images), "detection", boxes,
+                            labels, sizes)
+
+
+def read_coco(path: Path, classes: list[str] | None):
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read COCO JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"{path}: not a COCO instances file (no \"images\" list)")
+    categories = sorted(data.get("categories") or [], key=lambda c: c["id"])
+    names = [str(c["name"]) for c in categories]
+    if classes is None:
+        classes = names
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise UserError(f"{path}: categories {unknown[:5]} are not in data.classes {classes}")
+    index_of = {c["id"]: classes.index(str(c["name"])) for c in categories}
+    images, sizes, order = {}, {}, []
+    for entry in data["images"]:
+        file = _find_image(path.parent, str(entry.get("file_name", "")), f"{path}: image id {entry.get('id')}")
+        images[entry["id"]] = file
+        sizes[entry["id"]] = (entry.get("width"), entry.get("height"))
+        order.append(entry["id"])
+    found = {i: ([], []) for i in order}
+    for ann in data.get("annotations") or []:
+        where = f"{path}: annotation id {ann.get('id')}"
+        if ann.get("image_id") not in images:
+            raise UserError(f"{where}: image_id {ann.get('image_id')} is not in \"images\"")
+        if ann.get("category_id") not in index_of:
+            raise UserError(f"{where}: unknown category id {ann.get('category_id')} (known: {sorted(index_of)})")
+        if ann.get("iscrowd"):
+            continue  # crowd regions are not objects to find (COCO's own evaluation ignores them)
+        if not all(sizes[ann["image_id"]]):
+            sizes[ann["image_id"]] = _image_size(images[ann["image_id"]])
+        w, h = sizes[ann["image_id"]]
+        x, y, bw, bh = (float(v) for v in ann["bbox"])
+        box = check_box([x, y, x + bw, y + bh], w, h, where, f"bbox {ann['bbox']}",
+                        xyxy_hint=bw > x and bh > y and bw <= w + TOLERANCE and bh <= h + TOLERANCE,
+                        hint="it looks like [x1, y1, x2, y2] (xyxy); COCO's bbox is [x, y, width, height]")
+        found[ann["image_id"]][0].append(box)
+        found[ann["image_id"]][1].append(index_of[ann["category_id"]])
+    sizes = {k: v if all(v) else _image_size(images[k]) for k, v in sizes.items()}
+    return _columns(images, found, sizes, order, classes)
+
+
+def read_yolo(root: Path, classes: list[str] | None):
+    images_dir, labels_dir = root / "images", root / "labels"
+    for folder in (images_dir, labels_dir):
+        if not folder.is_dir():
+            raise UserError(f"{root}: expected the subfolders images/ and labels/ (no {folder.name}/)")
+    classes = classes or yolo_classes(root)
+    images = {p.stem: os.path.abspath(p) for p in sorted(images_dir.iterdir())
+              if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")}
+    for label_file in sorted(labels_dir.glob("*.txt")):
+        if label_file.stem not in images:
+            raise UserError(f"{label_file}: a label file without an image (no {images_dir}/{label_file.stem}.*)")
+    found = {stem: ([], []) for stem in images}
+    sizes = {stem: _image_size(image) for stem, image in images.items()}
+    for stem, image in images.items():
+        label_file = labels_dir / f"{stem}.txt"
+        if not label_file.is_file():
+            continue  # no label file: a negative, as in YOLO
+        w, h = sizes[stem]
+        for line, text in enumerate(label_file.read_text().splitlines(), 1):
+            parts = text.split()
+            if not parts:
+                continue
+            where = f"{label_file} line {line}"
+            try:
+                cls, cx, cy, bw, bh = int(parts[0]), *(float(v) for v in parts[1:])
+            except ValueError:
+                cls = None
+            if cls is None or len(parts) != 5:
+                raise UserError(f"{where}: expected `class cx cy w h` (5 numbers), got {text.strip()!r}")
+            if not 0 <= cls < len(classes):
+                raise UserError(f"{where}: class {cls} is not one of 0..{len(classes) - 1} ({len(classes)} classes)")
+            values = [cx, cy, bw, bh]
+            if max(values) > 1.0 + 1e-6:
+                raise UserError(f"{where}: coordinates {values} are not normalised to 0..1 (pixels? YOLO wants "
+                                f"cx cy w h divided by the image's width and height)")
+            box = check_box([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], w, h,
+                            where, f"box {text.strip()!r}", xyxy_hint=bw > cx and bh > cy,
+                            hint="it looks like x1 y1 x2 y2 (xyxy); YOLO wants cx cy w h")
+            found[stem][0].append(box)
+            found[stem][1].append(cls)
+    return _columns(images, found, sizes, list(images), classes)
+
+
+def check_box(box: list[float], w: float, h: float, where: str, shown: str, xyxy_hint: bool, hint: str) -> list:
+    """The box clamped to the image, or a UserError: non-positive size, or outside the image (with `hint` when the
+    numbers read as the other convention)."""
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        raise UserError(f"{where}: {shown} has a non-positive width or height")
+    if x0 < -TOLERANCE or y0 < -TOLERANCE or x1 > w + TOLERANCE or y1 > h + TOLERANCE:
+        because = f"; {hint}" if xyxy_hint else ""
+        raise UserError(f"{where}: {shown} lies outside its {w:g}x{h:g} image{because}")
+    return [max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))]
+
+
+def yolo_classes(root: Path) -> list[str]:
+    """Class names from classes.txt or a data.yaml `names` (list or {index: name}) beside or above the split."""
+    for folder in (root, root.parent):
+        if (folder / "classes.txt").is_file():
+            return [s.strip() for s in (folder / "classes.txt").read_text().splitlines() if s.strip()]
+        if (folder / "data.yaml").is_file():
+            names = (yaml.safe_load((folder / "data.yaml").read_text()) or {}).get("names")
+            if isinstance(names, dict):
+                names = [names[k] for k in sorted(names)]
+            if names:
+                return [str(n) for n in names]
+    raise UserError(f"{root}: set data.classes or put a classes.txt (or data.yaml with names) beside the data")
+
+
+def _find_image(folder: Path, name: str, where: str) -> str:
+    for candidate in (folder / name, folder / "images" / name, folder / "images" / Path(name).name):
+        if candidate.is_file():
+            return os.path.abspath(candidate)
+    raise UserError(f"{where}: image file {name!r} not found beside the JSON or in images/")
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise UserError(f"{path}: cannot read image ({e})") from None
+
+
+def _columns(images: dict, found: dict, sizes: dict, order: list, classes: list[str]):
+    files = [images[k] for k in order]
+    boxes = [np.asarray(found[k][0], np.float32).reshape(-1, 4) for k in order]
+    labels = [np.asarray(found[k][1], np.int64) for k in order]
+    return files, boxes, labels, [tuple(sizes[k]) for k in order], list(classes)
+
+
+def box_transforms(size: int, augment: str) -> tuple[v2.Compose, v2.Compose]:
+    """(train, eval) transforms of (image, {"boxes", "labels"}) to a size x size float image in 0..1 (the detector
+    normalises it with the backbone's mean and std). Training: flip, scale jitter, then a crop (or pad) back to the
+    size; boxes cut to nothing are dropped with their labels."""
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1)]
+    eval_tf = v2.Compose([v2.Resize((size, size), antialias=True), *finish])
+    if augment == "none":
+        return eval_tf, eval_tf
+    jitter = (0.75, 1.25) if augment == "light" else (0.5, 1.5)
+    train = [v2.Resize((size, size), antialias=True), v2.RandomHorizontalFlip(),
+             v2.ScaleJitter((size, size), scale_range=jitter, antialias=True),
+             v2.RandomCrop((size, size), pad_if_needed=True)]
+    if augment == "strong":
+        train.append(v2.ColorJitter(0.3, 0.3, 0.3))
+    return v2.Compose([*train, *finish]), eval_tf
+
+
+def load_image(path: str) -> tv_tensors.Image:
+    return tv_tensors.Image(torch.from_numpy(np.array(read_image(path))).permute(2, 0, 1))
+
+
+def transform_image(transform, image: tv_tensors.Image) -> torch.Tensor:
+    """An image alone through a box-aware transform (it expects boxes: an empty set is given)."""
+    boxes = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=tuple(image.shape[-2:]))
+    return transform(image, {"boxes": boxes, "labels": torch.zeros(0, dtype=torch.int64)})[0].as_subclass(
+        torch.Tensor)
+
+
+class BoxDataset(EpochSeeded, Dataset):
+    """(image (3, S, S) float 0..1, {"boxes": (n, 4) xyxy pixels, "labels": (n,) 0-based classes}) per image."""
+
+    def __init__(self, samples: DetectionSamples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        image = load_image(self.samples.items[i])
+        target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(self.samples.boxes[i]), format="XYXY",
+                                                    canvas_size=tuple(image.shape[-2:])),
+                  "labels": torch.from_numpy(self.samples.box_labels[i])}
+        with self.seeded(i):
+            image, target = self.transform(image, target)
+        return image.as_subclass(torch.Tensor), {"boxes": target["boxes"].as_subclass(torch.Tensor).float(),
+                                                 "labels": target["labels"]}
+
+
+def collate(batch: list) -> tuple[torch.Tensor, list[dict]]:
+    """Images stacked (all are S x S), targets kept as a list: each image has its own number of boxes."""
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)

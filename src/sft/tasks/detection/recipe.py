@@ -1,0 +1,49 @@
+"""The detection recipe: the shared sections plus the box formats (COCO, YOLO), the detector, its FPN and anchors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sft.recipe import Data, Model, Recipe, Source
+
+
+class DetectionSource(Source):
+    path: str = Field(description="COCO: an instances .json (images beside it) or a folder holding one; YOLO: a "
+                                   "folder with images/ and labels/*.txt")
+    format: Literal["auto", "coco", "yolo"] = Field(
+        "auto", description="auto: a .json or a folder with one .json is COCO, a folder with labels/ is YOLO")
+
+
+class DetectionData(Data):
+    train: DetectionSource | None = Field(None, description="training data (required); a path or {path, format}")
+    val: DetectionSource | None = Field(None, description="validation data; default: a seeded share of train")
+    test: DetectionSource | None = Field(None, description="test data, evaluated once with the best checkpoint")
+    classes: list[str] | None = Field(
+        None, description="class names in label order; default: COCO categories, or YOLO's classes.txt/data.yaml")
+    image_size: int | None = Field(None, gt=0, description="images are resized to this square side (the detector's "
+                                                           "own resize is set to match); default: the backbone's")
+    batch_size: int = Field(8, gt=0, description="images per step and process")
+
+
+class DetectionModel(Model):
+    detector: Literal["fcos", "retinanet", "fasterrcnn"] = Field(
+        "fcos", description="torchvision detector on the backbone's FPN (heads sized from the classes)")
+    fpn_channels: int = Field(128, ge=64, multiple_of=32, description="width of the FPN and the heads (torchvision: "
+                                                                      "256); FCOS's and RetinaNet's heads use 32 "
+                                                                      "GroupNorm groups")
+    anchor_sizes: list[float] | Literal["auto"] = Field(
+        "auto", description="the smallest anchor of each FPN level, in input pixels (level k: 2**k times the "
+                            "first); auto: from the training boxes (see sft.tasks.detection.module)")
+    score_threshold: float = Field(0.05, ge=0, lt=1, description="detections below this score are dropped before "
+                                                                 "mAP (predict has its own --score)")
+    detections_per_image: int = Field(100, ge=1, description="at most this many detections per image")
+    checkpoint: str | None = Field(None, description="a detector state dict (.pth/.safetensors, e.g. COCO-"
+                                                     "pretrained) loaded before training; heads of another class "
+                                                     "count are skipped")
+
+
+class DetectionRecipe(Recipe):
+    data: DetectionData = Field(default_factory=DetectionData)
+    model: DetectionModel = Field(default_factory=DetectionModel)

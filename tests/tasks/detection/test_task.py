@@ -1,0 +1,117 @@
+"""Detection through `sft train / eval / predict` on real Fashion-MNIST composites, and its three detectors."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from sft.models.vision import create_backbone
+from sft.tasks.detection.module import auto_anchor_sizes, build_detector, from_detector, to_detector
+from tests.conftest import sft
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def detection_set(tmp_path_factory) -> Path:
+    """examples/detection/build.py's composites: 16 train, 8 val, 8 test canvases of 96 px."""
+    if not FASHION.exists():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    spec = importlib.util.spec_from_file_location("detection_build", Path(__file__).parents[3] / "examples" /
+                                                  "detection" / "build.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    out = tmp_path_factory.mktemp("detection") / "data"
+    builder.build(out, train=16, val=8, test=8, size=96, seed=0)
+    return out
+
+
+def recipe(tmp_path, data, *lines):
+    path = tmp_path / "det.yaml"
+    path.write_text("\n".join([
+        "task: detection", "data:", f"  train: {data / 'train'}", f"  val: {data / 'val' / 'annotations.json'}",
+        f"  test: {data / 'test'}", "  image_size: 64", "  batch_size: 8", "trainer:", "  epochs: 1",
+        "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}", *lines]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory, detection_set):
+    """ImageNet MobileNetV2 (shipped), frozen: only the FPN and the FCOS heads train."""
+    tmp_path = tmp_path_factory.mktemp("det-run")
+    result = sft("train", recipe(tmp_path, detection_set, "model:", "  fpn_channels: 64", "strategy:",
+                                 "  name: linear-probe"))
+    assert result.exit_code == 0, result.output
+    return tmp_path / "run"
+
+
+def test_a_frozen_backbone_trains_its_heads_and_stays_pretrained(frozen_run):
+    metrics = json.loads((frozen_run / "metrics.json").read_text())
+    assert 0 <= metrics["val_map50"] <= 1 and 0 <= metrics["test_map"] <= 1 and metrics["epochs"] == 1
+    assert metrics["boxes"]["train"]["images"] == 16 and metrics["anchor_sizes"] == [8.0, 16.0, 32.0, 64.0, 128.0]
+    if metrics["val_map50"] < 0.05:  # one epoch from scratch heads: the run says what it checked
+        assert "box sizes against the anchors" in metrics["diagnosis"]["checked"]
+    weights = load_file(frozen_run / "model.safetensors")
+    shipped = create_backbone("torchvision/mobilenet_v2", "imagenet", out="maps").module.state_dict()
+    assert all(torch.equal(weights[f"backbone.{k}"], v) for k, v in shipped.items())  # BatchNorm statistics too
+    assert any(k.startswith("head.backbone.fpn.") for k in weights) and any(k.startswith("head.head.")
+                                                                             for k in weights)
+
+
+def test_eval_and_predict_a_finished_run(frozen_run, detection_set, tmp_path):
+    result = sft("eval", frozen_run, "--top-losses", "2")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((frozen_run / "eval" / "metrics.json").read_text())
+    trained = json.loads((frozen_run / "metrics.json").read_text())
+    assert metrics["samples"] == 8 and abs(metrics["map"] - trained["test_map"]) < 1e-6
+    page = (frozen_run / "eval" / "report.html").read_text()
+    assert all(f"id={s}" in page for s in ("per-class", "pr", "confusion", "worst"))
+    images = sorted((detection_set / "test" / "images").glob("*.png"))[:2]
+    result = sft("predict", frozen_run, *images, "--out", tmp_path / "found", "--format", "json", "--score", "0")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["file"] for r in rows} == {str(p) for p in images}
+    assert all(len(r["xyxy"]) == 4 and 0 <= r["score"] <= 1 for r in rows if r["class"] is not None)
+    drawn = Image.open(tmp_path / "found" / f"{images[0].stem}.png")
+    assert drawn.size == (96, 96)  # boxes are drawn on the image at its own size
+    assert json.loads((tmp_path / "found" / f"{images[0].stem}.json").read_text()) == [
+        r for r in rows if r["file"] == str(images[0]) and r["class"] is not None]
+    high = json.loads(sft("predict", frozen_run, *images, "--format", "json", "--score", "1").output)
+    assert all(r["class"] is None for r in high)
+
+
+def test_full_fine_tune_of_faster_rcnn_and_errors(tmp_path, detection_set):
+    path = recipe(tmp_path, detection_set, "model:", "  backbone: timm/test_efficientnet", "  weights: none",
+                  "  detector: fasterrcnn", "  fpn_channels: 64", "strategy:", "  name: gradual")
+    result = sft("train", path)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["strategy"] == "gradual" and len(metrics["anchor_sizes"]) == 4
+    result = sft("train", path, "strategy.name=lora", f"run_dir={tmp_path / 'other'}")
+    assert result.exit_code == 2 and "not available for detection" in result.output
+    result = sft("train", path, "model.anchor_sizes=[8, 16]", f"run_dir={tmp_path / 'other'}")
+    assert result.exit_code == 2 and "4 FPN levels" in result.output and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("kind", ["fcos", "retinanet", "fasterrcnn"])
+def test_detectors_train_on_empty_and_full_targets_and_return_zero_based_classes(kind):
+    backbone = create_backbone("timm/test_efficientnet", None, out="maps")
+    anchors = auto_anchor_sizes(np.array([10.0, 20.0, 30.0]), kind, backbone.reductions)
+    detector = build_detector(kind, backbone.module, backbone.channels, 3, fpn_channels=64, anchor_sizes=anchors,
+                              size=64, preprocess=backbone.preprocess, score_threshold=0.0, detections=20)
+    assert not any(p is q for p in detector.parameters() for q in backbone.module.parameters())
+    targets = [{"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([0])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    losses = detector(list(torch.rand(2, 3, 64, 64)), to_detector(targets))
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    detector.eval()
+    with torch.no_grad():
+        found = from_detector(detector(list(torch.rand(2, 3, 64, 64))))
+    assert all(((f["labels"] >= 0) & (f["labels"] < 3)).all() for f in found)
+    assert detector.transform.min_size == (64,) and detector.transform.max_size == 64  # not torchvision's 800 px
