@@ -106,14 +106,18 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
             top_k: int = typer.Option(1, "--top-k", min=1),
             out: Optional[Path] = typer.Option(None, help="segmentation: a folder for the masks and overlays"),
             format: str = typer.Option("table", "--format", help="table | json | csv"),
+            engine: str = typer.Option("torch", help="torch | onnx (the run's `sft export --format onnx`)"),
             score: Optional[float] = typer.Option(None, "--score", min=0, max=1,
                                                   help="detection: the lowest score shown (default 0.3)")):
     """Classify image files or texts, or segment images, with a trained run."""
     try:
         if format not in ("table", "json", "csv"):
             raise UserError(f"--format {format}: expected table, json or csv")
+        if engine not in ("torch", "onnx"):
+            raise UserError(f"--engine {engine}: expected torch or onnx")
         texts = list(text or []) + (_text_lines(lines) if lines else [])
         rows = task_of_run(run_dir).predict(run_dir, [str(f) for f in files or []], texts, top_k, out=out,
+                                            **({"engine": engine} if engine != "torch" else {}),
                                             **({"score": score} if score is not None else {}))
     except UserError as e:
         _fail(e)
@@ -130,6 +134,48 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
         for row in rows:
             table.add_row(*(escape(f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row.values()))
         console.print(table)
+
+
+@app.command("export")
+def export_(run_dir: Path = typer.Argument(..., help="a run directory"),
+            format: str = typer.Option("onnx", "--format", help="onnx | hf (text classification)"),
+            out: Optional[Path] = typer.Option(None, help="output folder; default: RUN_DIR/export (onnx), "
+                                                         "RUN_DIR/export-hf (hf)"),
+            force: bool = typer.Option(False, help="write the export even when it fails the parity check"),
+            overwrite: bool = typer.Option(False, help="replace an earlier export in the output folder")):
+    """Export a trained run (ONNX with dynamic batch/sequence axes, or a Hugging Face folder), checked against the
+    PyTorch model on the run's own validation/test samples (parity.json)."""
+    try:
+        if format not in ("onnx", "hf"):
+            raise UserError(f"--format {format}: expected onnx or hf")
+        folder, parity = task_of_run(run_dir).export_model(run_dir, format, out, force=force, overwrite=overwrite)
+    except UserError as e:
+        _fail(e)
+    _print_metrics(folder, {"passed": parity["passed"], "max |Δprobability|": f"{parity['max_abs_diff']:.2e}",
+                            "top-1 agreement": parity["top1_agreement"], "samples": parity["samples"]})
+    if not parity.get("passed", True):
+        errors.print("[yellow]warning:[/] written with --force although the parity check failed (parity.json)",
+                     highlight=False)
+
+
+@app.command()
+def serve(run_dir: Path = typer.Argument(..., help="a run directory"),
+          engine: str = typer.Option("torch", help="torch | onnx (the run's `sft export --format onnx`)"),
+          host: str = typer.Option("127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network"),
+          port: int = typer.Option(8000),
+          max_batch: int = typer.Option(32, min=1, help="most items the model runs at once"),
+          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a batch waits for more items"),
+          max_items: int = typer.Option(64, min=1, help="most items one request may carry"),
+          max_body_mb: float = typer.Option(16.0, help="largest request body")):
+    """Serve a trained run over HTTP: POST /predict (dynamic batching), GET /health, GET /metadata, /docs."""
+    try:
+        from sft.serve.server import Limits, run_server
+        if engine not in ("torch", "onnx"):
+            raise UserError(f"--engine {engine}: expected torch or onnx")
+        run_server(run_dir, engine, host, port, Limits(max_batch, max_wait_ms, max_items, int(max_body_mb * 2**20)),
+                   announce=lambda url: console.print(f"serving {escape(str(run_dir))} on {url} (API docs: {url}/docs)"))
+    except UserError as e:
+        _fail(e)
 
 
 @app.command()

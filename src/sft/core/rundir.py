@@ -30,7 +30,8 @@ from sft.errors import UserError
 
 MARKER = ".sft-run"
 KIND_NAMES = {"run": "a run", "eval": "an evaluation", "audit": "an audit", "rank": "a ranking",
-              "lr-find": "an LR range test", "predictions": "predictions"}
+              "lr-find": "an LR range test", "predictions": "predictions",
+              "export": "an export"}
 
 
 def is_child_process() -> bool:

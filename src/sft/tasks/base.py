@@ -39,6 +39,32 @@ class Task(TrainingTask, Protocol):
         """`sft predict`: one row (a flat dict) per result, for a table, JSON or CSV; `out`: a folder for the files
         a task writes (masks)."""
 
+    def export_model(self, run_dir: Path, format: str, out: Path | None, *, force: bool,
+                     overwrite: bool) -> tuple[Path, dict]:
+        """`sft export`: the run's model in `format` (onnx, hf) in its own folder, checked against the PyTorch model
+        on the run's own samples; returns the folder and the parity result. (`export` writes the run's model files
+        at the end of training; this ships them out.)"""
+
+    def predictor(self, run_dir: Path, engine: str) -> "Predictor":
+        """`sft serve`: the run's model behind the calls the server makes, on `engine` (torch, onnx)."""
+
+
+class Predictor(Protocol):
+    """What `sft serve` asks of a task's finished model: decode one request item, run a batch, shape one answer."""
+    inputs: str  # "image" | "text": what POST /predict takes
+
+    def metadata(self) -> dict:
+        """GET /metadata: task, classes, preprocessing, weights id, engine."""
+
+    def prepare(self, item: bytes | str) -> object:
+        """One request item (image bytes, a text) as the model's input; a UserError when it is not one."""
+
+    def run(self, prepared: list) -> list:
+        """One output per prepared item, computed as one batch."""
+
+    def answer(self, output, top_k: int) -> dict:
+        """The JSON answer for one item."""
+
 
 class TaskBase:
     """Defaults for a task: no feature cache, plain loaders, no `strategy: auto`, and commands that say they are not
@@ -69,6 +95,12 @@ class TaskBase:
 
     def predict(self, run_dir, files, texts, top_k, out=None):
         raise UserError(f"task {self.name} has no `sft predict` yet")
+
+    def export_model(self, run_dir, format, out, *, force, overwrite):
+        raise UserError(f"task {self.name} has no `sft export` yet")
+
+    def predictor(self, run_dir, engine):
+        raise UserError(f"task {self.name} cannot be served by `sft serve` yet")
 
 
 def evaluation_target(run_dir: str | Path, data: str | Path | None,

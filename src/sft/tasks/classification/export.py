@@ -81,6 +81,14 @@ def used_preprocess(pre, image_size: int | None):
     return pre
 
 
+def read_info(path: Path) -> ModelInfo:
+    """model.json as a ModelInfo (keys it does not know, such as an export's, are left out)."""
+    raw = json.loads(path.read_text())
+    kind = TextPreprocess if raw.get("task") == TEXT else Preprocess
+    raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
+    return ModelInfo(**{k: v for k, v in raw.items() if k in ModelInfo.__dataclass_fields__})
+
+
 def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     """The trained model (eval mode) and its info, from a run directory alone."""
     run = RunDir(run_dir)
@@ -90,10 +98,7 @@ def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     if not (weights.exists() and info_file.exists()):
         raise UserError(f"{run.path}: no finished model (model.safetensors, model.json); the run did not complete "
                         f"— resume it with `sft train RECIPE --resume`")
-    raw = json.loads(info_file.read_text())
-    kind = TextPreprocess if raw.get("task") == TEXT else Preprocess
-    raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
-    info = ModelInfo(**raw)
+    info = read_info(info_file)
     if info.task == TEXT:
         backbone = create_text_encoder(str(encoder_files), "none", info.preprocess.pooling)[0]
         if info.lora:
@@ -105,4 +110,4 @@ def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     model.eval()
     if info.channels_last:  # the layout it trained in: mixed layouts are several times slower on CPU
         model.to(memory_format=torch.channels_last)
-    return TrainedClassifier(model, info.channels_last), info
+    return TrainedClassifier(model, info.channels_last).eval(), info  # eval at the top too: exporters restore it

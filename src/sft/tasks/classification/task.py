@@ -24,8 +24,11 @@ from sft.models.vision import create_backbone
 from sft.recipe import Source
 from sft.tasks.base import TaskBase
 from sft.tasks.classification.evaluation import evaluate, evaluate_run, predict, rebuild_report
-from sft.tasks.classification.export import ModelInfo, export_model, load_model, used_preprocess
+from sft.tasks.classification.export import ModelInfo, export_model, used_preprocess
+from sft.tasks.classification.hf import export_hf
 from sft.tasks.classification.module import Classifier
+from sft.tasks.classification.onnx import export_onnx
+from sft.tasks.classification.serving import ClassifierPredictor, load_engine
 from sft.tasks.classification.recipe import TEXT, ClassificationRecipe
 from sft.tasks.classification.tools.strategy_auto import choose_strategy
 from sft.tasks.classification.tools.transfer import logme
@@ -131,10 +134,11 @@ class ImageClassification(TaskBase):
     def report(self, run_dir, eval_dir):
         return rebuild_report(self, run_dir, eval_dir)
 
-    def predict(self, run_dir, files: list[str], texts: list[str], top_k: int, out=None) -> list[dict]:
+    def predict(self, run_dir, files: list[str], texts: list[str], top_k: int, out=None,
+                engine: str = "torch") -> list[dict]:
         if out is not None:
             raise UserError("--out: classification writes no files; use --format json|csv and redirect the output")
-        model, info = load_model(run_dir)
+        model, info = load_engine(run_dir, engine)
         items, samples = self.prediction_samples(info, files, texts)
         if not items:
             raise UserError("nothing to classify: give image files, --text or --file")
@@ -143,6 +147,18 @@ class ImageClassification(TaskBase):
                    for r in predict(model, x, info.classes, top_k, temperature=info.temperature)]
         return [{self.column: item, "rank": r + 1, "label": label, "probability": round(p, 4)}
                 for item, preds in zip(items, results) for r, (label, p) in enumerate(preds)]
+
+    def export_model(self, run_dir, format: str, out, *, force: bool, overwrite: bool) -> tuple:
+        if format == "onnx":
+            return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
+        if format == "hf" and self.name == TEXT:
+            return export_hf(self, run_dir, out, force=force, overwrite=overwrite)
+        raise UserError(f"--format {format}: {self.name} runs export as "
+                        f"{'onnx or hf' if self.name == TEXT else 'onnx'}"
+                        + ("" if self.name == TEXT else " (hf: see the README's Export section)"))
+
+    def predictor(self, run_dir, engine: str) -> ClassifierPredictor:
+        return ClassifierPredictor(self, run_dir, engine)
 
 
 class TextClassification(ImageClassification):

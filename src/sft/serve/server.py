@@ -1,0 +1,213 @@
+"""`sft serve RUN`: a finished run over HTTP, on FastAPI + uvicorn, with our own dynamic batching (batching.py).
+
+    POST /predict    images as multipart `file` parts or JSON {"images": [base64, ...]}; texts as JSON
+                     {"texts": [...]}; optional top_k. Answers {"results": [{"predictions": [{label, probability}]}]}
+    GET  /health     {"status": "ok"} and the batching counters
+    GET  /metadata   task, classes, preprocessing, weights id, engine, limits
+    GET  /docs       the OpenAPI page (/openapi.json)
+
+Every bad request gets a 4xx JSON answer {"error": "..."} and the server goes on serving: an empty body (400), bad
+JSON or base64 (400), a body over the limit (413), a content type other than JSON or multipart (415), wrong field
+names, too many items, a bad top_k, an item that is not an image (422).
+
+Why FastAPI + uvicorn rather than LitServe (both install cleanly here): LitServe batches *requests* (one request is
+one item), runs the model in separate worker processes fed through queues, and owns the request decoding; here a
+request may carry up to `max_items` items that join other requests' batches, the size limit and every error answer
+are ours, and the whole server is one process, which matters on a 2-core machine. The batcher that costs is 80 lines
+(batching.py) with its own tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from sft.errors import UserError
+from sft.serve.batching import MicroBatcher
+from sft.tasks import task_of_run
+
+
+@dataclass
+class Limits:
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_items: int = 64  # per request
+    max_body: int = 16 * 2**20  # bytes
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "byte"}, "description": "image runs"},
+        "texts": {"type": "array", "items": {"type": "string"}, "description": "text runs"},
+        "top_k": {"type": "integer", "minimum": 1, "default": 1}}}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "top_k": {"type": "integer", "minimum": 1, "default": 1}}}}}}}
+
+
+def build_app(predictor, limits: Limits):
+    """The FastAPI application around a task's predictor (sft.tasks.base.Predictor)."""
+    batcher = MicroBatcher(predictor.run, limits.max_batch, limits.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    meta = predictor.metadata()
+    app = FastAPI(title=f"sft: {meta['task']}", lifespan=lifespan,
+                  description=f"A fine-tuned {meta['task']} model ({len(meta.get('classes', []))} classes).")
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request, error: BadRequest):
+        return JSONResponse({"error": error.message}, status_code=error.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", **batcher.stats()}
+
+    @app.get("/metadata")
+    async def metadata() -> dict:
+        return {**meta, "limits": asdict(limits)}
+
+    @app.post("/predict", openapi_extra=PREDICT_BODY)
+    async def predict(request: Request) -> dict:
+        items, top_k = await read_request(request, predictor.inputs, limits)
+        try:
+            prepared = await asyncio.to_thread(_prepare_all, predictor.prepare, items)
+        except UserError as e:
+            raise BadRequest(422, str(e)) from None
+        outputs = await batcher.submit(prepared)
+        return {"results": [predictor.answer(o, top_k) for o in outputs]}
+
+    return app
+
+
+def _prepare_all(prepare: Callable, items: list) -> list:
+    prepared = []
+    for i, item in enumerate(items):
+        try:
+            prepared.append(prepare(item))
+        except UserError as e:
+            raise UserError(f"item {i}: {e}") from None
+    return prepared
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes `limit` bytes, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"request body is over the limit of {limit} bytes")
+    if not body:
+        raise BadRequest(400, "empty request body: send JSON ({\"images\": [...]} or {\"texts\": [...]}) or "
+                              "multipart `file` parts")
+    return bytes(body)
+
+
+async def read_request(request, inputs: str, limits: Limits) -> tuple[list, int]:
+    """(items, top_k) of a /predict request: raw image bytes or texts, checked against the run's kind."""
+    body = await read_body(request, limits.max_body)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(400, f"body is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise BadRequest(422, "the JSON body must be an object")
+        field = "images" if inputs == "image" else "texts"
+        unknown = sorted(set(data) - {field, "top_k"})
+        if unknown or field not in data:
+            raise BadRequest(422, f"unknown field(s) {unknown}; this run takes {{\"{field}\": [...], \"top_k\": N}}"
+                             if unknown else f"missing field {field!r}: this run takes {{\"{field}\": [...]}}")
+        items = data[field]
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise BadRequest(422, f"{field!r} must be a list of strings")
+        _check_count(items, limits)
+        if inputs == "image":
+            items = [_base64(i, n) for n, i in enumerate(items)]
+        top_k = data.get("top_k", 1)
+    elif kind == "multipart/form-data":
+        if inputs != "image":
+            raise BadRequest(422, "this run classifies texts: send JSON {\"texts\": [...]}")
+
+        async def replay():  # the body was read under the size limit; the form parser reads it again from here
+            return {"type": "http.request", "body": body, "more_body": False}
+        try:
+            form = await Request(request.scope, replay).form(max_files=limits.max_items + 1)
+        except Exception as e:  # malformed multipart (the parser's own error types)
+            raise BadRequest(400, f"cannot read the multipart body ({e})") from None
+        unknown = sorted({k for k in form.keys() if k not in ("file", "top_k")})
+        if unknown:
+            raise BadRequest(422, f"unknown field(s) {unknown}; send images as `file` parts (and top_k)")
+        items = [await f.read() if hasattr(f, "read") else None for f in form.getlist("file")]
+        if any(i is None for i in items):
+            raise BadRequest(422, "`file` must be a file part, not a text field")
+        top_k = form.get("top_k", 1)
+    else:
+        raise BadRequest(415, f"content type {kind or 'none'!r}: send application/json or multipart/form-data")
+    _check_count(items, limits)
+    try:
+        if isinstance(top_k, (bool, float)):
+            raise ValueError
+        top_k = int(top_k)
+        if top_k < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise BadRequest(422, f"top_k must be a positive integer, got {top_k!r}") from None
+    return items, top_k
+
+
+def _check_count(items: list, limits: Limits) -> None:
+    if not items:
+        raise BadRequest(422, "no items to predict")
+    if len(items) > limits.max_items:
+        raise BadRequest(422, f"too many items: {len(items)} (at most {limits.max_items} per request)")
+
+
+def _base64(text: str, index: int) -> bytes:
+    if "," in text[:100] and text.startswith("data:"):  # a data URL: data:image/png;base64,....
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(400, f"item {index}: not valid base64") from None
+
+
+def run_server(run_dir: str | Path, engine: str, host: str, port: int, limits: Limits,
+               announce: Callable[[str], None] = print) -> None:
+    """Load the run on `engine` and serve it until interrupted."""
+    import uvicorn  # deferred: only `sft serve` needs it
+
+    if limits.max_batch < 1 or limits.max_items < 1 or limits.max_body < 1:
+        raise UserError("--max-batch, --max-items and --max-body-mb must be positive")
+    predictor = task_of_run(run_dir).predictor(run_dir, engine)
+    app = build_app(predictor, limits)
+    announce(f"http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,132 @@
+"""`sft export RUN --format hf` for text classification: a folder that `transformers` alone loads with
+`AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` and that gives the run's logits.
+
+    RUN/export-hf/         (or --out)
+      config.json          the encoder's config + labels, the pooling, auto_map to modeling_sft.py
+      modeling_sft.py      30 lines: the encoder, the run's pooling, its linear head
+      model.safetensors    encoder.* (a LoRA run's adapters merged in) and classifier.*
+      tokenizer files, parity.json (the loaded folder against the run's PyTorch model)
+
+Why remote code: sft pools the encoder's tokens itself (mean, or the first token without BERT's tanh pooler), and
+no built-in `*ForSequenceClassification` class does that, so a built-in class would load but give other logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sft.core.rundir import RunDir
+from sft.models.export import check_export_dir, file_id, parity, parity_failure, write_export_dir
+from sft.errors import UserError
+from sft.tasks.classification.export import load_model, model_files
+from sft.tasks.classification.onnx import PARITY_BATCH, default_folder, parity_samples
+
+MODELING = '''"""Written by `sft export --format hf`: the fine-tuned encoder, its pooling ({pooling}) and its linear head.
+Load with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel, {config_class}
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class SftTextClassifier(PreTrainedModel):
+    config_class = {config_class}
+    base_model_prefix = "sft"
+
+    def __init__(self, config):
+        super().__init__(config)
+        try:
+            self.encoder = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            self.encoder = AutoModel.from_config(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        if self.config.sft_pooling == "cls":
+            pooled = states[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        logits = self.classifier(pooled)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+'''
+
+
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**batch).logits
+
+
+def load_hf(folder: str | Path) -> nn.Module:
+    """The exported folder through transformers alone (what a user of the folder does)."""
+    from transformers import AutoModelForSequenceClassification  # deferred: only export needs it here
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of `sft export`'s output
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=True).eval()
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
+              overwrite: bool) -> tuple[Path, dict]:
+    """Write the run's text classifier as a transformers folder, checked against the run's PyTorch model."""
+    run = RunDir(run_dir)
+    model, info = load_model(run.path)
+    out = Path(out) if out else default_folder(run.path, "hf")
+    check_export_dir(out, run.path, overwrite)
+    inputs = task.run_inputs(model, info)
+    parts = parity_samples(task, run.path, info.classes)
+    encoder = copy.deepcopy(model.backbone.model)
+    if info.lora:
+        encoder = encoder.merge_and_unload()
+    linear = model.head[-1]
+    result: dict = {}
+
+    def batches(size: int):
+        for part in parts:
+            yield from (x for x, _ in DataLoader(inputs.eval(part), batch_size=size, collate_fn=inputs.collate))
+
+    def write(folder: Path) -> None:
+        config = copy.deepcopy(encoder.config)
+        config.architectures = ["SftTextClassifier"]
+        config.auto_map = {"AutoModelForSequenceClassification": "modeling_sft.SftTextClassifier"}
+        config.id2label = dict(enumerate(info.classes))
+        config.label2id = {c: i for i, c in enumerate(info.classes)}
+        config.sft_pooling, config.sft_temperature = info.preprocess.pooling, info.temperature
+        config.save_pretrained(folder)
+        (folder / "modeling_sft.py").write_text(MODELING.format(pooling=info.preprocess.pooling,
+                                                                config_class=type(config).__name__))
+        state = {f"encoder.{k}": v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
+        state |= {"classifier.weight": linear.weight.detach().clone(), "classifier.bias": linear.bias.detach().clone()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        model.backbone.tokenizer.save_pretrained(folder)
+        loaded = _Logits(load_hf(folder))
+        result.update(parity(model, loaded, batches, (1, PARITY_BATCH), info.temperature))
+        result["samples"] = sum(len(p) for p in parts)
+        result["lora_merged"] = bool(info.lora)
+        result["weights_id"] = file_id(model_files(run)[0])
+        (folder / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
+        if not result["passed"] and not force:
+            raise UserError(f"{parity_failure(result)}; nothing written (pass --force to write it anyway)")
+
+    write_export_dir(out, write, format="hf", task=info.task)
+    return out, result

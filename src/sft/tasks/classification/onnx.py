@@ -1,0 +1,154 @@
+"""`sft export RUN --format onnx` for image and text classification, and the exported model back as a callable for
+`sft predict --engine onnx` and `sft serve --engine onnx`.
+
+    RUN/export/            (or --out)
+      .sft-run             {"kind": "export", "format": "onnx", ...}
+      model.onnx           images: input (B, 3, H, W) float; texts: the tokenizer's tensors (B, T) int64;
+                           output logits (B, classes); B (and T) are dynamic axes
+      model.json           the run's model.json (classes, preprocessing, temperature) + the graph's names and axes,
+                           the eval transform, and the id of the weights it was exported from
+      parity.json          onnxruntime against PyTorch on the run's own validation/test samples, batch 1 and N
+      tokenizer files      texts: what turns a text into the model's inputs
+
+A LoRA run is merged into the encoder before conversion, and the parity check compares the converted model with the
+*unmerged* run model, so a bad merge cannot slip through.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sft.core.rundir import RunDir
+from sft.data.samples import Samples
+from sft.errors import UserError
+from sft.models.export import (OnnxModule, check_export_dir, file_id, parity, parity_failure, to_onnx,
+                               write_export_dir)
+from sft.tasks import load_recipe
+from sft.tasks.classification.export import ModelInfo, load_model, model_files, read_info
+from sft.tasks.classification.recipe import TEXT
+
+log = logging.getLogger("sft")
+PARITY_SAMPLES = 128  # from the run's validation split, then its test split
+MIN_SAMPLES = 64
+PARITY_BATCH = 32  # "batch N" of the parity check
+
+
+class _Positional(nn.Module):
+    """The text model with positional tensor inputs, as the ONNX graph takes them."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(dict(zip(self.names, tensors)))
+
+
+class OnnxClassifier(OnnxModule):
+    """The exported classifier, called as the run's TrainedClassifier is; texts carry the export's own tokenizer
+    (`run_inputs` reads it from `backbone.tokenizer`, as from a TextEncoder)."""
+
+    def __init__(self, folder: Path, info: ModelInfo):
+        super().__init__(folder / "model.onnx")
+        if info.task == TEXT:
+            from transformers import AutoTokenizer  # deferred: image runs never need transformers here
+            self.backbone = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(str(folder)))
+
+
+def default_folder(run_dir: str | Path, format: str) -> Path:
+    return Path(run_dir) / ("export" if format == "onnx" else f"export-{format}")
+
+
+def load_onnx(run_dir: str | Path) -> tuple[OnnxClassifier, ModelInfo]:
+    """The run's ONNX export (RUN/export) and its info; refused when the run's weights changed since."""
+    folder = default_folder(run_dir, "onnx")
+    if not (folder / "model.onnx").is_file():
+        raise UserError(f"{run_dir}: no ONNX export ({folder}/model.onnx); write it with `sft export {run_dir} "
+                        f"--format onnx`")
+    raw = json.loads((folder / "model.json").read_text())
+    weights = model_files(RunDir(run_dir))[0]
+    if weights.is_file() and raw.get("weights_id") != file_id(weights):
+        raise UserError(f"{folder}: exported from other weights than the run's model.safetensors (retrained?); "
+                        f"export again with `sft export {run_dir} --format onnx --overwrite`")
+    info = read_info(folder / "model.json")
+    return OnnxClassifier(folder, info), info
+
+
+def parity_samples(task, run_dir: Path, classes: list[str]) -> list[Samples]:
+    """Up to PARITY_SAMPLES real samples of the run's own validation split, then its test split."""
+    recipe = load_recipe(RunDir(run_dir).recipe)
+    try:
+        splits = task.load_splits(recipe)
+    except UserError as e:
+        raise UserError(f"the parity check reads the run's own validation/test data, which cannot be read now: "
+                        f"{e}") from None
+    parts, left = [], PARITY_SAMPLES
+    for split in (splits.val, splits.test):
+        if split is not None and left > 0:
+            parts.append(split.subset(range(min(left, len(split)))))
+            left -= len(parts[-1])
+    total = sum(len(p) for p in parts)
+    if total < MIN_SAMPLES:
+        log.warning(f"parity check on {total} samples only: the run's validation and test splits hold no more")
+    return parts
+
+
+def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: bool, overwrite: bool,
+                tolerance: float | None = None) -> tuple[Path, dict]:
+    """Convert the run's model, check it against the PyTorch model and write the export folder (see the module
+    docstring). A failed check writes nothing unless `force`. Returns the folder and the parity result."""
+    run = RunDir(run_dir)
+    model, info = load_model(run.path)
+    out = Path(out) if out else default_folder(run.path, "onnx")
+    check_export_dir(out, run.path, overwrite)
+    inputs = task.run_inputs(model, info)
+    parts = parity_samples(task, run.path, info.classes)
+
+    def batches(size: int):
+        for part in parts:
+            yield from (x for x, _ in DataLoader(inputs.eval(part), batch_size=size, collate_fn=inputs.collate))
+
+    example = next(batches(2))
+    if info.task == TEXT:
+        names = list(example)
+        exported = copy.deepcopy(model)
+        if info.lora:  # the adapters folded into the encoder's weights: a plain transformers model
+            exported.backbone.model = exported.backbone.model.merge_and_unload()
+        graph, args = _Positional(exported, names), tuple(example[n] for n in names)
+        dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
+    else:
+        names, graph, args = ["input"], model, (example,)
+        dynamic = {"input": {0: "batch"}}
+    dynamic["logits"] = {0: "batch"}
+    result: dict = {}
+
+    def write(folder: Path) -> None:
+        to_onnx(graph, args, folder / "model.onnx", names, ["logits"], dynamic)
+        result.update(parity(model, OnnxModule(folder / "model.onnx"), batches,
+                             (1, PARITY_BATCH), info.temperature, **({"tolerance": tolerance} if tolerance else {})))
+        result["samples"] = sum(len(p) for p in parts)
+        result["lora_merged"] = bool(info.lora)
+        (folder / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
+        if not result["passed"] and not force:
+            raise UserError(f"{parity_failure(result)}; nothing written (pass --force to write it anyway)")
+        meta = asdict(info) | {"format": "onnx", "inputs": names, "outputs": ["logits"],
+                               "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in dynamic.items()},
+                               "probabilities": "softmax(logits / temperature)",
+                               "weights_id": file_id(model_files(run)[0]), "run_dir": str(run.path.resolve())}
+        if info.task == TEXT:
+            model.backbone.tokenizer.save_pretrained(folder)
+        else:
+            meta["transform"] = str(inputs.eval(parts[0]).transform) if parts else ""
+        (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    write_export_dir(out, write, format="onnx", task=info.task)
+    return out, result

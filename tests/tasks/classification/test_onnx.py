@@ -1,0 +1,155 @@
+"""`sft export` of classification runs (ONNX for images and texts, LoRA merged; the Hugging Face folder for texts) and
+`sft predict --engine onnx`, on tiny runs trained here."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import sft, tiny_args, tiny_text_recipe
+from sft import fine_tune
+from sft.models import export as export_module
+from sft.models.export import session
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, fashion_slice):
+    tmp = tmp_path_factory.mktemp("image-run")
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text("optim:\n  lr: 0.01\n")
+    assert sft("train", recipe, *tiny_args(tmp, fashion_slice)).exit_code == 0
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def text_runs(tmp_path_factory, fortunes_slice, tiny_bert):
+    """A fine-tuned run (1 epoch) and a LoRA run (the head, then the adapters)."""
+    runs = {}
+    for name, extra in (("full", ("trainer.epochs=1",)), ("lora", ("strategy.name=lora",))):
+        tmp = tmp_path_factory.mktemp(f"text-{name}")
+        fine_tune(tiny_text_recipe(tmp, fortunes_slice, tiny_bert, *extra))
+        runs[name] = tmp / "run"
+    return runs
+
+
+def predictions(run, *args):
+    result = sft("predict", run, *args, "--top-k", "3", "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_image_export_dynamic_batch_parity_and_onnx_predict(image_run, fashion_slice, tmp_path):
+    result = sft("export", image_run, "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    folder = image_run / "export"
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] and parity["samples"] >= 64 and parity["max_abs_diff"] < 1e-4
+    assert set(parity["batch_sizes"]) == {"1", "32"} and parity["top1_agreement"] == 1.0
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["classes"] == ["T-shirt", "Trouser", "Sneaker", "Bag"] and meta["preprocess"]["input_size"] == [32, 32]
+    assert meta["weights_id"].startswith("sha256:") and "Normalize" in meta["transform"]
+    ort = session(folder / "model.onnx")
+    for batch in (1, 5):  # the batch axis is free
+        assert ort.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})[0].shape == (batch, 4)
+    files = []
+    for i, image in enumerate(np.load(fashion_slice["test"])["x"][::15][:6]):
+        from PIL import Image
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(files[-1])
+    torch_rows, onnx_rows = predictions(image_run, *files), predictions(image_run, *files, "--engine", "onnx")
+    assert [r["label"] for r in torch_rows] == [r["label"] for r in onnx_rows]
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(torch_rows, onnx_rows)) <= 1e-4
+
+    # an export is never written over: not again without --overwrite, never into the run itself
+    again = sft("export", image_run)
+    assert again.exit_code == 2 and "already holds an export" in again.output
+    assert sft("export", image_run, "--overwrite").exit_code == 0
+    assert "run directory itself" in sft("export", image_run, "--out", image_run).output
+    assert "hf" in sft("export", image_run, "--format", "hf").output
+
+    # an export of other weights is refused by --engine onnx
+    meta["weights_id"] = "sha256:other"
+    (folder / "model.json").write_text(json.dumps(meta))
+    stale = sft("predict", image_run, files[0], "--engine", "onnx")
+    assert stale.exit_code == 2 and "other weights" in stale.output
+
+
+def test_a_failing_parity_check_writes_nothing_unless_forced(image_run, tmp_path, monkeypatch):
+    real = export_module.to_onnx
+
+    def off_by_a_bit(module, example, path, *args):  # an exporter that shifts the logits: the check must catch it
+        class Shifted(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = module
+
+            def forward(self, x):
+                logits = self.inner(x)
+                return logits + torch.linspace(0, 0.05, logits.shape[1])
+        real(Shifted(), example, path, *args)
+
+    monkeypatch.setattr(export_module, "to_onnx", off_by_a_bit)
+    monkeypatch.setattr("sft.tasks.classification.onnx.to_onnx", off_by_a_bit)
+    out = tmp_path / "bad"
+    result = sft("export", image_run, "--out", out)
+    assert result.exit_code == 2 and "max |Δprobability|" in result.output and "× over" in result.output
+    assert not out.exists()
+    forced = sft("export", image_run, "--out", out, "--force")
+    assert forced.exit_code == 0 and "parity check failed" in forced.output
+    assert not json.loads((out / "parity.json").read_text())["passed"]
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_text_export_dynamic_sequence_and_onnx_predict(text_runs, kind):
+    run = text_runs[kind]
+    assert sft("export", run).exit_code == 0
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    assert parity["passed"] and parity["lora_merged"] == (kind == "lora")
+    assert (run / "export" / "tokenizer.json").is_file()
+    ort = session(run / "export" / "model.onnx")
+    names = [i.name for i in ort.get_inputs()]
+    for shape in ((1, 5), (3, 17)):  # batch and sequence axes are free
+        assert ort.run(None, {n: np.ones(shape, np.int64) for n in names})[0].shape == (shape[0], 4)
+    texts = ["--text", "My cat sleeps on the keyboard", "--text", "The court found the defendant guilty"]
+    torch_rows, onnx_rows = predictions(run, *texts), predictions(run, *texts, "--engine", "onnx")
+    assert [r["label"] for r in torch_rows] == [r["label"] for r in onnx_rows]
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(torch_rows, onnx_rows)) <= 1e-4
+
+
+LOAD_WITH_TRANSFORMERS_ALONE = """
+import json, sys, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+batch = AutoTokenizer.from_pretrained(folder)(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
+with torch.no_grad():
+    logits = model(**batch).logits
+assert not any(name.startswith("sft") for name in sys.modules)
+print(json.dumps({"logits": logits.tolist(), "labels": [model.config.id2label[int(i)] for i in logits.argmax(-1)]}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_hf_folder_loads_with_transformers_alone_and_gives_the_run_logits(text_runs, kind):
+    from sft.tasks.classification.export import load_model
+    run = text_runs[kind]
+    result = sft("export", run, "--format", "hf")
+    assert result.exit_code == 0, result.output
+    folder = run / "export-hf"
+    assert json.loads((folder / "parity.json").read_text())["passed"]
+    texts = ["My cat sleeps on the keyboard", "Lawyers and judges", "A computer is a fast idiot"]
+    out = subprocess.run([sys.executable, "-c", LOAD_WITH_TRANSFORMERS_ALONE, str(folder), json.dumps(texts)],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                         cwd=folder, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    model, info = load_model(run)
+    batch = model.backbone.tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(dict(batch))
+    assert np.abs(np.array(loaded["logits"]) - expected.numpy()).max() < 1e-4
+    assert loaded["labels"] == [info.classes[i] for i in expected.argmax(-1)]
