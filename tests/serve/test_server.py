@@ -1,0 +1,211 @@
+"""`sft serve`: the real server process on a free loopback port, spoken to over HTTP — good requests (multipart,
+base64, texts on the ONNX engine), concurrent ones that get batched, and bad ones that get 4xx JSON while the server
+keeps serving."""
+
+import base64
+import http.client
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import sft, tiny_args, tiny_text_recipe
+from sft import fine_tune
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, run, tmp_path, *args):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"serve-{self.port}.log"
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "sft.cli", "serve", str(run), "--port",
+                                             str(self.port), *args], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"server did not start: {self.log.read_text()}")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def request(self, path, body=None, content_type=None, method=None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        req = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def get(self, path):
+        status, body = self.request(path)
+        return status, json.loads(body) if body.startswith(b"{") else body
+
+    def post_json(self, data):
+        status, body = self.request("/predict", json.dumps(data).encode(), "application/json")
+        return status, json.loads(body)
+
+    def post_files(self, files, fields=None, name="file"):
+        boundary = uuid.uuid4().hex
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{i}.png"\r\n'
+                 f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(files)]
+        parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                  for k, v in (fields or {}).items()]
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        status, answer = self.request("/predict", body, f"multipart/form-data; boundary={boundary}")
+        return status, json.loads(answer)
+
+
+def png(array) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, fashion_slice):
+    tmp = tmp_path_factory.mktemp("served")
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text("optim:\n  lr: 0.01\n")
+    assert sft("train", recipe, *tiny_args(tmp, fashion_slice)).exit_code == 0
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def images(fashion_slice):
+    return [png(a) for a in np.load(fashion_slice["test"])["x"][::10][:12]]
+
+
+@pytest.fixture(scope="module")
+def server(image_run, tmp_path_factory):
+    s = Server(image_run, tmp_path_factory.mktemp("logs"), "--max-wait-ms", "20", "--max-items", "4",
+               "--max-body-mb", "0.05")
+    yield s
+    s.stop()
+
+
+def test_health_metadata_openapi_and_loopback_by_default(server, image_run):
+    status, health = server.get("/health")
+    assert status == 200 and health["status"] == "ok"
+    status, meta = server.get("/metadata")
+    assert status == 200 and meta["task"] == "image-classification" and meta["engine"] == "torch"
+    assert meta["classes"] == ["T-shirt", "Trouser", "Sneaker", "Bag"] and meta["weights_id"].startswith("sha256:")
+    assert meta["preprocess"]["input_size"] == [32, 32] and meta["limits"]["max_items"] == 4
+    status, spec = server.get("/openapi.json")
+    assert status == 200 and set(spec["paths"]["/predict"]["post"]["requestBody"]["content"]) == {
+        "application/json", "multipart/form-data"}
+    assert server.request("/docs")[0] == 200
+    assert f"on http://127.0.0.1:{server.port}" in server.log.read_text()
+
+
+def test_multipart_and_base64_answer_as_sft_predict_does(server, image_run, images, tmp_path):
+    status, answer = server.post_files(images[:2], {"top_k": "2"})
+    assert status == 200 and len(answer["results"]) == 2
+    files = []
+    for i, data in enumerate(images[:2]):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(data)
+    rows = json.loads(sft("predict", image_run, *files, "--top-k", "2", "--format", "json").output)
+    served = [p for r in answer["results"] for p in r["predictions"]]
+    assert [p["label"] for p in served] == [r["label"] for r in rows]
+    assert max(abs(p["probability"] - r["probability"]) for p, r in zip(served, rows)) < 1e-4
+    status, again = server.post_json({"images": [base64.b64encode(d).decode() for d in images[:2]], "top_k": 2})
+    assert status == 200 and again == answer
+
+
+def test_concurrent_requests_are_batched_and_answered_alike(server, images):
+    alone = [server.post_json({"images": [base64.b64encode(d).decode()]})[1] for d in images]
+    before = server.get("/health")[1]
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda i: server.post_json({"images": [base64.b64encode(images[i % 12]).decode()]}),
+                                range(48)))
+    assert all(status == 200 for status, _ in answers)
+    for i, (_, answer) in enumerate(answers):
+        assert answer["results"][0]["predictions"][0]["label"] == alone[i % 12]["results"][0]["predictions"][0]["label"]
+        assert abs(answer["results"][0]["predictions"][0]["probability"]
+                   - alone[i % 12]["results"][0]["predictions"][0]["probability"]) < 1e-5
+    after = server.get("/health")[1]
+    assert after["items"] - before["items"] == 48
+    assert after["batches"] - before["batches"] < 48 and after["largest_batch"] >= 2
+
+
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, images):
+    b64 = base64.b64encode(images[0]).decode()
+    cases = [
+        (server.post_json({"images": [base64.b64encode(b"hello, not an image").decode()]}), 422, "not an image"),
+        (server.request("/predict", b"", "application/json"), 400, "empty request body"),
+        (server.request("/predict", b"{not json", "application/json"), 400, "not valid JSON"),
+        (server.post_json({"imgs": [b64]}), 422, "unknown field(s) ['imgs']"),
+        (server.post_json({"texts": ["hello"]}), 422, "unknown field(s) ['texts']"),
+        (server.post_json({"images": [b64] * 5}), 422, "too many items: 5"),
+        (server.post_json({"images": [b64], "top_k": 0}), 422, "top_k"),
+        (server.post_json({"images": ["%%%"]}), 400, "not valid base64"),
+        (server.post_json({"images": []}), 422, "no items"),
+        (server.post_files(images[:1], name="image"), 422, "unknown field(s) ['image']"),
+        (server.request("/predict", b"x" * 60_000, "application/json"), 413, "over the limit"),
+        (server.request("/predict", b"hello", "text/plain"), 415, "content type"),
+        (server.request("/nowhere"), 404, "Not Found"),
+    ]
+    for (status, body), expected, message in cases:
+        body = body if isinstance(body, dict) else json.loads(body)
+        assert status == expected and message in body["error"], (status, body)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)  # declared too large: refused
+    connection.putrequest("POST", "/predict")  # before the body is sent
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(10 * 2**20))
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and "over the limit" in json.loads(response.read())["error"]
+    connection.close()
+    assert server.process.poll() is None
+    status, answer = server.post_json({"images": [b64]})
+    assert status == 200 and answer["results"][0]["predictions"]
+
+
+def test_text_run_on_the_onnx_engine(tmp_path, fortunes_slice, tiny_bert):
+    fine_tune(tiny_text_recipe(tmp_path, fortunes_slice, tiny_bert, "trainer.epochs=1"))
+    run = tmp_path / "run"
+    missing = sft("serve", run, "--engine", "onnx")
+    assert missing.exit_code == 2 and "sft export" in missing.output
+    assert sft("export", run).exit_code == 0
+    server = Server(run, tmp_path, "--engine", "onnx")
+    try:
+        texts = ["My cat sleeps on the keyboard", "The court found the defendant guilty"]
+        status, answer = server.post_json({"texts": texts, "top_k": 3})
+        assert status == 200 and [len(r["predictions"]) for r in answer["results"]] == [3, 3]
+        rows = json.loads(sft("predict", run, *sum((["--text", t] for t in texts), []), "--top-k", "3",
+                              "--format", "json").output)
+        served = [p for r in answer["results"] for p in r["predictions"]]
+        assert [p["label"] for p in served] == [r["label"] for r in rows]
+        assert server.get("/metadata")[1]["engine"] == "onnx"
+        assert server.post_json({"texts": [""]})[0] == 422
+        assert server.post_files([b"abc"])[0] == 422  # multipart is for images
+    finally:
+        server.stop()
