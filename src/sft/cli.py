@@ -100,12 +100,16 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories"),
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
             files: Optional[list[Path]] = typer.Argument(None, help="image files (image runs)"),
-            text: Optional[list[str]] = typer.Option(None, "--text", help="text runs: a text to classify "
-                                                                         "(repeat for more)"),
+            text: Optional[list[str]] = typer.Option(None, "--text", "--prompt", help="text runs: a text to classify; "
+                                                                         "causal-lm: a prompt (repeat for more)"),
             lines: Optional[Path] = typer.Option(None, "--file", help="text runs: a file with one text per line"),
             top_k: int = typer.Option(1, "--top-k", min=1),
             out: Optional[Path] = typer.Option(None, help="segmentation: a folder for the masks and overlays"),
             format: str = typer.Option("table", "--format", help="table | json | csv"),
+            max_new_tokens: Optional[int] = typer.Option(None, min=1, help="causal-lm: tokens per answer at most"),
+            temperature: Optional[float] = typer.Option(None, min=0, help="causal-lm: 0 greedy, else sampling"),
+            top_p: Optional[float] = typer.Option(None, min=0, max=1, help="causal-lm: nucleus sampling share"),
+            seed: int = typer.Option(0, help="causal-lm: sampling seed"),
             engine: str = typer.Option("torch", help="torch | onnx (the run's `sft export --format onnx`)"),
             score: Optional[float] = typer.Option(None, "--score", min=0, max=1,
                                                   help="detection: the lowest score shown (default 0.3)")):
@@ -116,11 +120,16 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
         if engine not in ("torch", "onnx"):
             raise UserError(f"--engine {engine}: expected torch or onnx")
         texts = list(text or []) + (_text_lines(lines) if lines else [])
-        rows = task_of_run(run_dir).predict(run_dir, [str(f) for f in files or []], texts, top_k, out=out,
+        task = task_of_run(run_dir)
+        generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                          stream=format == "table") if getattr(task, "generates", False) else {}
+        rows = task.predict(run_dir, [str(f) for f in files or []], texts, top_k, out=out, **generation,
                                             **({"engine": engine} if engine != "torch" else {}),
                                             **({"score": score} if score is not None else {}))
     except UserError as e:
         _fail(e)
+    if generation.get("stream"):  # the answers were printed as they were generated
+        return
     if format == "json":
         print(json.dumps(rows, indent=2))
     elif format == "csv":

@@ -23,6 +23,7 @@ _REGISTRY: dict[str, str] = {
     "text-classification": "sft.tasks.classification.task:TextClassification",
     "segmentation": "sft.tasks.segmentation.task:Segmentation",
     "detection": "sft.tasks.detection.task:Detection",
+    "causal-lm": "sft.tasks.causal_lm.task:CausalLM",
 }
 
 

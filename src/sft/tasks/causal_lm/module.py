@@ -1,0 +1,66 @@
+"""The causal-LM LightningModule: cross-entropy on the answer tokens only, summed and divided by the answer tokens of
+the whole optimizer step, so gradient accumulation and packing give the loss of one large batch (transformers 34191:
+averaging per micro-batch weights short answers more). Held-out answer loss is `val_loss` (min), perplexity its exp.
+
+Only the answer positions go through the output layer: the hidden states are computed for every token, but the
+vocabulary projection (49k rows for SmolLM2, much of the compute at this size) runs only where there is a target.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from sft.data.chat import IGNORE
+from sft.models.backbone import Backbone
+from sft.tasks.causal_lm.recipe import CausalLMRecipe
+from sft.training.module import FineTuneModule
+from sft.training.strategies import Schedule
+
+
+def answer_loss(lm: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over the answer tokens, their count) of a packed or padded batch."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), keep.sum()
+
+
+class ChatLM(FineTuneModule):
+    def __init__(self, backbone: Backbone, schedule: Schedule, recipe: CausalLMRecipe):
+        super().__init__(backbone.module, nn.Identity(), schedule, recipe.optim, recipe.trainer.epochs)
+        self.val_loss = torchmetrics.MeanMetric()
+        self.window_tokens = 0  # answer tokens of the micro-batches since the last optimizer step
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return answer_loss(self.backbone.model, batch)
+
+    def training_step(self, batch, batch_idx):
+        total, tokens = self(batch)
+        self.window_tokens += int(tokens)
+        loss = self.check_finite(total / tokens.clamp(min=1))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=int(tokens))
+        # the sum: Lightning divides it by the accumulation count; on_before_optimizer_step turns the accumulated
+        # gradient into that of the mean over every answer token of the step
+        return total
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        tokens = torch.tensor(float(self.window_tokens), device=self.device)
+        if self.trainer.world_size > 1:  # DDP averages gradients over processes: divide by all their tokens
+            tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / max(float(tokens), 1.0)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        self.window_tokens = 0
+
+    def validation_step(self, batch, batch_idx):
+        total, tokens = self(batch)
+        if tokens:
+            self.val_loss.update(total / tokens, weight=tokens)
+        self.log("val_loss", self.val_loss, prog_bar=True, on_step=False, on_epoch=True)

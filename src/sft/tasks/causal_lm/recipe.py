@@ -1,0 +1,60 @@
+"""The causal-LM recipe: the shared sections plus chat data columns, sequence length, packing, generation settings,
+and defaults that suit instruction tuning (the shipped SmolLM2, LoRA, a LoRA learning rate, a few epochs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sft.recipe import Data, Model, Optim, Recipe, Section, Trainer
+
+
+class ChatData(Data):
+    max_length: int = Field(1024, gt=1, description="tokens per conversation; longer ones are cut at the end and "
+                                                    "counted (examples left with no answer token are an error)")
+    pack: bool | Literal["auto"] = Field(
+        "auto", description="put a batch's conversations back to back in one row (positions restart and attention "
+                            "stays inside each): no padding; auto: on")
+    prompt_column: str = Field("prompt", description="JSONL key or CSV column of the prompt (no `messages`)")
+    completion_column: str = Field("completion", description="JSONL key or CSV column of the answer")
+    batch_size: int = Field(8, gt=0, description="conversations per step and process")
+
+
+class ChatModel(Model):
+    backbone: str = Field("smollm2", description="smollm2 (SmolLM2-135M-Instruct, shipped), a .gguf file, a Hugging "
+                                                 "Face causal-LM folder, or a hub name (online)")
+    weights: str | None = Field("pretrained", description="pretrained, or none (random init, for tests)")
+
+
+class ChatOptim(Optim):
+    lr: float | Literal["find"] = Field(2e-4, description="learning rate (LoRA; about 2e-5 suits full fine-tuning)")
+    weight_decay: float = Field(0.0, ge=0, description="not applied to norm layers and biases")
+    warmup: float = Field(0.03, ge=0, lt=1, description="cosine: share of all steps with linear warm-up")
+
+
+class Generation(Section):
+    max_new_tokens: int = Field(64, gt=0, description="eval/predict: tokens generated per answer at most")
+    temperature: float = Field(0.0, ge=0, description="0: greedy; otherwise sampling at this temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="sampling: nucleus share")
+    samples: int = Field(16, ge=0, description="eval: conversations shown with their answers before and after")
+
+
+class ChatTrainer(Trainer):
+    epochs: int = Field(3, ge=1, description="training epochs")
+
+
+class CausalLMRecipe(Recipe):
+    task: str = Field("causal-lm", description="what is being learned (`sft recipe --task NAME`)")
+    data: ChatData = Field(default_factory=ChatData)
+    model: ChatModel = Field(default_factory=ChatModel)
+    optim: ChatOptim = Field(default_factory=ChatOptim)
+    trainer: ChatTrainer = Field(default_factory=ChatTrainer)
+    generation: Generation = Field(default_factory=Generation)
+
+    @model_validator(mode="after")
+    def _lora_default(self) -> "CausalLMRecipe":
+        """LoRA unless another strategy is named: the shared default (two-stage) trains a head this task lacks."""
+        if "name" not in self.strategy.model_fields_set:
+            self.strategy.name = "lora"
+        return self

@@ -1,0 +1,186 @@
+"""Instruction tuning behind the Task protocol: conversations in, a causal LM trained on its answers out (LoRA by
+default; full, partial, gradual and layer-wise LR decay act on the transformer layers), held-out answer loss
+monitored (val_loss, min), the merged model exported as a Hugging Face folder, and a finished run that evaluates
+(loss, perplexity, generations before and after, exact match when answers are labels) and generates.
+
+There is no head and no feature cache: the whole output of the model is what is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from sft.core.atomic import atomic_write_dir
+from sft.core.html import esc, page, table
+from sft.core.rundir import RunDir, check_replaceable, mark
+from sft.data.chat import ChatCollate, ChatDataset, final_answers, label_set, read_chats
+from sft.data.loaders import Inputs
+from sft.data.splits import Splits, load_splits
+from sft.errors import UserError
+from sft.models.backbone import Backbone
+from sft.models.causal_lm import create_causal_lm, model_folder
+from sft.tasks import load_recipe
+from sft.tasks.base import TaskBase, evaluation_target
+from sft.tasks.causal_lm.generation import (ChatInfo, export_run, generate, held_out_loss, label_scores, load_base,
+                                            load_run, prompt_of)
+from sft.tasks.causal_lm.module import ChatLM
+from sft.tasks.causal_lm.recipe import CausalLMRecipe, Generation
+from sft.training.prepare import Prepared
+from sft.training.trainer import Monitor
+
+log = logging.getLogger("sft")
+STRATEGIES = ("lora", "full", "partial", "gradual")
+
+
+class CausalLM(TaskBase):
+    name = "causal-lm"
+    description = "instruction tuning: a causal language model trained on the answers of chat conversations"
+    recipe = CausalLMRecipe
+    monitor = Monitor("val_loss", "min")
+    generates = True  # `sft predict` passes the generation options and may stream
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def load_splits(self, recipe: CausalLMRecipe) -> Splits:
+        d = recipe.data
+        read = lambda source, _: read_chats(source.path, format=source.format, prompt_column=d.prompt_column,  # noqa
+                                            completion_column=d.completion_column)
+        return load_splits(d, recipe.seed, read)
+
+    def build_backbone(self, recipe: CausalLMRecipe) -> Backbone:
+        s, m, d = recipe.strategy, recipe.model, recipe.data
+        if s.name not in STRATEGIES:
+            raise UserError(f"strategy {s.name} is not available for causal-lm (it has no new head to train alone); "
+                            f"choose one of {', '.join(STRATEGIES)}")
+        return create_causal_lm(m.backbone, m.weights, d.max_length, d.pack is not False, recipe.cache_dir,
+                                lora=s if s.name == "lora" else None)
+
+    def build_inputs(self, backbone: Backbone, recipe: CausalLMRecipe | None) -> Inputs:
+        pre, tokenizer = backbone.preprocess, backbone.module.tokenizer
+        encoded: dict[int, tuple] = {}  # each split is tokenized once, though RunData asks for train twice
+
+        def dataset(samples) -> ChatDataset:
+            if id(samples) not in encoded:
+                encoded[id(samples)] = (samples, ChatDataset(samples, tokenizer, pre.max_length))
+            return encoded[id(samples)][1]
+        return Inputs(dataset, dataset, ChatCollate(tokenizer.pad_token_id, pre.pack),
+                      key=f"chat {pre} {tokenizer.name_or_path} {len(tokenizer)}")
+
+    def loader_options(self, recipe: CausalLMRecipe, splits: Splits, inputs: Inputs, notes: dict) -> dict:
+        """Count answer tokens and truncation; stop when an example keeps no answer token."""
+        limit = recipe.data.max_length
+        for name, samples in (("train", splits.train), ("val", splits.val)):
+            facts = inputs.train(samples).check(f"data.{name}", limit)
+            notes[f"{name}_answer_tokens"], notes[f"{name}_tokens"] = facts["trainable_tokens"], facts["tokens"]
+            notes[f"truncated_{name}_examples"] = facts["truncated"]
+            if facts["truncated"]:
+                notes.setdefault("warnings", []).append(
+                    f"{facts['truncated']} of {facts['examples']} {name} conversations are longer than "
+                    f"data.max_length={limit} tokens and are cut at the end")
+        return {}
+
+    def build_module(self, recipe, backbone, splits, schedule, channels_last) -> ChatLM:
+        return ChatLM(backbone, schedule, recipe)
+
+    def export(self, run: RunDir, p: Prepared) -> None:
+        r = p.recipe
+        base = model_folder(r.model.backbone, r.cache_dir) if r.model.weights == "pretrained" else None
+        info = ChatInfo(r.model.backbone, base if base and Path(base).is_dir() else None, r.data.max_length,
+                        p.backbone.preprocess.pack, label_set(final_answers(p.splits.train)), r.strategy.name)
+        export_run(run.path, p.model.backbone.model, p.model.backbone.tokenizer, info)
+
+    def final_metrics(self, p: Prepared, cached: bool) -> dict:
+        metrics = {}
+        for split in ("val", "test"):
+            samples = getattr(p.splits, split)
+            if samples is not None:
+                s = held_out_loss(p.model.backbone.model, p.model.backbone.tokenizer, samples,
+                                  p.recipe.data.max_length, p.recipe.data.batch_size)
+                metrics.update({f"{split}_loss": s["loss"], f"{split}_perplexity": s["perplexity"]})
+        return metrics
+
+    # -- a finished run ------------------------------------------------------------------------------------------
+    def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
+        run, recipe, source, out = evaluation_target(run_dir, data, out)
+        d, gen = recipe.data, recipe.generation
+        model, tokenizer, info = load_run(run.path)
+        samples = read_chats(source.path, format=source.format, prompt_column=d.prompt_column,
+                             completion_column=d.completion_column)
+        previous = out / "results.json"
+        same = previous.is_file() and json.loads(previous.read_text()).get("data") == source.path
+        if previous.is_file() and not same and not overwrite:
+            raise UserError(f"{out} holds the evaluation of other data; pass --overwrite to replace it or --out "
+                            f"another folder")
+        check_replaceable(out, "eval", overwrite=overwrite or same, keep=(source.path, run.path))
+        batch_size = min(batch_size, 16)
+        summary = {"samples": len(samples), **held_out_loss(model, tokenizer, samples, info.max_length, batch_size,
+                                                           progress)}
+        truth = final_answers(samples)
+        prompts = [prompt_of(chat) for chat in samples.items]
+        # with labels every answer is scored; otherwise only the shown ones are generated
+        scored = len(samples) if info.labels else min(len(samples), top_n or gen.samples)
+        budget = gen.max_new_tokens
+        if info.labels:
+            budget = min(budget, max(len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in info.labels) + 4)
+        settings = dict(max_new_tokens=budget, temperature=gen.temperature, top_p=gen.top_p, seed=recipe.seed,
+                        batch_size=batch_size)
+        after = generate(model, tokenizer, prompts[:scored], **settings)
+        base = load_base(info)
+        before = generate(*base, prompts[:scored], **settings) if base else None
+        if info.labels:
+            summary.update(label_scores(after, truth, info.labels))
+            if before is not None:
+                summary.update({f"{k}_before": v for k, v in label_scores(before, truth, info.labels).items()})
+        shown = min(scored, top_n or gen.samples)
+        rows = [{"id": samples.ids[i], "prompt": prompts[i][-1]["content"], "reference": truth[i],
+                 "before": before[i] if before else None, "after": after[i]} for i in range(shown)]
+        result = {"data": source.path, **summary, "labels": info.labels, "generations": rows}
+        report = _report(run.path, source.path, summary, rows)
+
+        def write(folder: str) -> None:
+            for name, text in (("results.json", json.dumps(result, indent=2)),
+                               ("metrics.json", json.dumps(summary, indent=2)), ("report.html", report)):
+                (Path(folder) / name).write_text(text + "\n")
+            mark(Path(folder), "eval")
+        atomic_write_dir(out, write)
+        return out, summary
+
+    def predict(self, run_dir, files, texts, top_k, out=None, *, max_new_tokens=None, temperature=None, top_p=None,
+                seed=0, stream=False):
+        """One answer per prompt, generated with the chat template; `stream`: printed as it is generated."""
+        if files or not texts:
+            raise UserError("this run generates text: pass --prompt \"...\" (repeat for more) or --file PROMPTS.txt")
+        if out is not None:
+            raise UserError("--out: causal-lm writes no files; use --format json|csv and redirect the output")
+        model, tokenizer, info = load_run(run_dir)
+        gen = _recipe_generation(run_dir)
+        settings = dict(max_new_tokens=max_new_tokens or gen.max_new_tokens,
+                        temperature=gen.temperature if temperature is None else temperature,
+                        top_p=gen.top_p if top_p is None else top_p, seed=seed)
+        answers = []
+        for text in texts:
+            if stream:
+                sys.stdout.write(f">>> {text}\n")
+            answers += generate(model, tokenizer, [[{"role": "user", "content": text}]], **settings,
+                                stream=sys.stdout if stream else None)
+        return [{"prompt": t, "answer": a} for t, a in zip(texts, answers)]
+
+
+def _recipe_generation(run_dir) -> Generation:
+    """The run's own generation settings (its recipe.yaml), the defaults without one."""
+    path = Path(run_dir) / "recipe.yaml"
+    return load_recipe(path).generation if path.is_file() else Generation()
+
+
+def _report(run: Path, data: str, summary: dict, rows: list[dict]) -> str:
+    facts = ", ".join(f"{k} {v}" for k, v in summary.items())
+    body = (f"<h1>Instruction-tuning evaluation of {esc(run)}</h1><p>Data: {esc(data)}. {esc(facts)}.</p>"
+            f"<h2>Generations before and after tuning</h2>"
+            + table(["sample", "prompt", "reference", "before", "after"],
+                    [[r["id"], r["prompt"], r["reference"], r["before"] if r["before"] is not None else "-",
+                      r["after"]] for r in rows]))
+    css = "body{font-family:sans-serif;margin:2em}td{vertical-align:top;border-top:1px solid #ddd;padding:4px;" \
+          "white-space:pre-wrap;max-width:40em}"
+    return page(f"sft eval {run}", body, css)

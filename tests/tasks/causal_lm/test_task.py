@@ -1,0 +1,92 @@
+"""`sft train | eval | predict` for task causal-lm on a tiny random Llama with SmolLM2's tokenizer: the run trains on
+the answers, stops generating (its end-of-turn token was trained), exports a merged Hugging Face folder with the
+logits of base + adapter, and refuses strategies it has no use for."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from sft.data.chat import end_tokens
+from sft.tasks import get_task, load_recipe
+from sft.tasks.causal_lm.generation import load_run
+from sft.training.fit import fine_tune
+from tests.conftest import sft
+
+
+@pytest.fixture(scope="module")
+def parity_set(tmp_path_factory):
+    """48 short conversations to train, 8 to test, all answered "Sure." (a one-label set a tiny model learns in a
+    few dozen steps)."""
+    out = tmp_path_factory.mktemp("sure")
+    for name, numbers in (("train", range(48)), ("test", range(100, 108))):
+        rows = [{"messages": [{"role": "system", "content": "Reply."}, {"role": "user", "content": f"n={n}"},
+                              {"role": "assistant", "content": "Sure."}]} for n in numbers]
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def args(tmp_path, data, model, *extra):
+    return ["task=causal-lm", f"data.train={data / 'train.jsonl'}", f"data.test={data / 'test.jsonl'}",
+            f"model.backbone={model}", "data.max_length=96", "data.batch_size=4", "trainer.epochs=4",
+            "trainer.progress=false", f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *extra]
+
+
+def test_train_eval_predict_and_export(tmp_path, parity_set, tiny_causal_lm):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: causal-lm\n")
+    result = sft("train", recipe, *args(tmp_path, parity_set, tiny_causal_lm, "strategy.name=full", "optim.lr=1e-2"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["strategy"] == "full" and metrics["val_loss"] < 0.5 and metrics["test_perplexity"] > 1
+    assert metrics["train_answer_tokens"] > 0 and metrics["truncated_train_examples"] == 0
+
+    # the tuned model answers with a label and stops: its end-of-turn token was trained
+    model, tokenizer, info = load_run(tmp_path / "run")
+    assert info.labels == ["Sure."]
+    chat = [{"role": "system", "content": "Reply."}, {"role": "user", "content": "n=7"}]
+    prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    stop = tokenizer.convert_tokens_to_ids(end_tokens(tokenizer))
+    out = model.generate(**prompt, max_new_tokens=20, do_sample=False, eos_token_id=stop)
+    out = out[0, prompt["input_ids"].shape[1]:]
+    assert len(out) < 20 and int(out[-1]) in stop
+    assert tokenizer.decode(out, skip_special_tokens=True) == "Sure."
+
+    result = sft("eval", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert summary["exact_match"] == summary["in_label_set"] == 1.0
+    assert {"loss", "perplexity", "exact_match_before", "in_label_set_before"} <= set(summary)
+    assert "Generations before and after" in (tmp_path / "run" / "eval" / "report.html").read_text()
+
+    result = sft("predict", tmp_path / "run", "--prompt", "n=10", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows[0]["prompt"] == "n=10" and isinstance(rows[0]["answer"], str)
+    streamed = sft("predict", tmp_path / "run", "--prompt", "n=3", "--max-new-tokens", "5")
+    assert streamed.exit_code == 0 and ">>> n=3" in streamed.output
+
+
+def test_lora_run_exports_merged_folder_with_the_adapter_logits(tmp_path, parity_set, tiny_causal_lm):
+    from peft import PeftModel
+    recipe = load_recipe(None, args(tmp_path, parity_set, tiny_causal_lm, "trainer.epochs=1", "optim.lr=1e-2",
+                                    "strategy.lora_targets=[q_proj,v_proj]"))
+    assert recipe.strategy.name == "lora"  # the task's default
+    fine_tune(get_task("causal-lm"), recipe)
+    run = tmp_path / "run"
+    merged = AutoModelForCausalLM.from_pretrained(run / "model").eval()  # transformers alone
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), run / "adapter").eval()
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 2]])
+    with torch.no_grad():
+        a, b = merged(ids).logits, adapted(ids).logits
+    assert (adapted.base_model.model.model.layers[0].self_attn.q_proj.lora_B.default.weight != 0).any()
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["linear-probe", "two-stage", "auto"])
+def test_strategies_without_a_head_are_refused(tmp_path, parity_set, tiny_causal_lm, strategy):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: causal-lm\n")
+    result = sft("train", recipe, *args(tmp_path, parity_set, tiny_causal_lm, f"strategy.name={strategy}"))
+    assert result.exit_code == 2 and "not available for causal-lm" in result.output
