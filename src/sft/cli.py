@@ -29,7 +29,7 @@ errors = Console(stderr=True)
 
 def _fail(error: UserError) -> None:
     errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(error.exit_code)  # 2; 130 or 143 for a run stopped by Ctrl-C or SIGTERM
 
 
 @app.command()

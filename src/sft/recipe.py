@@ -80,6 +80,9 @@ class Strategy(Section):
         "auto", description="lora: module names to adapt; auto: peft's default for the architecture")
     cache: Literal["disk", "memory", "none"] = Field(
         "disk", description="cache frozen-backbone features for head-only epochs (disk: reused across runs)")
+    head_init: Literal["probe", "random"] = Field(
+        "probe", description="a run whose first epochs are head-only on cached features starts its head from a "
+                             "converged linear probe (L-BFGS, L2 chosen on val); random: the usual initialisation")
 
     @field_validator("lr_decay")
     @classmethod
@@ -124,6 +127,9 @@ class Trainer(Section):
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without gain in the monitored value")
     progress: bool = Field(True, description="rich progress bars")
     log_every_n_steps: int = Field(10, ge=1, description="how often train metrics are logged")
+    checkpoint_minutes: float = Field(5.0, gt=0, description="also write checkpoints/last.ckpt inside an epoch this "
+                                                             "often, so an interrupted run loses at most this much")
+    checkpoint_steps: int | None = Field(None, ge=1, description="instead: inside an epoch every this many steps")
 
 
 class Recipe(Section):
@@ -262,7 +268,7 @@ def documented_defaults(schema: type[Recipe], task: str) -> str:
             annotation = field.annotation
             nested = next((a for a in getattr(annotation, "__args__", (annotation,))
                            if isinstance(a, type) and issubclass(a, BaseModel)), None)
-            if nested is not None and nested is not Source:
+            if nested is not None and not issubclass(nested, Source):  # a task's own Source is a leaf too
                 out.append(f"{indent}{name}:")
                 walk(nested, indent + "  ")
                 continue

@@ -150,3 +150,37 @@ def test_a_planted_checkpoint_runs_no_code_even_when_torch_is_told_to_unpickle(t
     assert result.exit_code == 2 and "damaged or not a PyTorch file" in result.output, result.output
     torch.save(good, last)  # the genuine file resumes with the variable still set: Lightning loads it weights-only
     assert sft("train", recipe_file, *args, "trainer.epochs=2", "--resume").exit_code == 0
+
+
+# -- from the middle of an epoch ----------------------------------------------------------------------------------------
+
+KILL_MID_EPOCH = textwrap.dedent("""
+    import os, signal, sys
+    from lightning.pytorch.callbacks import Callback
+    from sft import fine_tune, load_recipe
+
+    class Kill(Callback):
+        def on_train_batch_end(self, trainer, *args):  # step 11: batch 4 of 7 in epoch 2; last.ckpt is step 9's
+            if trainer.global_step == 11:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    fine_tune(load_recipe(sys.argv[1]), callbacks=[Kill()])
+""")
+
+
+@pytest.mark.parametrize("strategy", ["full", "gradual"])
+def test_killed_inside_an_epoch_and_resumed_equals_the_uninterrupted_run(tmp_path, fashion_slice, strategy):
+    args = (f"strategy.name={strategy}", "trainer.epochs=2", "data.augment=light", "model.dropout=0.2",
+            "data.batch_size=32")
+    whole = fine_tune(tiny_recipe(tmp_path / "a", fashion_slice, *args))  # default: checkpoints every 5 minutes
+    recipe = tiny_recipe(tmp_path / "b", fashion_slice, *args, "trainer.checkpoint_steps=3")
+    path = tmp_path / "b.yaml"
+    path.write_text(dump_recipe(recipe))
+    done = subprocess.run([sys.executable, "-c", KILL_MID_EPOCH, str(path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    last = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 9 and last["epoch"] == 1 and last["RunData"] == {"epoch": 1, "batches_done": 2}
+    resumed = fine_tune(recipe, resume=True)
+    assert same_weights(whole.dir, resumed.dir) == []
+    assert resumed.metrics["test_acc"] == whole.metrics["test_acc"]

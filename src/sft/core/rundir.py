@@ -108,6 +108,7 @@ class RunDir:
 
     def __post_init__(self):
         self.path = Path(self.path)
+        self.created = False  # by `start` in this process, for a new run
 
     recipe = property(lambda self: self.path / "recipe.yaml")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -129,10 +130,21 @@ class RunDir:
 
     def start(self, *, overwrite: bool, resume: bool, task: str, keep: tuple = ()) -> None:
         """Create the folder (after `check` and after the inputs proved valid, so a typo leaves nothing behind)."""
-        if resume:
-            mark(self.path, "run", task=task)
-        else:
-            replace_folder(self.path, "run", keep, task=task)
+        try:
+            if resume:
+                mark(self.path, "run", task=task)
+            else:
+                replace_folder(self.path, "run", keep, task=task)
+                self.created = True
+        except OSError as e:
+            raise unwritable(self.path, e) from None
+
+    def discard_if_empty(self) -> None:
+        """Remove the folder `start` created when the run ended without a checkpoint (bad input found late, an
+        interruption before the first step): it holds only what sft wrote, and a rerun must not be refused."""
+        if self.created and not self.last_checkpoint.exists() and not self.metrics.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.created = False
 
     def lock(self) -> FileLock:
         """Held from the check to the end of training: a second `sft train` into the same folder is refused. The
@@ -149,10 +161,16 @@ class RunDir:
 
 def locked(run: RunDir) -> FileLock:
     """The run's lock, acquired, or a UserError naming the folder another process is training into."""
-    lock = run.lock()
     try:
+        lock = run.lock()
         lock.acquire()
     except Timeout:
         raise UserError(f"{run.path}: another sft process is training into this folder; wait for it to finish or "
                         f"choose another run_dir") from None
+    except OSError as e:
+        raise unwritable(run.path, e) from None
     return lock
+
+
+def unwritable(path: Path, error: OSError) -> UserError:
+    return UserError(f"{path}: cannot write there ({error.strerror or error}); choose a run_dir you can write to")

@@ -1,7 +1,8 @@
 """Loaders for one run: seeded samplers, and cached backbone features in head-only epochs.
 
 The data order is a function of (seed, epoch) alone, so a resumed run sees the same batches as an uninterrupted one,
-on one process or several.
+on one process or several. Every checkpoint records how many batches of its epoch were trained (the data module's
+state in Lightning's checkpoint), so a run resumed from the middle of an epoch continues with the next batch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from sft.data.samples import EpochSeeded, Samples
-from sft.data.sampling import SAMPLER_MODES, BalancedSampler
+from sft.data.sampling import SAMPLER_MODES, BalancedSampler, ResumableBatches
 from sft.data.splits import Splits
 
 
@@ -44,6 +45,18 @@ class RunData(L.LightningDataModule):
                           for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test))
                           if samples is not None}
         self.head_only, self.features = head_only, features
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained) of the checkpoint resumed from
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and how many of its training batches are done."""
+        if self.trainer is None:
+            return {}
+        return {"epoch": self.trainer.current_epoch,
+                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" in state:
+            self.resume_at = (int(state["epoch"]), int(state["batches_done"]))
 
     def eval_dataset(self, split: str, cached: bool) -> Dataset:
         """A split in eval transform: (features, target) from the cache when `cached`, else (input, target)."""
@@ -56,7 +69,7 @@ class RunData(L.LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def _loader(self, dataset: Dataset, shuffle: bool, balanced: bool = False,
-                lengths: np.ndarray | None = None) -> DataLoader:
+                lengths: np.ndarray | None = None, skip: int = 0) -> DataLoader:
         """The one place a sampler is chosen. Each draws its order from (seed, epoch) and gives every process a
         disjoint share: class-balanced epochs, batches grouped by length (lengths given), or plain shuffling."""
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -74,16 +87,20 @@ class RunData(L.LightningDataModule):
         # its own generator: creating the iterator (which Lightning does once or twice per epoch, depending on
         # whether the run was resumed) then draws the workers' base seed from (seed, epoch), not the global RNG
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._epoch())
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0 if cached else
-                          self.num_workers, collate_fn=None if cached else self.collate, generator=generator)
+        sampler.set_epoch(self._epoch())
+        return DataLoader(dataset, batch_sampler=ResumableBatches(sampler, self.batch_size, skip),
+                          num_workers=0 if cached else self.num_workers, collate_fn=None if cached else self.collate,
+                          generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         head_only = self.head_only(self._epoch())
         dataset = self.eval_dataset("train", cached=True) if head_only else self.train_set
         if isinstance(dataset, EpochSeeded):  # its augmentations: a function of (seed, epoch, sample)
             dataset.seed, dataset.epoch = self.seed, self._epoch()
+        resumed, self.resume_at = self.resume_at, None
+        skip = resumed[1] if resumed and resumed[0] == self._epoch() else 0  # the batches trained before a resume
         return self._loader(dataset, shuffle=True, balanced=self.balance in SAMPLER_MODES,
-                            lengths=None if head_only else self.lengths)  # cached features have no padding
+                            lengths=None if head_only else self.lengths, skip=skip)  # cached features have no padding
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("val", cached=self.head_only(self._epoch())), shuffle=False)

@@ -8,6 +8,7 @@ draws the epoch from (seed, epoch) alone, so every process computes the same lis
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -80,3 +81,18 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ResumableBatches(torch.utils.data.BatchSampler):
+    """The batches of `sampler`, the first `skip` of them not drawn: the epoch a run was interrupted in continues
+    after the batches it had trained on, as the uninterrupted run would. The samplers draw the whole epoch from
+    (seed, epoch), so skipping whole batches leaves every later batch as it was. `len` is the full epoch's, as
+    Lightning counts the batches it restored."""
+
+    def __init__(self, sampler, batch_size: int, skip: int = 0):
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0  # once: the next epoch is whole
+        return itertools.islice(super().__iter__(), skip, None)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sft.core.atomic import atomic_write_text
 from sft.core.rundir import RunDir, is_child_process, locked
-from sft.errors import UserError
+from sft.errors import Interrupted, UserError
 from sft.recipe import Recipe, dump_recipe
+from sft.training.interrupt import StopOnSignal
 from sft.training.lr_find import find_lr, write_lr_find
 from sft.training.module import NonFiniteLoss
 from sft.training.prepare import TrainingTask, prepare
@@ -42,10 +46,19 @@ def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, re
     """Train as the recipe says; write and return the run directory (checkpoints, logs, model, metrics). `keep`:
     paths (the data) that replacing a run directory must never remove."""
     run = RunDir(recipe.run_dir)
-    with contextlib.nullcontext() if is_child_process() else locked(run):
-        if not is_child_process():
+    child = is_child_process()
+    stop = StopOnSignal(run)
+    with contextlib.nullcontext() if child else locked(run):
+        if not child:
             run.check(overwrite=overwrite, resume=resume, keep=keep)
-        return _fine_tune(task, recipe, run, overwrite, resume, list(callbacks), keep)
+        try:
+            with contextlib.nullcontext() if child else stop.installed():
+                return _fine_tune(task, recipe, run, overwrite, resume, [*callbacks, stop], keep)
+        except SIGTERMException:  # Lightning's own SIGTERM check, at an epoch's end (last.ckpt written)
+            raise Interrupted(stop.message(signal.SIGTERM, saved=False), signal.SIGTERM) from None
+        finally:
+            if not child:
+                run.discard_if_empty()  # a run that failed before its first checkpoint: a rerun starts afresh
 
 
 def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool, callbacks: list, keep) -> Run:
@@ -124,6 +137,7 @@ class FirstEpoch(Callback):
 
 
 def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extra: list[Callback]):
+    t = recipe.trainer
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor.name, mode=monitor.mode,
                         enable_version_counter=False),
@@ -131,10 +145,13 @@ def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extr
         # which would resume a run from its best epoch instead of its latest
         ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False),
+        # and inside epochs, by time or steps: the data module's state says which batches are done
+        ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False, every_n_train_steps=t.checkpoint_steps,
+                        train_time_interval=None if t.checkpoint_steps else timedelta(minutes=t.checkpoint_minutes)),
         LearningRateMonitor(logging_interval="step"),
         *extra,
     ]
-    t = recipe.trainer
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor.name, mode=monitor.mode, patience=t.early_stopping))
     csv_log = run.path / "logs" / "metrics.csv"

@@ -35,6 +35,9 @@ class FineTuneModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.schedule.apply(self.backbone, self.current_epoch)
 
+    def on_train_start(self) -> None:  # a run resumed inside an epoch gets no on_train_epoch_start for it
+        self.schedule.apply(self.backbone, self.current_epoch)
+
     def on_validation_model_train(self) -> None:
         super().on_validation_model_train()
         self.schedule.apply(self.backbone, self.current_epoch)

@@ -21,7 +21,9 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for message in (".*isinstance\\(treespec, LeafSpec\\).*", ".*smaller than the logging interval.*",
                     ".*module\\(s\\) in eval mode at the start of training.*",  # frozen on purpose
-                    ".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*"):
+                    ".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*",
+                    # sft.data.loaders resumes the epoch's data itself (the data module's state), not the loader
+                    ".*checkpoint that ended before the epoch ended and your dataloader is not resumable.*"):
         warnings.filterwarnings("ignore", message=message)
 
 
