@@ -115,3 +115,20 @@ def test_detectors_train_on_empty_and_full_targets_and_return_zero_based_classes
         found = from_detector(detector(list(torch.rand(2, 3, 64, 64))))
     assert all(((f["labels"] >= 0) & (f["labels"] < 3)).all() for f in found)
     assert detector.transform.min_size == (64,) and detector.transform.max_size == 64  # not torchvision's 800 px
+
+
+def test_recipe_keys_and_a_checkpoint_of_another_class_count(tmp_path):
+    result = sft("recipe", "--task", "detection")
+    assert result.exit_code == 0 and "detector: fcos" in result.output and "precision: '32'" in result.output
+    from safetensors.torch import save_file
+    from sft.tasks.detection.module import load_detector_checkpoint
+    backbone = create_backbone("timm/test_efficientnet", None, out="maps")
+    make = lambda classes: build_detector(  # noqa: E731
+        "retinanet", backbone.module, backbone.channels, classes, fpn_channels=64, anchor_sizes=[8, 16, 32, 64, 128],
+        size=64, preprocess=backbone.preprocess, score_threshold=0.05, detections=10)
+    pretrained, mine = make(80), make(3)
+    save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, tmp_path / "coco.safetensors")
+    counts = load_detector_checkpoint(mine, str(tmp_path / "coco.safetensors"))
+    assert counts["loaded"] > 0 and counts["skipped"] == 2  # the class logits' weight and bias
+    fpn = "backbone.fpn.inner_blocks.0.0.weight"
+    assert torch.equal(mine.state_dict()[fpn], pretrained.state_dict()[fpn])
