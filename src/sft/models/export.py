@@ -11,6 +11,7 @@ outputs with nothing to catch it).
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -104,6 +105,13 @@ def parity_failure(result: dict) -> str:
             f"top-1 agreement {result['top1_agreement']:.4f} (needed {result['min_top1_agreement']})")
 
 
+def record_parity(folder: Path, result: dict, force: bool) -> None:
+    """parity.json in the export folder; a failed check stops the export (nothing is written) unless `force`."""
+    (folder / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not result["passed"] and not force:
+        raise UserError(f"{parity_failure(result)}; nothing written (pass --force to write it anyway)")
+
+
 def check_export_dir(out: str | Path, run: str | Path, overwrite: bool) -> None:
     """An export goes to a new or empty folder, or replaces an earlier export with `overwrite`; never the run
     directory itself or a folder sft did not write."""
@@ -132,3 +140,40 @@ def file_id(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "sha256:" + h.hexdigest()
+
+
+def export_onnx_checked(out: Path, *, graph: nn.Module, example: tuple, inputs: list[str],
+                        dynamic: dict[str, dict[int, str]], reference: nn.Module, batches: Callable[[int], Iterable],
+                        sizes: tuple[int, ...], temperature: float, force: bool, meta: dict, facts: dict,
+                        extra: Callable[[Path], None] | None = None) -> dict:
+    """The ONNX export folder of a task: `graph` converted (output `logits`), checked against `reference` on
+    `batches`, parity.json (with `facts`), model.json (`meta` + the graph's names and axes), `extra(folder)` for the
+    task's own files. A failed check writes nothing unless `force`. Returns the parity result."""
+    dynamic = {**dynamic, "logits": {0: "batch"}}
+    result: dict = {}
+
+    def write(folder: Path) -> None:
+        to_onnx(graph, example, folder / "model.onnx", inputs, ["logits"], dynamic)
+        result.update(parity(reference, OnnxModule(folder / "model.onnx"), batches, sizes, temperature), **facts)
+        record_parity(folder, result, force)
+        axes = {name: {str(a): n for a, n in v.items()} for name, v in dynamic.items()}
+        (folder / "model.json").write_text(json.dumps(meta | {"format": "onnx", "inputs": inputs, "outputs": [
+            "logits"], "dynamic_axes": axes, "probabilities": "softmax(logits / temperature) over axis 1"},
+            indent=2) + "\n")
+        if extra is not None:
+            extra(folder)
+
+    write_export_dir(out, write, format="onnx", task=meta.get("task"))
+    return result
+
+
+def check_export_weights(folder: Path, weights: Path, run_dir) -> dict:
+    """An export's model.json, refused when the run's weights changed since it was written (retrained)."""
+    if not (folder / "model.onnx").is_file():
+        raise UserError(f"{run_dir}: no ONNX export ({folder}/model.onnx); write it with `sft export {run_dir} "
+                        f"--format onnx`")
+    meta = json.loads((folder / "model.json").read_text())
+    if weights.is_file() and meta.get("weights_id") != file_id(weights):
+        raise UserError(f"{folder}: exported from other weights than the run's model.safetensors (retrained?); "
+                        f"export again with `sft export {run_dir} --format onnx --overwrite`")
+    return meta

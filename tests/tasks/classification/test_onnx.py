@@ -93,7 +93,6 @@ def test_a_failing_parity_check_writes_nothing_unless_forced(image_run, tmp_path
         real(Shifted(), example, path, *args)
 
     monkeypatch.setattr(export_module, "to_onnx", off_by_a_bit)
-    monkeypatch.setattr("sft.tasks.classification.onnx.to_onnx", off_by_a_bit)
     out = tmp_path / "bad"
     result = sft("export", image_run, "--out", out)
     assert result.exit_code == 2 and "max |Δprobability|" in result.output and "× over" in result.output

@@ -14,7 +14,6 @@ no built-in `*ForSequenceClassification` class does that, so a built-in class wo
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -23,13 +22,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sft.core.rundir import RunDir
-from sft.models.export import check_export_dir, file_id, parity, parity_failure, write_export_dir
-from sft.errors import UserError
+from sft.models.export import check_export_dir, file_id, parity, record_parity, write_export_dir
 from sft.tasks.classification.export import load_model, model_files
 from sft.tasks.classification.onnx import PARITY_BATCH, default_folder, parity_samples
 
-MODELING = '''"""Written by `sft export --format hf`: the fine-tuned encoder, its pooling ({pooling}) and its linear head.
-Load with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""
+MODELING = '''"""Written by `sft export --format hf`: the fine-tuned encoder, its pooling ({pooling}) and its linear
+head. Load with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""
 
 import torch
 from torch import nn
@@ -94,7 +92,7 @@ def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
     out = Path(out) if out else default_folder(run.path, "hf")
     check_export_dir(out, run.path, overwrite)
     inputs = task.run_inputs(model, info)
-    parts = parity_samples(task, run.path, info.classes)
+    parts = parity_samples(task, run.path)
     encoder = copy.deepcopy(model.backbone.model)
     if info.lora:
         encoder = encoder.merge_and_unload()
@@ -124,9 +122,7 @@ def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
         result["samples"] = sum(len(p) for p in parts)
         result["lora_merged"] = bool(info.lora)
         result["weights_id"] = file_id(model_files(run)[0])
-        (folder / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
-        if not result["passed"] and not force:
-            raise UserError(f"{parity_failure(result)}; nothing written (pass --force to write it anyway)")
+        record_parity(folder, result, force)
 
     write_export_dir(out, write, format="hf", task=info.task)
     return out, result

@@ -17,7 +17,6 @@ A LoRA run is merged into the encoder before conversion, and the parity check co
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -30,8 +29,7 @@ from torch.utils.data import DataLoader
 from sft.core.rundir import RunDir
 from sft.data.samples import Samples
 from sft.errors import UserError
-from sft.models.export import (OnnxModule, check_export_dir, file_id, parity, parity_failure, to_onnx,
-                               write_export_dir)
+from sft.models.export import OnnxModule, check_export_dir, check_export_weights, export_onnx_checked, file_id
 from sft.tasks import load_recipe
 from sft.tasks.classification.export import ModelInfo, load_model, model_files, read_info
 from sft.tasks.classification.recipe import TEXT
@@ -71,19 +69,12 @@ def default_folder(run_dir: str | Path, format: str) -> Path:
 def load_onnx(run_dir: str | Path) -> tuple[OnnxClassifier, ModelInfo]:
     """The run's ONNX export (RUN/export) and its info; refused when the run's weights changed since."""
     folder = default_folder(run_dir, "onnx")
-    if not (folder / "model.onnx").is_file():
-        raise UserError(f"{run_dir}: no ONNX export ({folder}/model.onnx); write it with `sft export {run_dir} "
-                        f"--format onnx`")
-    raw = json.loads((folder / "model.json").read_text())
-    weights = model_files(RunDir(run_dir))[0]
-    if weights.is_file() and raw.get("weights_id") != file_id(weights):
-        raise UserError(f"{folder}: exported from other weights than the run's model.safetensors (retrained?); "
-                        f"export again with `sft export {run_dir} --format onnx --overwrite`")
+    check_export_weights(folder, model_files(RunDir(run_dir))[0], run_dir)
     info = read_info(folder / "model.json")
     return OnnxClassifier(folder, info), info
 
 
-def parity_samples(task, run_dir: Path, classes: list[str]) -> list[Samples]:
+def parity_samples(task, run_dir: Path) -> list[Samples]:
     """Up to PARITY_SAMPLES real samples of the run's own validation split, then its test split."""
     recipe = load_recipe(RunDir(run_dir).recipe)
     try:
@@ -102,8 +93,8 @@ def parity_samples(task, run_dir: Path, classes: list[str]) -> list[Samples]:
     return parts
 
 
-def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: bool, overwrite: bool,
-                tolerance: float | None = None) -> tuple[Path, dict]:
+def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
+                overwrite: bool) -> tuple[Path, dict]:
     """Convert the run's model, check it against the PyTorch model and write the export folder (see the module
     docstring). A failed check writes nothing unless `force`. Returns the folder and the parity result."""
     run = RunDir(run_dir)
@@ -111,7 +102,7 @@ def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: boo
     out = Path(out) if out else default_folder(run.path, "onnx")
     check_export_dir(out, run.path, overwrite)
     inputs = task.run_inputs(model, info)
-    parts = parity_samples(task, run.path, info.classes)
+    parts = parity_samples(task, run.path)
 
     def batches(size: int):
         for part in parts:
@@ -125,30 +116,14 @@ def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: boo
             exported.backbone.model = exported.backbone.model.merge_and_unload()
         graph, args = _Positional(exported, names), tuple(example[n] for n in names)
         dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
+        meta = {}
+        extra = model.backbone.tokenizer.save_pretrained
     else:
-        names, graph, args = ["input"], model, (example,)
-        dynamic = {"input": {0: "batch"}}
-    dynamic["logits"] = {0: "batch"}
-    result: dict = {}
-
-    def write(folder: Path) -> None:
-        to_onnx(graph, args, folder / "model.onnx", names, ["logits"], dynamic)
-        result.update(parity(model, OnnxModule(folder / "model.onnx"), batches,
-                             (1, PARITY_BATCH), info.temperature, **({"tolerance": tolerance} if tolerance else {})))
-        result["samples"] = sum(len(p) for p in parts)
-        result["lora_merged"] = bool(info.lora)
-        (folder / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
-        if not result["passed"] and not force:
-            raise UserError(f"{parity_failure(result)}; nothing written (pass --force to write it anyway)")
-        meta = asdict(info) | {"format": "onnx", "inputs": names, "outputs": ["logits"],
-                               "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in dynamic.items()},
-                               "probabilities": "softmax(logits / temperature)",
-                               "weights_id": file_id(model_files(run)[0]), "run_dir": str(run.path.resolve())}
-        if info.task == TEXT:
-            model.backbone.tokenizer.save_pretrained(folder)
-        else:
-            meta["transform"] = str(inputs.eval(parts[0]).transform) if parts else ""
-        (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-    write_export_dir(out, write, format="onnx", task=info.task)
+        names, graph, args, dynamic = ["input"], model, (example,), {"input": {0: "batch"}}
+        meta, extra = {"transform": str(inputs.eval(parts[0]).transform)}, None
+    meta |= asdict(info) | {"weights_id": file_id(model_files(run)[0]), "run_dir": str(run.path.resolve())}
+    result = export_onnx_checked(out, graph=graph, example=args, inputs=names, dynamic=dynamic, reference=model,
+                                 batches=batches, sizes=(1, PARITY_BATCH), temperature=info.temperature, force=force,
+                                 meta=meta, facts={"samples": sum(len(p) for p in parts),
+                                                   "lora_merged": bool(info.lora)}, extra=extra)
     return out, result

@@ -34,6 +34,7 @@ from sft.tasks.base import TaskBase, evaluation_target
 from sft.tasks.segmentation.data import PairDataset, joint_transforms, palette_lookup, read_pairs
 from sft.tasks.segmentation.metrics import ConfusionMatrix, confusion, scores
 from sft.tasks.segmentation.module import DecoderHead, Segmenter, segment
+from sft.tasks.segmentation.onnx import export_onnx, load_onnx
 from sft.tasks.segmentation.recipe import SegmentationRecipe
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
@@ -146,11 +147,19 @@ class Segmentation(TaskBase):
         atomic_write_dir(out, write)
         return out, summary
 
-    def predict(self, run_dir, files, texts, top_k, out=None):
+    def export_model(self, run_dir, format, out, *, force, overwrite):
+        if format != "onnx":
+            raise UserError(f"--format {format}: segmentation runs export as onnx")
+        return export_onnx(self, run_dir, out, force=force, overwrite=overwrite, load_model=load_model,
+                           eval_dataset=eval_dataset)
+
+    def predict(self, run_dir, files, texts, top_k, out=None, engine="torch"):
         """Per image: the share of pixels of each class; with `out`, its index mask and a colour overlay there."""
         if texts or not files:
             raise UserError("this run segments images: pass image files (and --out DIR for the masks)")
         model, info = load_model(run_dir)
+        if engine == "onnx":  # the same transform and post-processing, onnxruntime computes the logits
+            model = load_onnx(run_dir)
         if out is not None:  # a folder of earlier predictions takes more; any other non-empty folder is refused
             check_replaceable(out, "predictions", overwrite=True)
             Path(out).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,71 @@
+"""`sft export RUN --format onnx` for segmentation, and the export back for `sft predict --engine onnx`.
+
+    RUN/export/            (or --out)
+      model.onnx           input (B, 3, S, S) float, the run's eval transform applied; output logits (B, classes, S, S);
+                           B is a dynamic axis (S is the run's image size: the decoders' skips fix it)
+      model.json           the run's model.json (classes, image size, mean/std, palette) + the graph's names and axes
+      parity.json          onnxruntime against PyTorch per pixel (probabilities and top-1 class), batch 1 and N, on the
+                           run's own validation and test images
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from sft.core.rundir import RunDir
+from sft.data.loaders import eval_batches
+from sft.errors import UserError
+from sft.models.export import OnnxModule, check_export_dir, check_export_weights, export_onnx_checked, file_id
+from sft.tasks import load_recipe
+
+log = logging.getLogger("sft")
+PARITY_IMAGES = 64
+PARITY_BATCH = 8
+
+
+def default_folder(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "export"
+
+
+def load_onnx(run_dir: str | Path) -> OnnxModule:
+    """The run's ONNX export through onnxruntime; refused when the run's weights changed since."""
+    folder = default_folder(run_dir)
+    check_export_weights(folder, Path(run_dir) / "model.safetensors", run_dir)
+    return OnnxModule(folder / "model.onnx")
+
+
+def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: bool, overwrite: bool,
+                load_model, eval_dataset) -> tuple[Path, dict]:
+    """Convert the run's model (`load_model`, `eval_dataset`: the task's own), check it per pixel against the PyTorch
+    model on up to PARITY_IMAGES images of the run's validation, then test split, and write the export folder."""
+    run = RunDir(run_dir)
+    model, info = load_model(run.path)
+    out = Path(out) if out else default_folder(run.path)
+    check_export_dir(out, run.path, overwrite)
+    try:
+        splits = task.load_splits(load_recipe(run.recipe))
+    except UserError as e:
+        raise UserError(f"the parity check reads the run's own validation/test images, which cannot be read now: "
+                        f"{e}") from None
+    parts, left = [], PARITY_IMAGES
+    for split in (splits.val, splits.test):
+        if split is not None and left > 0:
+            parts.append(eval_dataset(info, split.subset(range(min(left, len(split))))))
+            left -= len(parts[-1])
+    images = sum(len(p) for p in parts)
+    if images < PARITY_IMAGES:
+        log.warning(f"parity check on {images} images only: the run's validation and test splits hold no more")
+
+    def batches(size: int):
+        for part in parts:
+            yield from (x for x, _ in eval_batches(part, size, None, False, ""))
+
+    example = next(batches(2))
+    meta = asdict(info) | {"weights_id": file_id(run.path / "model.safetensors"), "run_dir": str(run.path.resolve())}
+    result = export_onnx_checked(out, graph=model, example=(example,), inputs=["input"],
+                                 dynamic={"input": {0: "batch"}}, reference=model, batches=batches,
+                                 sizes=(1, PARITY_BATCH), temperature=1.0, force=force, meta=meta,
+                                 facts={"samples": images, "pixels_per_image": int(example[0, 0].numel())})
+    return out, result
