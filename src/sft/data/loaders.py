@@ -88,9 +88,10 @@ class RunData(L.LightningDataModule):
         # whether the run was resumed) then draws the workers' base seed from (seed, epoch), not the global RNG
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._epoch())
         sampler.set_epoch(self._epoch())
-        return DataLoader(dataset, batch_sampler=ResumableBatches(sampler, self.batch_size, skip),
-                          num_workers=0 if cached else self.num_workers, collate_fn=None if cached else self.collate,
-                          generator=generator)
+        batches = ({"batch_sampler": ResumableBatches(sampler, self.batch_size, skip)} if skip else
+                   {"batch_size": self.batch_size, "sampler": sampler})  # the same batches, all of them
+        return DataLoader(dataset, **batches, num_workers=0 if cached else self.num_workers,
+                          collate_fn=None if cached else self.collate, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         head_only = self.head_only(self._epoch())
