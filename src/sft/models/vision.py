@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from torch import nn
 from sft.core.torchfile import load_safetensors, load_torch_file
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess, as_feature_maps, find_stages
+
+log = logging.getLogger("sft")
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def _create(name: str, weights: str | None, keep_head: bool) -> tuple[str, str, 
     elif weights == "imagenet":
         weights_id = _load_shipped(model, f"{lib}/{arch}", full, head_keys)
     else:
-        weights_id = _load_file(model, f"{lib}/{arch}", Path(weights).expanduser(), head_keys)
+        weights_id = _load_file(model, f"{lib}/{arch}", Path(weights).expanduser(), head_keys, full)
     return lib, arch, model, weights_id, num_features
 
 
@@ -244,7 +247,13 @@ def _map_in_order(state: dict, full: dict, path: Path) -> dict:
     return dict(zip(full, state.values()))
 
 
-def _load_file(model: nn.Module, key: str, path: Path, head_keys: set[str]) -> str:
+def _fits_in_order(state: dict, full: dict) -> bool:
+    """Names differ, but count and shapes match position by position: the in-order mapping applies."""
+    return (set(state) != set(full) and len(state) == len(full)
+            and all(tuple(t.shape) == tuple(shape) for t, shape in zip(state.values(), full.values())))
+
+
+def _load_file(model: nn.Module, key: str, path: Path, head_keys: set[str], full: dict) -> str:
     if not path.is_file():
         raise UserError(f"weights file not found: {path}. weights must be 'none', 'imagenet', 'hub' or the path "
                         f"of a {'/'.join(WEIGHT_SUFFIXES)} file")
@@ -262,6 +271,10 @@ def _load_file(model: nn.Module, key: str, path: Path, head_keys: set[str]) -> s
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} does not hold a state dict (parameter name -> tensor)")
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
+    if _fits_in_order(state, full):  # another naming scheme (the shipped EfficientNet-Lite files, given by path)
+        log.warning(f"{path}: its tensor names are not {key}'s, but their count and shapes match in order; "
+                    f"loaded in that order")
+        state = _map_in_order(state, full, path)
     _load_checked(model, key, state, head_keys, path)
     stat = path.stat()
     return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
