@@ -115,3 +115,29 @@ def test_a_mistyped_local_model_folder_is_not_looked_up_on_the_hub(tmp_path, for
                      f"model.backbone={typo}", "trainer.progress=false", f"run_dir={tmp_path / 'run'}")
         assert result.exit_code == 2, result.output
         assert f"model.backbone {typo}: no such model folder" in one_line(result)
+
+
+def test_a_damaged_run_folder_is_named_and_rebuilt_from_its_checkpoints(tmp_path, fashion_slice, recipe_file):
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice)).exit_code == 0
+    run, image = tmp_path / "run", tmp_path / "shoe.png"
+    Image.new("RGB", (28, 28), (200, 200, 200)).save(image)
+    weights, info = run / "model.safetensors", run / "model.json"
+    good_weights, good_info = weights.read_bytes(), info.read_text()
+
+    weights.write_bytes(good_weights[: len(good_weights) // 2])  # truncated
+    result = sft("predict", run, image)
+    assert result.exit_code == 2, result.output
+    assert f"{weights}: damaged or not a safetensors file" in one_line(result)
+    assert "sft train RUN_DIR/recipe.yaml --resume" in one_line(result)
+    rebuilt = sft("train", run / "recipe.yaml", "--resume")  # no more epochs: the best checkpoint exported again
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert weights.read_bytes() == good_weights
+    assert sft("predict", run, image).exit_code == 0
+
+    info.write_text(good_info[:40])  # malformed JSON
+    result = sft("predict", run, image)
+    assert result.exit_code == 2 and f"{info}: damaged (JSONDecodeError" in one_line(result), result.output
+    info.write_text(good_info.replace('"Bag"', '"Bag", "Coat"'))  # classes that disagree with the weights
+    result = sft("predict", run, image)
+    assert result.exit_code == 2, result.output
+    assert f"{weights} has a head for 4 classes" in one_line(result) and "lists 5 classes" in one_line(result)

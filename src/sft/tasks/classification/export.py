@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json
 from sft.core.rundir import RunDir
+from sft.core.torchfile import load_safetensors
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
 from sft.models.lora import add_lora
@@ -83,10 +84,21 @@ def used_preprocess(pre, image_size: int | None):
 
 def read_info(path: Path) -> ModelInfo:
     """model.json as a ModelInfo (keys it does not know, such as an export's, are left out)."""
-    raw = json.loads(path.read_text())
-    kind = TextPreprocess if raw.get("task") == TEXT else Preprocess
-    raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
-    return ModelInfo(**{k: v for k, v in raw.items() if k in ModelInfo.__dataclass_fields__})
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        kind = TextPreprocess if raw.get("task") == TEXT else Preprocess
+        raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
+        info = ModelInfo(**{k: v for k, v in raw.items() if k in ModelInfo.__dataclass_fields__})
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # not JSON, or not the keys sft writes
+        raise UserError(f"{path}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"{REBUILD}") from None
+    if not isinstance(info.classes, list) or not info.classes:
+        raise UserError(f"{path}: damaged (no class list); {REBUILD}")
+    return info
+
+
+# a finished run's checkpoints rebuild its model files: resuming it trains no more epochs, it exports the best one
+REBUILD = "rebuild the model files from the run's checkpoints with `sft train RUN_DIR/recipe.yaml --resume`"
 
 
 def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
@@ -106,7 +118,17 @@ def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     else:
         backbone = create_backbone(info.backbone, weights=None).module
     model = nn.ModuleDict({"backbone": backbone, "head": new_head(info.num_features, len(info.classes), info.dropout)})
-    model.load_state_dict(load_file(weights))
+    state = load_safetensors(weights, REBUILD)
+    head, own = state.get("head.1.weight"), model.state_dict()["head.1.weight"]
+    if head is not None and head.shape != own.shape:
+        raise UserError(f"{weights} has a head for {head.shape[0]} classes of {head.shape[1]} features, but "
+                        f"{info_file} lists {len(info.classes)} classes of {info.num_features}: the two files are "
+                        f"from different runs or damaged; {REBUILD}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # "Error(s) in loading state_dict ...", then what is missing or unexpected
+        detail = (str(e).splitlines()[1:] or [str(e)])[0].strip()[:300]
+        raise UserError(f"{weights} does not fit {info_file} ({detail}); {REBUILD}") from None
     model.eval()
     if info.channels_last:  # the layout it trained in: mixed layouts are several times slower on CPU
         model.to(memory_format=torch.channels_last)
