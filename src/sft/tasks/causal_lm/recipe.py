@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from sft.recipe import Data, Model, Optim, Recipe, Section, Trainer
+from sft.recipe import Data, Model, Optim, Recipe, Section, Strategy, Trainer
 
 
 class ChatData(Data):
@@ -25,6 +25,12 @@ class ChatModel(Model):
     backbone: str = Field("smollm2", description="smollm2 (SmolLM2-135M-Instruct, shipped), a .gguf file, a Hugging "
                                                  "Face causal-LM folder, or a hub name (online)")
     weights: str | None = Field("pretrained", description="pretrained, or none (random init, for tests)")
+
+
+class ChatStrategy(Strategy):
+    name: Literal["auto", "linear-probe", "full", "partial", "two-stage", "gradual", "lora"] = Field(
+        "lora", description="lora: low-rank adapters (peft); full; partial/gradual: the last transformer layers "
+                            "(linear-probe, two-stage and auto train a head this task does not have)")
 
 
 class ChatOptim(Optim):
@@ -48,13 +54,7 @@ class CausalLMRecipe(Recipe):
     task: str = Field("causal-lm", description="what is being learned (`sft recipe --task NAME`)")
     data: ChatData = Field(default_factory=ChatData)
     model: ChatModel = Field(default_factory=ChatModel)
+    strategy: ChatStrategy = Field(default_factory=ChatStrategy)
     optim: ChatOptim = Field(default_factory=ChatOptim)
     trainer: ChatTrainer = Field(default_factory=ChatTrainer)
     generation: Generation = Field(default_factory=Generation)
-
-    @model_validator(mode="after")
-    def _lora_default(self) -> "CausalLMRecipe":
-        """LoRA unless another strategy is named: the shared default (two-stage) trains a head this task lacks."""
-        if "name" not in self.strategy.model_fields_set:
-            self.strategy.name = "lora"
-        return self
