@@ -94,9 +94,10 @@ class Strategy(Section):
 
 class Optim(Section):
     name: Literal["sgd", "adam", "adamw"] = Field("adamw", description="optimizer")
-    lr: float | Literal["find"] = Field(
-        1e-3, description="learning rate of the head (backbone groups: see strategy.lr_decay); find: run the LR "
-                          "range test first and use its suggestion")
+    lr: float | Literal["auto", "find"] = Field(
+        "auto", description="learning rate of the head (backbone groups: see strategy.lr_decay); auto: by strategy "
+                            "and model kind (see docs; recorded in metrics.json); find: run the LR range test first "
+                            "and use its suggestion")
     weight_decay: float = Field(0.01, ge=0, description="not applied to norm layers and biases")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
     nesterov: bool = Field(True, description="sgd Nesterov momentum")
@@ -110,8 +111,8 @@ class Optim(Section):
     @field_validator("lr")
     @classmethod
     def _positive_lr(cls, value: Any) -> Any:
-        if value != "find" and value <= 0:
-            raise ValueError("must be > 0 or 'find'")
+        if value not in ("auto", "find") and value <= 0:
+            raise ValueError("must be > 0, 'auto' or 'find'")
         return value
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from sft.training.optim import build_optimizer, build_scheduler
+from sft.training.optim import auto_lr, build_optimizer, build_scheduler
 from sft.recipe import Optim, Recipe, Strategy
 from sft.training.strategies import Schedule
 
@@ -55,3 +55,13 @@ def test_schedulers_run_their_course(name):
         assert lrs[-1] < 0.05 * max(lrs)
     if name == "cosine":
         assert lrs[0] < lrs[5]  # warm-up
+
+
+def test_auto_lr_by_strategy_and_model_kind():
+    convnet = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    transformer = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, batch_first=True), 1)
+    assert auto_lr("full", "adamw", convnet) == (1e-3, "convnet")
+    assert auto_lr("two-stage", "adamw", transformer) == (5e-5, "transformer")
+    assert auto_lr("linear-probe", "adamw", transformer) == (1e-3, "head")
+    assert auto_lr("lora", "adamw", transformer) == (5e-4, "lora")
+    assert auto_lr("full", "sgd", convnet) == (1e-2, "convnet")

@@ -59,3 +59,25 @@ def build_scheduler(cfg: Optim, epochs: int, optimizer: torch.optim.Optimizer, t
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+# optim.lr: auto. The head's LR for AdamW/Adam (SGD: 10x). A new head or a convnet tolerates 1e-3; a pretrained
+# transformer fine-tuned at 1e-3 loses most of what it knew (the Hugging Face Trainer's 5e-5 beat our old default by
+# 1.5 points on fortunes), and LoRA adapters sit between the two.
+AUTO_LR = {"head": 1e-3, "convnet": 1e-3, "transformer": 5e-5, "lora": 5e-4}
+
+
+def auto_lr(strategy: str, optimizer: str, backbone: nn.Module) -> tuple[float, str]:
+    """(lr, kind) for `optim.lr: auto`, from what trains (strategy) and what the backbone is."""
+    if strategy == "linear-probe":
+        kind = "head"
+    elif strategy == "lora":
+        kind = "lora"
+    else:
+        kind = "transformer" if is_transformer(backbone) else "convnet"
+    return AUTO_LR[kind] * (10 if optimizer == "sgd" else 1), kind
+
+
+def is_transformer(module: nn.Module) -> bool:
+    """Attention blocks anywhere (BERT-like encoders, ViTs): the models that want small fine-tuning LRs."""
+    return any(isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention") for m in module.modules())

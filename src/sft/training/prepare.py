@@ -18,6 +18,8 @@ from sft.models.backbone import Backbone
 from sft.recipe import Recipe
 from sft.training.features import cache_key, cached_features, weights_digest
 from sft.training.module import FineTuneModule
+from sft.training.optim import auto_lr
+from sft.training.probe import fit_probe, load_probe
 from sft.training.strategies import Schedule
 from sft.training.trainer import Monitor
 
@@ -75,9 +77,15 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     features = split_features(recipe, backbone.name, backbone.module, splits, inputs, precision, channels_last)
     if recipe.strategy.name == "auto":
         recipe = task.choose_strategy(recipe, splits, features("train", inputs.eval(splits.train)), notes)
+    if recipe.optim.lr == "auto":
+        lr, kind = auto_lr(recipe.strategy.name, recipe.optim.name, backbone.module)
+        recipe = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": lr})})
+        notes["lr_auto"] = {"lr": lr, "for": kind}
     schedule = Schedule(recipe.strategy, backbone.groups)
     model = task.build_module(recipe, backbone, splits, schedule, channels_last)
     cache = task.uses_feature_cache(recipe) and recipe.strategy.cache != "none"
+    if cache and schedule.head_only(0) and recipe.strategy.head_init == "probe":
+        notes["probe"] = start_from_probe(model, splits, inputs, features)
     head_only = (lambda epoch: schedule.head_only(epoch)) if cache else (lambda epoch: False)
     data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers,
                    seed=recipe.seed, head_only=head_only, features=features, **options)
@@ -102,3 +110,15 @@ def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits,
                 num_workers=recipe.data.num_workers, collate_fn=inputs.collate)
         return loaded[split]
     return features
+
+
+def start_from_probe(model: FineTuneModule, splits: Splits, inputs: Inputs, features) -> dict:
+    """Put a converged linear probe (L-BFGS on the cached features, L2 chosen on val) into the head."""
+    def xy(split: str):
+        samples = getattr(splits, split)
+        return features(split, inputs.eval(samples)), torch.as_tensor(samples.labels, dtype=torch.long)
+
+    class_weight = getattr(getattr(model, "loss_fn", None), "weight", None)  # a class-weighted loss weighs it too
+    fit = fit_probe(*xy("train"), *xy("val"), classes=len(splits.classes), class_weight=class_weight)
+    load_probe(model.head, fit)
+    return fit.facts()

@@ -27,7 +27,7 @@ log = logging.getLogger("sft")
 FREE = ("trainer.epochs", "trainer.early_stopping", "trainer.progress", "trainer.log_every_n_steps",
         "trainer.checkpoint_minutes", "trainer.checkpoint_steps", "trainer.accelerator", "trainer.devices",
         "trainer.strategy", "trainer.deterministic", "data.num_workers", "strategy.cache", "run_dir", "cache_dir")
-RESOLVED = {"optim.lr": "find", "strategy.name": "auto"}  # recorded as the value they were resolved to
+RESOLVED = {"optim.lr": ("auto", "find"), "strategy.name": ("auto",)}  # recorded as what they resolved to
 
 
 def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
@@ -43,7 +43,7 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
     refused, kept = [], []
     for key in sorted(before.keys() & after.keys()):
         a, b = before[key], after[key]
-        if _same(key, a, b) or RESOLVED.get(key) == b:
+        if _same(key, a, b) or b in RESOLVED.get(key, ()):
             continue
         (kept if key in FREE else refused).append(f"{key}: {a!r} -> {b!r}")
     if refused:
