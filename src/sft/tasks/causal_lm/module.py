@@ -44,9 +44,10 @@ class ChatLM(FineTuneModule):
         self.window_tokens += int(tokens)
         loss = self.check_finite(total / tokens.clamp(min=1))
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=int(tokens))
-        # the sum: Lightning divides it by the accumulation count; on_before_optimizer_step turns the accumulated
+        # the value of the mean (what the LR range test and progress bar read) with the gradient of the sum:
+        # Lightning divides it by the accumulation count, and on_before_optimizer_step turns the accumulated
         # gradient into that of the mean over every answer token of the step
-        return total
+        return total + (loss - total).detach()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         tokens = torch.tensor(float(self.window_tokens), device=self.device)
