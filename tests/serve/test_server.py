@@ -209,3 +209,11 @@ def test_text_run_on_the_onnx_engine(tmp_path, fortunes_slice, tiny_bert):
         assert server.post_files([b"abc"])[0] == 422  # multipart is for images
     finally:
         server.stop()
+
+
+def test_a_taken_port_is_a_one_line_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = sft("serve", tmp_path, "--port", taken.getsockname()[1])
+    assert result.exit_code == 2 and "cannot listen there" in result.output

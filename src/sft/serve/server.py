@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import json
+import socket
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,6 +83,10 @@ def build_app(predictor, limits: Limits):
     @app.exception_handler(HTTPException)
     async def http_error(request, error: HTTPException):
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, error: Exception):  # still JSON; uvicorn logs the traceback, the server goes on
+        return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
 
     @app.get("/health")
     async def health() -> dict:
@@ -207,6 +212,12 @@ def run_server(run_dir: str | Path, engine: str, host: str, port: int, limits: L
 
     if limits.max_batch < 1 or limits.max_items < 1 or limits.max_body < 1:
         raise UserError("--max-batch, --max-items and --max-body-mb must be positive")
+    with socket.socket() as probe:  # before the model loads: a taken port is a one-line error, not a traceback
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise UserError(f"{host}:{port}: cannot listen there ({e.strerror}); choose another --port or --host") \
+                from None
     predictor = task_of_run(run_dir).predictor(run_dir, engine)
     app = build_app(predictor, limits)
     announce(f"http://{host}:{port}")
