@@ -108,12 +108,14 @@ class ImageClassification(TaskBase):
         export_model(run, p.model, info)
 
     def final_metrics(self, p: Prepared, cached: bool) -> dict:
-        """Validation and test scores of the best model (cached features when the backbone never trained)."""
+        """Validation and test scores of the best model as `sft eval` and `predict` see it: in fp32 (cached
+        features when the backbone never trained and they were computed in fp32)."""
         metrics, classes = {}, p.splits.classes
+        cached = cached and p.precision == "32-true"  # bf16 features would score another model than the export
         for split in ("val", "test"):
             if getattr(p.splits, split) is None:
                 continue
-            result = evaluate(p.model, p.data.eval_dataset(split, cached), len(classes), precision=p.precision,
+            result = evaluate(p.model, p.data.eval_dataset(split, cached), len(classes), precision="32-true",
                               progress=p.recipe.trainer.progress and split == "test",
                               collate_fn=None if cached else p.data.collate)
             metrics.update({f"{split}_loss": result["loss"], f"{split}_balanced_acc": result["balanced_accuracy"],
