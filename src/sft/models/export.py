@@ -48,6 +48,8 @@ def session(path: str | Path):
         raise UserError(f"{path}: no ONNX model; write it with `sft export RUN --format onnx`")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: alternating
+    # with torch's own threads (the parity check) or sharing the CPU, spinning ones slow everything down
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
