@@ -128,6 +128,15 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
     return Run(run.path, metrics)
 
 
+class MidEpochCheckpoint(ModelCheckpoint):
+    """Lightning's checkpoint by time or steps, written only after an optimizer step: gradients accumulated over
+    several batches are not in a checkpoint, so one written between them could not be resumed exactly."""
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if not trainer.fit_loop.epoch_loop._should_accumulate():
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
+
 class FirstEpoch(Callback):
     """The epoch training starts at in this process: 0, or where a resumed run's checkpoint left off."""
     epoch = 0
@@ -146,9 +155,9 @@ def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extr
         ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False),
         # and inside epochs, by time or steps: the data module's state says which batches are done
-        ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
-                        enable_version_counter=False, every_n_train_steps=t.checkpoint_steps,
-                        train_time_interval=None if t.checkpoint_steps else timedelta(minutes=t.checkpoint_minutes)),
+        MidEpochCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False, every_n_train_steps=t.checkpoint_steps,
+                           train_time_interval=None if t.checkpoint_steps else timedelta(minutes=t.checkpoint_minutes)),
         LearningRateMonitor(logging_interval="step"),
         *extra,
     ]

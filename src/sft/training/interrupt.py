@@ -66,7 +66,8 @@ class StopOnSignal(Callback):
         self.training = False
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self._stop_if_asked(trainer)
+        if not trainer.fit_loop.epoch_loop._should_accumulate():  # accumulated gradients are in no checkpoint
+            self._stop_if_asked(trainer)
 
     def on_train_epoch_end(self, trainer, module) -> None:
         self._stop_if_asked(trainer)  # a signal during validation: the epoch is complete, saved as such
