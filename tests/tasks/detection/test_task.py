@@ -132,3 +132,17 @@ def test_recipe_keys_and_a_checkpoint_of_another_class_count(tmp_path):
     assert counts["loaded"] > 0 and counts["skipped"] == 2  # the class logits' weight and bias
     fpn = "backbone.fpn.inner_blocks.0.0.weight"
     assert torch.equal(mine.state_dict()[fpn], pretrained.state_dict()[fpn])
+
+
+@pytest.mark.slow
+def test_readme_detection_block(tmp_path, monkeypatch):
+    """The README's detection block as written: a smaller composite set and one short epoch, the same commands."""
+    import re
+    from tests.test_readme import README, in_a_copy, run_block
+    in_a_copy(tmp_path, monkeypatch, str(FASHION))
+    Image.fromarray(np.full((100, 80, 3), 60, np.uint8)).save("img.png")
+    block = re.search(r"```bash\n(python examples/detection/build.py.*?)```", README, re.S).group(1)
+    run_block(block, ["--train", "16", "--val", "8", "--test", "8", "--size", "96"],
+              ["trainer.epochs=1", "data.image_size=64", f"cache_dir={tmp_path / 'cache'}"])
+    assert Path("runs/detection/eval/report.html").exists() and Path("found/img.png").exists()
+    assert Image.open("found/img.png").size == (80, 100)
