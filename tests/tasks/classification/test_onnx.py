@@ -69,7 +69,20 @@ def test_image_export_dynamic_batch_parity_and_onnx_predict(image_run, fashion_s
     assert again.exit_code == 2 and "already holds an export" in again.output
     assert sft("export", image_run, "--overwrite").exit_code == 0
     assert "run directory itself" in sft("export", image_run, "--out", image_run).output
-    assert "hf" in sft("export", image_run, "--format", "hf").output
+
+    # timm's Hugging Face folder: transformers (and timm) alone load it and give the run's logits
+    assert sft("export", image_run, "--format", "hf").exit_code == 0
+    assert json.loads((image_run / "export-hf" / "parity.json").read_text())["passed"]
+    import timm
+    from transformers import AutoModelForImageClassification
+    from sft.tasks.classification.export import load_model
+    model, _ = load_model(image_run)
+    hf = AutoModelForImageClassification.from_pretrained(str(image_run / "export-hf")).eval()
+    plain = timm.create_model(f"local-dir:{image_run / 'export-hf'}", pretrained=True).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (hf(x).logits - model(x)).abs().max() < 1e-5 and (plain(x) - model(x)).abs().max() < 1e-5
+    assert hf.config.id2label == {0: "T-shirt", 1: "Trouser", 2: "Sneaker", 3: "Bag"}
 
     # an export of other weights is refused by --engine onnx
     meta["weights_id"] = "sha256:other"

@@ -7,13 +7,20 @@
       model.safetensors    encoder.* (a LoRA run's adapters merged in) and classifier.*
       tokenizer files, parity.json (the loaded folder against the run's PyTorch model)
 
-Why remote code: sft pools the encoder's tokens itself (mean, or the first token without BERT's tanh pooler), and
-no built-in `*ForSequenceClassification` class does that, so a built-in class would load but give other logits.
+Image runs on a timm backbone go through timm's own Hugging Face format instead (`timm.models.save_for_hf`):
+config.json (architecture, classes, the run's input size, mean/std, crop) and model.safetensors, the new head as the
+model's classifier, loaded by `AutoModelForImageClassification.from_pretrained(FOLDER)` (transformers' timm wrapper)
+or `timm.create_model("local-dir:FOLDER", pretrained=True)`. torchvision backbones have no such format.
+
+Why remote code for texts: sft pools the encoder's tokens itself (mean, or the first token without BERT's tanh
+pooler), and no built-in `*ForSequenceClassification` class does that, so a built-in class would load but give other
+logits.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -22,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sft.core.rundir import RunDir
+from sft.errors import UserError
 from sft.models.export import check_export_dir, file_id, parity, record_parity, write_export_dir
 from sft.tasks.classification.export import load_model, model_files
 from sft.tasks.classification.onnx import PARITY_BATCH, default_folder, parity_samples
@@ -68,17 +76,19 @@ class _Logits(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(**batch).logits
+    def forward(self, batch: dict | torch.Tensor) -> torch.Tensor:
+        return self.model(**batch).logits if isinstance(batch, dict) else self.model(batch).logits
 
 
-def load_hf(folder: str | Path) -> nn.Module:
+def load_hf(folder: str | Path, kind: str = "text") -> nn.Module:
     """The exported folder through transformers alone (what a user of the folder does)."""
-    from transformers import AutoModelForSequenceClassification  # deferred: only export needs it here
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification  # deferred
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of `sft export`'s output
     try:
+        if kind == "image":
+            return AutoModelForImageClassification.from_pretrained(str(folder)).eval()
         return AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=True).eval()
     finally:
         hf_logging.enable_progress_bar()
@@ -122,6 +132,54 @@ def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
         result["samples"] = sum(len(p) for p in parts)
         result["lora_merged"] = bool(info.lora)
         result["weights_id"] = file_id(model_files(run)[0])
+        record_parity(folder, result, force)
+
+    write_export_dir(out, write, format="hf", task=info.task)
+    return out, result
+
+
+def export_timm_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
+                   overwrite: bool) -> tuple[Path, dict]:
+    """An image run on a timm backbone as timm's Hugging Face folder, checked against the run's PyTorch model."""
+    import timm  # deferred: only this export needs timm's hub helpers here
+
+    run = RunDir(run_dir)
+    model, info = load_model(run.path)
+    lib, _, arch = info.backbone.partition("/")
+    if lib != "timm":
+        raise UserError(f"--format hf for images is timm's Hugging Face format, which holds timm models only; "
+                        f"{info.backbone} is not one: use --format onnx")
+    out = Path(out) if out else default_folder(run.path, "hf")
+    check_export_dir(out, run.path, overwrite)
+    full = timm.create_model(arch, pretrained=False, num_classes=len(info.classes)).eval()
+    classifier = full.pretrained_cfg.get("classifier", "classifier")
+    linear = model.head[-1]
+    state = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    state |= {f"{classifier}.weight": linear.weight.detach().clone(),
+              f"{classifier}.bias": linear.bias.detach().clone()}
+    full.load_state_dict(state)
+    pre = info.preprocess
+    data = {"input_size": (3, *pre.input_size), "mean": tuple(pre.mean), "std": tuple(pre.std),
+            "interpolation": pre.interpolation, "crop_pct": pre.crop_pct}
+    inputs = task.run_inputs(model, info)
+    parts = parity_samples(task, run.path)
+    result: dict = {}
+
+    def batches(size: int):
+        for part in parts:
+            yield from (x for x, _ in DataLoader(inputs.eval(part), batch_size=size, collate_fn=inputs.collate))
+
+    def write(folder: Path) -> None:
+        timm.models.save_for_hf(full, str(folder), model_config={"num_classes": len(info.classes),
+                                                                 "label_names": list(info.classes)},
+                                safe_serialization=True, data_config=data)
+        config = json.loads((folder / "config.json").read_text())
+        config.get("model_args", {}).pop("num_classes", None)  # kept at the top level; transformers' TimmWrapper
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")  # passes it a second time else
+        result.update(parity(model, _Logits(load_hf(folder, "image")), batches, (1, PARITY_BATCH), info.temperature))
+        result.update(samples=sum(len(p) for p in parts), weights_id=file_id(model_files(run)[0]),
+                      load='AutoModelForImageClassification.from_pretrained(FOLDER) or '
+                           'timm.create_model("local-dir:FOLDER", pretrained=True)')
         record_parity(folder, result, force)
 
     write_export_dir(out, write, format="hf", task=info.task)

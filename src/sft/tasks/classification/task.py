@@ -25,7 +25,7 @@ from sft.recipe import Source
 from sft.tasks.base import TaskBase
 from sft.tasks.classification.evaluation import evaluate, evaluate_run, predict, rebuild_report
 from sft.tasks.classification.export import ModelInfo, export_model, used_preprocess
-from sft.tasks.classification.hf import export_hf
+from sft.tasks.classification.hf import export_hf, export_timm_hf
 from sft.tasks.classification.module import Classifier
 from sft.tasks.classification.onnx import export_onnx
 from sft.tasks.classification.serving import ClassifierPredictor, load_engine
@@ -153,11 +153,10 @@ class ImageClassification(TaskBase):
     def export_model(self, run_dir, format: str, out, *, force: bool, overwrite: bool) -> tuple:
         if format == "onnx":
             return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
-        if format == "hf" and self.name == TEXT:
-            return export_hf(self, run_dir, out, force=force, overwrite=overwrite)
-        raise UserError(f"--format {format}: {self.name} runs export as "
-                        f"{'onnx or hf' if self.name == TEXT else 'onnx'}"
-                        + ("" if self.name == TEXT else " (hf: see the README's Export section)"))
+        if format == "hf":
+            export = export_hf if self.name == TEXT else export_timm_hf
+            return export(self, run_dir, out, force=force, overwrite=overwrite)
+        raise UserError(f"--format {format}: classification runs export as onnx or hf")
 
     def predictor(self, run_dir, engine: str) -> ClassifierPredictor:
         return ClassifierPredictor(self, run_dir, engine)
