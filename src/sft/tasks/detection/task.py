@@ -128,7 +128,8 @@ class Detection(TaskBase):
             metrics["diagnosis"] = {"checked": CHECKS, "problems": problems}
             log.warning(f"val mAP50 is {metrics['val_map50']:.3f}, near 0. Checked: {', '.join(CHECKS)}. " +
                         (" ".join(f"Problem: {q}." for q in problems) if problems else
-                         "Nothing looks wrong in the data: train longer, raise optim.lr, or unfreeze the backbone."))
+                         "Nothing looks wrong in the data: train longer (more images or epochs), tune optim.lr, or "
+                         "let the backbone train (strategy full or two-stage)."))
         return metrics
 
     # -- a finished run ------------------------------------------------------------------------------------------
