@@ -182,7 +182,8 @@ def serve(run_dir: Path = typer.Argument(..., help="a run directory"),
         if engine not in ("torch", "onnx"):
             raise UserError(f"--engine {engine}: expected torch or onnx")
         run_server(run_dir, engine, host, port, Limits(max_batch, max_wait_ms, max_items, int(max_body_mb * 2**20)),
-                   announce=lambda url: console.print(f"serving {escape(str(run_dir))} on {url} (API docs: {url}/docs)"))
+                   announce=lambda url: console.print(f"serving {escape(str(run_dir))} on {url} (API docs: "
+                                                      f"{url}/docs)"))
     except UserError as e:
         _fail(e)
 
