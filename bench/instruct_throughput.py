@@ -1,0 +1,151 @@
+"""Training throughput of instruction tuning, sft against TRL's SFTTrainer on the same model, conversations, LoRA
+configuration, batch, sequence length and packing (both padding-free: a batch's examples back to back in one row with
+restarting positions, TRL's padding_free): tokens per second over the training steps (the first step, a warm-up,
+left out) and peak memory (CUDA allocations on a GPU, else the process's peak resident memory). Each side runs in its
+own process.
+
+    .venv/bin/python bench/instruct_throughput.py [model] [conversations] [batch]   # default smollm2 256 8
+    model: smollm2, a Hugging Face folder, or tiny (a random 4-layer, 256-wide Llama with SmolLM2's tokenizer)
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import OUT, report
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "instruct"))
+from build import fortunes  # noqa: E402
+
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+MAX_LENGTH, LR = 256, 5e-4
+
+
+def peak_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def model_folder(name: str, tmp: Path) -> str:
+    from sft.models.causal_lm import SMOLLM2, distinct_pad, model_folder as resolve, shipped_gguf
+    if name != "tiny":
+        return resolve(name, "~/.cache/sft")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    gguf = shipped_gguf(SMOLLM2)
+    tokenizer = distinct_pad(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp / "tiny")
+    tokenizer.save_pretrained(tmp / "tiny")
+    return str(tmp / "tiny")
+
+
+def run_sft(folder: str, data: Path, batch: int) -> dict:
+    import lightning as L
+    from sft import load_recipe
+    from sft.tasks import get_task
+    from sft.training.fit import fine_tune
+
+    class Steps(L.Callback):
+        times: list = []
+        tokens: list = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.started = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.times.append(time.perf_counter() - self.started)
+            self.tokens.append(int(batch["input_ids"].numel()))
+
+    steps = Steps()
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = load_recipe(None, [
+            "task=causal-lm", f"data.train={data}", "data.val_limit=8", f"data.max_length={MAX_LENGTH}",
+            f"data.batch_size={batch}", "data.pack=true", f"model.backbone={folder}", "trainer.epochs=1",
+            "trainer.progress=false", "strategy.name=lora", f"strategy.lora_rank={LORA['r']}",
+            f"strategy.lora_alpha={LORA['lora_alpha']}", "strategy.lora_dropout=0.0",
+            f"strategy.lora_targets=[{','.join(LORA['target_modules'])}]", f"optim.lr={LR}", f"run_dir={tmp}/run"])
+        fine_tune(get_task("causal-lm"), recipe, callbacks=[steps])
+    return {"tokens": sum(steps.tokens[1:]), "seconds": sum(steps.times[1:]), "steps": len(steps.times),
+            "peak_mb": peak_mb()}
+
+
+def run_trl(folder: str, data: Path, batch: int) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                                  "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows])
+
+    class Steps(TrainerCallback):
+        times: list = []
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.started)
+
+    steps = Steps()
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() or not torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as tmp:
+        # max_length None: TRL refuses a limit it cannot enforce without packing; none of these conversations is cut
+        config = SFTConfig(output_dir=tmp, max_length=None, packing=False, padding_free=True,
+                           per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=LR,
+                           lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=1000, save_strategy="no",
+                           report_to=[], bf16=bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+                           completion_only_loss=True, seed=0)
+        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(folder), args=config, train_dataset=dataset,
+                             processing_class=AutoTokenizer.from_pretrained(folder),
+                             peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"), callbacks=[steps])
+        lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+        trainer.train()
+    per_step = sum(lengths) / max(len(steps.times), 1)
+    return {"tokens": per_step * (len(steps.times) - 1), "seconds": sum(steps.times[1:]), "steps": len(steps.times),
+            "peak_mb": peak_mb()}
+
+
+def main(model: str = "smollm2", conversations: int = 256, batch: int = 8) -> None:
+    data = OUT / "instruct"
+    fortunes(data)
+    source = [line for line in (data / "train.jsonl").read_text().splitlines()
+              if len(json.loads(line)["prompt"]) <= 500][:conversations]
+    subset = data / f"throughput-{conversations}.jsonl"
+    subset.write_text("\n".join(source) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model_folder(model, Path(tmp))
+        sides = {}
+        for side in ("sft", "trl"):
+            out = subprocess.run([sys.executable, __file__, "--side", side, folder, str(subset), str(batch)],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
+            sides[side] = json.loads(out.stdout.strip().splitlines()[-1])
+    sft_tps = sides["sft"]["tokens"] / sides["sft"]["seconds"]
+    trl_tps = sides["trl"]["tokens"] / sides["trl"]["seconds"]
+    report({"speedup": round(sft_tps / trl_tps, 3), "sft_tokens_per_second": round(sft_tps, 1),
+            "trl_tokens_per_second": round(trl_tps, 1), "sft_peak_mb": round(sides["sft"]["peak_mb"]),
+            "trl_peak_mb": round(sides["trl"]["peak_mb"]), "model": model, "conversations": len(source),
+            "batch": batch, "max_length": MAX_LENGTH, "sft_steps": sides["sft"]["steps"],
+            "trl_steps": sides["trl"]["steps"], "device": "cuda" if torch.cuda.is_available() else "cpu"})
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--side"]:
+        side, folder, data, batch = sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
+        print(json.dumps((run_sft if side == "sft" else run_trl)(folder, data, batch)))
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "smollm2", *(int(a) for a in sys.argv[2:4]))
