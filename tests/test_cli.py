@@ -93,6 +93,8 @@ def test_eval_and_predict_errors(tmp_path, trained):
     result = sft("predict", trained, tmp_path / "missing.png")
     assert result.exit_code == 2 and "missing.png" in result.output
     assert sft("predict", trained, tmp_path / "missing.png", "--format", "xml").exit_code == 2
+    result = sft("predict", trained, tmp_path / "missing.png", "--score", "0.5")  # a detection option
+    assert result.exit_code == 2 and "--score: not an option of image-classification runs" in result.output
 
 
 def test_recipe_prints_documented_defaults():

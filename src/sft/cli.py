@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import sys
@@ -123,9 +124,12 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
         task = task_of_run(run_dir)
         generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                           stream=format == "table") if getattr(task, "generates", False) else {}
-        rows = task.predict(run_dir, [str(f) for f in files or []], texts, top_k, out=out, **generation,
-                                            **({"engine": engine} if engine != "torch" else {}),
-                                            **({"score": score} if score is not None else {}))
+        options = {k: v for k, v in (("engine", engine if engine != "torch" else None), ("score", score))
+                   if v is not None}
+        unknown = [k for k in options if k not in inspect.signature(task.predict).parameters]
+        if unknown:
+            raise UserError(f"--{unknown[0]}: not an option of {task.name} runs")
+        rows = task.predict(run_dir, [str(f) for f in files or []], texts, top_k, out=out, **generation, **options)
     except UserError as e:
         _fail(e)
     if generation.get("stream"):  # the answers were printed as they were generated
