@@ -9,6 +9,7 @@ report, and prediction. `TaskBase` gives the defaults a new task can keep.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +18,9 @@ import torch
 from sft.data.loaders import Inputs
 from sft.data.splits import Splits
 from sft.errors import UserError
+from sft.models.backbone import Preprocess
 from sft.core.rundir import RunDir
+from sft.core.torchfile import load_safetensors
 from sft.recipe import Recipe, Source
 from sft.tasks import load_recipe
 from sft.training.prepare import Prepared, TrainingTask
@@ -123,3 +126,38 @@ def default_eval_dir(run_dir: str | Path, data: str | Path | None) -> Path:
         return Path(run_dir) / "eval"
     name = Path(str(data)).name.split(".")[0]
     return Path(run_dir) / ("eval-" + ("".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "data"))
+
+
+# a finished run's checkpoints rebuild its model files: resuming it trains no more epochs, it exports the best one
+REBUILD = "rebuild the model files from the run's checkpoints with `sft train RUN_DIR/recipe.yaml --resume`"
+
+
+def read_model_files(run_dir: str | Path, info_type: type) -> tuple[object, dict[str, torch.Tensor]]:
+    """A finished run's model.json as `info_type` (a dataclass with a `preprocess`) and its model.safetensors, or a
+    UserError naming the missing or damaged file."""
+    run = Path(run_dir)
+    weights, info_file = run / "model.safetensors", run / "model.json"
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run directory")
+    if not (weights.is_file() and info_file.is_file()):
+        raise UserError(f"{run}: no finished model (model.safetensors, model.json); the run did not complete — "
+                        f"resume it with `sft train RECIPE --resume`")
+    try:
+        raw = json.loads(info_file.read_text(encoding="utf-8"))
+        raw["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in raw["preprocess"].items()})
+        info = info_type(**{k: v for k, v in raw.items() if k in info_type.__dataclass_fields__})
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # not JSON, or not the keys sft writes
+        raise UserError(f"{info_file}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"{REBUILD}") from None
+    return info, load_safetensors(weights, REBUILD)
+
+
+def load_parts(parts: torch.nn.Module, state: dict[str, torch.Tensor], run_dir: str | Path) -> None:
+    """Load a run's weights into the model its model.json describes, or a UserError saying the files disagree."""
+    try:
+        parts.load_state_dict(state)
+    except RuntimeError as e:  # "Error(s) in loading state_dict ...", then what is missing or unexpected
+        detail = (str(e).splitlines()[1:] or [str(e)])[0].strip()[:300]
+        raise UserError(f"{Path(run_dir) / 'model.safetensors'} does not fit {Path(run_dir) / 'model.json'} "
+                        f"({detail}); {REBUILD}") from None

@@ -26,6 +26,7 @@ from sft.models.lora import add_lora
 from sft.models.text_encoder import TextPreprocess, create_text_encoder
 from sft.models.vision import create_backbone
 from sft.recipe import Strategy
+from sft.tasks.base import REBUILD, load_parts
 from sft.tasks.classification.module import logits, new_head
 from sft.tasks.classification.recipe import TEXT
 
@@ -97,8 +98,6 @@ def read_info(path: Path) -> ModelInfo:
     return info
 
 
-# a finished run's checkpoints rebuild its model files: resuming it trains no more epochs, it exports the best one
-REBUILD = "rebuild the model files from the run's checkpoints with `sft train RUN_DIR/recipe.yaml --resume`"
 
 
 def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
@@ -124,11 +123,7 @@ def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
         raise UserError(f"{weights} has a head for {head.shape[0]} classes of {head.shape[1]} features, but "
                         f"{info_file} lists {len(info.classes)} classes of {info.num_features}: the two files are "
                         f"from different runs or damaged; {REBUILD}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:  # "Error(s) in loading state_dict ...", then what is missing or unexpected
-        detail = (str(e).splitlines()[1:] or [str(e)])[0].strip()[:300]
-        raise UserError(f"{weights} does not fit {info_file} ({detail}); {REBUILD}") from None
+    load_parts(model, state, run.path)
     model.eval()
     if info.channels_last:  # the layout it trained in: mixed layouts are several times slower on CPU
         model.to(memory_format=torch.channels_last)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torchvision.utils import draw_bounding_boxes
 
@@ -30,7 +30,7 @@ from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
-from sft.tasks.base import TaskBase, evaluation_target
+from sft.tasks.base import TaskBase, evaluation_target, load_parts, read_model_files
 from sft.tasks.detection.data import (BoxDataset, DetectionSamples, box_transforms, collate, load_image,
                                       read_detection, transform_image)
 from sft.tasks.detection.diagnosis import CHECKS, diagnose
@@ -206,20 +206,14 @@ def draw(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | None, col
 
 
 def load_model(run_dir: str | Path) -> tuple[TrainedDetector, DetectionInfo]:
-    run = Path(run_dir)
-    if not ((run / "model.safetensors").is_file() and (run / "model.json").is_file()):
-        raise UserError(f"{run}: no finished model (model.safetensors, model.json); the run did not complete")
-    raw = json.loads((run / "model.json").read_text())
-    raw["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in raw["preprocess"].items()})
-    info = DetectionInfo(**raw)
+    info, state = read_model_files(run_dir, DetectionInfo)
     backbone = create_backbone(info.backbone, None, out="maps")
     head = build_detector(info.detector, backbone.module, backbone.channels, len(info.classes),
                           fpn_channels=info.fpn_channels, anchor_sizes=info.anchor_sizes, size=info.image_size,
                           preprocess=info.preprocess, score_threshold=info.score_threshold,
                           detections=info.detections_per_image)
     parts = nn.ModuleDict({"backbone": backbone.module, "head": head})
-    parts.load_state_dict(load_file(run / "model.safetensors"))
+    load_parts(parts, state, run_dir)
     return TrainedDetector(parts["backbone"], parts["head"]).eval(), info
 
 

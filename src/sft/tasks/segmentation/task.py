@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torchvision import tv_tensors
 
@@ -30,7 +30,7 @@ from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
-from sft.tasks.base import TaskBase, evaluation_target
+from sft.tasks.base import TaskBase, evaluation_target, load_parts, read_model_files
 from sft.tasks.segmentation.data import PairDataset, joint_transforms, palette_lookup, read_pairs
 from sft.tasks.segmentation.metrics import ConfusionMatrix, confusion, scores
 from sft.tasks.segmentation.module import DecoderHead, Segmenter, segment
@@ -203,17 +203,11 @@ def _classes_file(path: str) -> list[str]:
 
 
 def load_model(run_dir: str | Path) -> tuple[TrainedSegmenter, SegmentationInfo]:
-    run = Path(run_dir)
-    if not ((run / "model.safetensors").is_file() and (run / "model.json").is_file()):
-        raise UserError(f"{run}: no finished model (model.safetensors, model.json); the run did not complete")
-    raw = json.loads((run / "model.json").read_text())
-    raw["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in raw["preprocess"].items()})
-    info = SegmentationInfo(**raw)
+    info, state = read_model_files(run_dir, SegmentationInfo)
     backbone = create_backbone(info.backbone, None, out="maps")
     head = DecoderHead(info.decoder, backbone.channels, backbone.reductions, len(info.classes), info.decoder_channels)
     parts = nn.ModuleDict({"backbone": backbone.module, "head": head})
-    parts.load_state_dict(load_file(run / "model.safetensors"))
+    load_parts(parts, state, run_dir)
     model = TrainedSegmenter(parts["backbone"], parts["head"], info.channels_last).eval()
     if info.channels_last:
         model.to(memory_format=torch.channels_last)
