@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from sft import fine_tune
 from sft.recipe import dump_recipe
-from tests.conftest import sft, tiny_args, tiny_recipe
+from tests.conftest import sft, tiny_args, tiny_recipe, tiny_text_recipe
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
@@ -168,19 +168,36 @@ KILL_MID_EPOCH = textwrap.dedent("""
 """)
 
 
+def killed_at_step_11(tmp_path, recipe) -> dict:
+    """Run `recipe` in a child process killed with SIGKILL at step 11; its last.ckpt."""
+    path = tmp_path / "b.yaml"
+    path.write_text(dump_recipe(recipe))
+    done = subprocess.run([sys.executable, "-c", KILL_MID_EPOCH, str(path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    return torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
 @pytest.mark.parametrize("strategy", ["full", "gradual"])
 def test_killed_inside_an_epoch_and_resumed_equals_the_uninterrupted_run(tmp_path, fashion_slice, strategy):
     args = (f"strategy.name={strategy}", "trainer.epochs=2", "data.augment=light", "model.dropout=0.2",
             "data.batch_size=32")
     whole = fine_tune(tiny_recipe(tmp_path / "a", fashion_slice, *args))  # default: checkpoints every 5 minutes
     recipe = tiny_recipe(tmp_path / "b", fashion_slice, *args, "trainer.checkpoint_steps=3")
-    path = tmp_path / "b.yaml"
-    path.write_text(dump_recipe(recipe))
-    done = subprocess.run([sys.executable, "-c", KILL_MID_EPOCH, str(path)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
-    last = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    last = killed_at_step_11(tmp_path, recipe)
     assert last["global_step"] == 9 and last["epoch"] == 1 and last["RunData"] == {"epoch": 1, "batches_done": 2}
     resumed = fine_tune(recipe, resume=True)
     assert same_weights(whole.dir, resumed.dir) == []
     assert resumed.metrics["test_acc"] == whole.metrics["test_acc"]
+
+
+def test_a_text_run_killed_inside_an_epoch_resumes_to_the_same_weights(tmp_path, fortunes_slice, tiny_bert):
+    """Batches grouped by length (their own sampler) resume at the same batch too."""
+    args = ("strategy.name=full", "trainer.epochs=2", "model.dropout=0.1")
+    whole = fine_tune(tiny_text_recipe(tmp_path / "a", fortunes_slice, tiny_bert, *args))
+    recipe = tiny_text_recipe(tmp_path / "b", fortunes_slice, tiny_bert, *args, "trainer.checkpoint_steps=3")
+    assert recipe.data.group_by_length
+    last = killed_at_step_11(tmp_path, recipe)
+    assert last["global_step"] == 9 and last["RunData"] == {"epoch": 1, "batches_done": 2}
+    resumed = fine_tune(recipe, resume=True)
+    assert same_weights(whole.dir, resumed.dir) == []

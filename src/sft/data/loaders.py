@@ -98,8 +98,11 @@ class RunData(L.LightningDataModule):
         dataset = self.eval_dataset("train", cached=True) if head_only else self.train_set
         if isinstance(dataset, EpochSeeded):  # its augmentations: a function of (seed, epoch, sample)
             dataset.seed, dataset.epoch = self.seed, self._epoch()
-        resumed, self.resume_at = self.resume_at, None
-        skip = resumed[1] if resumed and resumed[0] == self._epoch() else 0  # the batches trained before a resume
+        # the batches trained before a resume: every loader of that epoch skips them (Lightning may build one before
+        # it restores the epoch counter, and another when the epoch starts)
+        if self.resume_at and self.resume_at[0] < self._epoch():
+            self.resume_at = None
+        skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self._epoch() else 0
         return self._loader(dataset, shuffle=True, balanced=self.balance in SAMPLER_MODES,
                             lengths=None if head_only else self.lengths, skip=skip)  # cached features have no padding
 

@@ -94,5 +94,4 @@ class ResumableBatches(torch.utils.data.BatchSampler):
         self.skip = skip
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip, self.skip = self.skip, 0  # once: the next epoch is whole
-        return itertools.islice(super().__iter__(), skip, None)
+        return itertools.islice(super().__iter__(), self.skip, None)  # a loader serves one epoch: every time
