@@ -38,6 +38,7 @@ test: install data browser
 	$(PY) -m pytest -q
 
 bench: install data
+	$(PY) -m pip install -q 'trl>=1.0'  # bench/instruct_throughput.py's baseline (pyproject's bench extra)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 # Re-resolve the exact versions of the whole stack from requirements.txt's ranges, in a fresh environment
