@@ -84,7 +84,9 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     schedule = Schedule(recipe.strategy, backbone.groups)
     model = task.build_module(recipe, backbone, splits, schedule, channels_last)
     cache = task.uses_feature_cache(recipe) and recipe.strategy.cache != "none"
-    if cache and schedule.head_only(0) and recipe.strategy.head_init == "probe":
+    probe = recipe.strategy.head_init == "probe" or (recipe.strategy.head_init == "auto"
+                                                     and recipe.strategy.name == "linear-probe")
+    if cache and schedule.head_only(0) and probe:
         notes["probe"] = start_from_probe(model, splits, inputs, features)
     head_only = (lambda epoch: schedule.head_only(epoch)) if cache else (lambda epoch: False)
     data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers,
