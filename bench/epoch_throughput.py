@@ -39,10 +39,13 @@ class EpochTimer(Callback):
         self.seconds: list[float] = []
 
     def on_train_epoch_start(self, trainer, module):
-        self.started = time.perf_counter()
+        self.started = self.last_step = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, module):
-        self.seconds.append(time.perf_counter() - self.started)
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.last_step = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):  # Lightning validates before this hook: stop at the last step
+        self.seconds.append(self.last_step - self.started)
 
 
 def device() -> torch.device:

@@ -41,18 +41,18 @@ def test_the_path_keeps_the_strength_that_scores_best_on_validation():
 
 
 def test_a_head_only_start_loads_the_probe_and_random_does_not(tmp_path, fashion_slice):
-    recipe = (tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage", "strategy.head_init=probe"))
+    recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage", "strategy.head_init=probe")
     p = prepare(get_task(recipe.task), recipe)
     assert set(p.notes["probe"]) == {"l2", "val_acc", "seconds"}
     x = p.data.features("val", p.data.eval_sets["val"])
     with torch.no_grad():
         accuracy = (p.model.head(x).argmax(1).numpy() == p.splits.val.labels).mean()
     assert accuracy == pytest.approx(p.notes["probe"]["val_acc"], abs=1e-6)
-    recipe = (tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage", "strategy.head_init=random"))
+    recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage", "strategy.head_init=random")
     assert "probe" not in prepare(get_task(recipe.task), recipe).notes
-    recipe = (tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage"))  # auto: linear-probe runs only
+    recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage")  # auto: linear-probe runs only
     assert "probe" not in prepare(get_task(recipe.task), recipe).notes
-    recipe = (tiny_recipe(tmp_path, fashion_slice, "strategy.name=linear-probe"))
+    recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=linear-probe")
     assert "probe" in prepare(get_task(recipe.task), recipe).notes
-    recipe = (tiny_recipe(tmp_path, fashion_slice, "strategy.name=full", "strategy.head_init=probe"))
+    recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=full", "strategy.head_init=probe")
     assert "probe" not in prepare(get_task(recipe.task), recipe).notes
