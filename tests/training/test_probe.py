@@ -6,7 +6,8 @@ from torch import nn
 
 from sft.tasks import get_task
 from sft.training.prepare import prepare
-from sft.training.probe import final_linear, fit_probe, load_probe
+from sft.models.backbone import last_linear
+from sft.training.probe import fit_probe, load_probe
 from tests.conftest import tiny_recipe
 
 
@@ -37,7 +38,7 @@ def test_the_path_keeps_the_strength_that_scores_best_on_validation():
         assert other.val_acc <= fit.val_acc
     head = nn.Sequential(nn.Dropout(0.1), nn.Linear(8, 3))
     load_probe(head, fit)
-    assert torch.equal(final_linear(head).weight, fit.weight)
+    assert torch.equal(last_linear(head).weight, fit.weight)
 
 
 def test_a_head_only_start_loads_the_probe_and_random_does_not(tmp_path, fashion_slice):

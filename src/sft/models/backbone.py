@@ -125,3 +125,9 @@ def _parameters_used(maps: FeatureMaps, preprocess) -> set[str]:
         for n, p in params.items():
             p.grad = None
             p.requires_grad_(flags[n])
+
+
+def last_linear(module: nn.Module) -> nn.Linear | None:
+    """A head's last nn.Linear (the classifier layer inside Dropout/Sequential wrappers), or None."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sft.models.backbone import last_linear
+
 L2_PATH = tuple(10.0 ** -(k / 2) for k in range(2, 13))  # 1e-1 ... 1e-6, half-decades, strong to weak
 
 
@@ -66,16 +68,11 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
     return best
 
 
-def final_linear(head: nn.Module) -> nn.Linear:
-    """The head's last nn.Linear: the layer a probe's weights go into."""
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("the head has no nn.Linear layer")
-    return linears[-1]
-
-
 def load_probe(head: nn.Module, fit: ProbeFit) -> None:
-    linear = final_linear(head)
+    """Put the probe's weights into the head's last nn.Linear."""
+    linear = last_linear(head)
+    if linear is None:
+        raise ValueError("the head has no nn.Linear layer")
     with torch.no_grad():
         linear.weight.copy_(fit.weight.to(linear.weight))
         linear.bias.copy_(fit.bias.to(linear.bias))

@@ -27,6 +27,7 @@ from sft.core.precision import resolve_precision, use_channels_last
 from sft.core.rundir import check_replaceable, mark
 from sft.data.samples import Samples, stratified_split, stratified_subset
 from sft.errors import UserError
+from sft.models.backbone import last_linear
 from sft.models.vision import classify_imagenet_head
 from sft.recipe import Recipe
 from sft.tasks.classification.tools import transfer
@@ -107,8 +108,7 @@ def _source_probs(name: str, weights: str | None, features: torch.Tensor) -> tup
     else:
         head = next((getattr(full, a) for a in ("classifier", "fc", "heads", "head")
                      if isinstance(getattr(full, a, None), nn.Module)), None)
-        linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if head is not None else []
-        head = linears[-1] if linears else None
+        head = last_linear(head) if head is not None else None
     if not isinstance(head, nn.Linear) or head.in_features != features.shape[1]:
         return None, "the source classifier does not act on the pooled features"
     with torch.inference_mode():
