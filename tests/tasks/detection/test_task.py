@@ -132,6 +132,19 @@ def test_recipe_keys_and_a_checkpoint_of_another_class_count(tmp_path):
     assert counts["loaded"] > 0 and counts["skipped"] == 2  # the class logits' weight and bias
     fpn = "backbone.fpn.inner_blocks.0.0.weight"
     assert torch.equal(mine.state_dict()[fpn], pretrained.state_dict()[fpn])
+    # torchvision's references save {"model": state, "args": Namespace}: the state is used, the Namespace refused
+    torch.save({"model": pretrained.state_dict()}, tmp_path / "wrapped.pth")
+    assert load_detector_checkpoint(make(3), str(tmp_path / "wrapped.pth")) == counts
+    import argparse
+    from sft.errors import UserError
+    torch.save({"model": pretrained.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "refs.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    torch.save({"model": 3}, tmp_path / "number.pth")
+    for name in ("refs.pth", "junk.pth", "junk.safetensors", "number.pth"):
+        with pytest.raises(UserError, match=name) as raised:
+            load_detector_checkpoint(make(3), str(tmp_path / name))
+        assert "weights_only=False" not in str(raised.value)
 
 
 @pytest.mark.slow

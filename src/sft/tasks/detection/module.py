@@ -22,8 +22,10 @@ its `head` is the detector without it (FPN + heads), which calls the backbone wi
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from sft.core.torchfile import load_safetensors, load_torch_file
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
@@ -42,6 +45,7 @@ from sft.tasks.detection.recipe import DetectionRecipe
 from sft.training.module import FineTuneModule
 from sft.training.strategies import Schedule
 
+log = logging.getLogger("sft")
 LEVELS = {"fcos": 5, "retinanet": 5, "fasterrcnn": 4}  # P3-P5 + P6, P7 (or a max-pooled P6)
 
 
@@ -128,17 +132,22 @@ def from_detector(outputs: list[dict]) -> list[dict]:
 
 def load_detector_checkpoint(head: nn.Module, path: str) -> dict:
     """Tensors of a detector state dict (e.g. COCO-pretrained) whose names and shapes match the head; returns
-    counts. Class-sized layers of another class count are skipped, as in torchvision's fine-tuning tutorial."""
-    from pathlib import Path
+    counts. Class-sized layers of another class count are skipped, as in torchvision's fine-tuning tutorial. A
+    torchvision training checkpoint ({"model": state, "args": ...}) gives its "model"."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"model.checkpoint: {file} not found")
+    hint = "model.checkpoint takes a detector's state dict (.pth/.pt of tensors, or .safetensors)"
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file  # deferred: only this option reads safetensors here
-        state = load_file(file)
+        state = load_safetensors(file, hint)
     else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+        state = load_torch_file(file, hint)
+        if isinstance(state, dict):
+            state = state.get("model", state.get("state_dict", state))
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"model.checkpoint: {file} holds no state dict (names to tensors, or a {{\"model\": "
+                        f"state}} wrapper); {hint}")
     own = head.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
@@ -157,7 +166,9 @@ class Detector(FineTuneModule):
                               preprocess=backbone.preprocess, score_threshold=m.score_threshold,
                               detections=m.detections_per_image, channels_last=channels_last)
         if m.checkpoint:
-            load_detector_checkpoint(head, m.checkpoint)
+            counts = load_detector_checkpoint(head, m.checkpoint)
+            log.info(f"model.checkpoint {m.checkpoint}: {counts['loaded']} tensors loaded into the FPN and heads, "
+                     f"{counts['skipped']} left as initialised (other names or shapes, e.g. class-sized layers)")
         super().__init__(backbone.module, head, schedule, recipe.optim, recipe.trainer.epochs, channels_last=False)
         self.classes, self.anchor_sizes, self.image_size = splits.classes, list(anchor_sizes), size
         self.val_map = mean_ap()
