@@ -50,11 +50,8 @@ def shipped_gguf(name: str) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    from sft.core.digest import sha256_file
+    return sha256_file(path)
 
 
 def converted_gguf(gguf: Path, cache_dir: str | Path) -> Path:

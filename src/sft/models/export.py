@@ -10,7 +10,6 @@ outputs with nothing to catch it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from sft.core.atomic import atomic_write_dir
+from sft.core.digest import sha256_file
 from sft.core.rundir import check_replaceable, mark
 from sft.errors import UserError
 
@@ -137,11 +137,7 @@ def write_export_dir(out: str | Path, write: Callable[[Path], None], **facts) ->
 
 def file_id(path: str | Path) -> str:
     """sha256 of the run's weights file: ties an export (and a server's /metadata) to the exact weights."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + sha256_file(path)
 
 
 def export_onnx_checked(out: Path, *, graph: nn.Module, example: tuple, inputs: list[str],
