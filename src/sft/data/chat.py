@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sft.data.samples import Samples
-from sft.data.texts import _jsonl_rows, _table_rows
+from sft.data.texts import jsonl_rows, table_rows
 from sft.errors import UserError
 
 ROLES = ("system", "user", "assistant")
@@ -40,7 +40,7 @@ def read_chats(path, *, format: str = "auto", prompt_column: str = "prompt",
     if format not in CHAT_FORMATS:
         raise UserError(f"{path}: conversations are read from {', '.join(CHAT_FORMATS)} files (by suffix or "
                         f"data.*.format)")
-    rows = _jsonl_rows(path) if format == "jsonl" else _table_rows(path, "\t" if format == "tsv" else ",")
+    rows = jsonl_rows(path) if format == "jsonl" else table_rows(path, "\t" if format == "tsv" else ",")
     chats, ids = [], []
     for line, row in rows:
         where = f"{path}:{line}"

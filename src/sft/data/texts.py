@@ -29,7 +29,7 @@ def read_texts(path, *, format: str = "auto", text_column: str = "text", pair_co
             path.suffix.lower(), "")
     if format not in TEXT_FORMATS:
         raise UserError(f"{path}: texts are read from {', '.join(TEXT_FORMATS)} files (by suffix or data.*.format)")
-    rows = list(_jsonl_rows(path) if format == "jsonl" else _table_rows(path, "\t" if format == "tsv" else ","))
+    rows = list(jsonl_rows(path) if format == "jsonl" else table_rows(path, "\t" if format == "tsv" else ","))
     columns = [text_column, label_column] + ([pair_column] if pair_column else [])
     texts, labels, ids, empty = [], [], [], []
     for line, row in rows:
@@ -58,7 +58,7 @@ def read_texts(path, *, format: str = "auto", text_column: str = "text", pair_co
     return Samples(texts, np.array([index[x] for x in labels], dtype=np.int64), names, ids, kind="text")
 
 
-def _table_rows(path: Path, delimiter: str):
+def table_rows(path: Path, delimiter: str):
     """(line, row) pairs, `line` being where the row starts (a quoted field may span lines)."""
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # a long text is a text, in CSV as in JSONL
     reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter=delimiter)
@@ -77,7 +77,7 @@ def _table_rows(path: Path, delimiter: str):
         raise UserError(f"{path}:{reader.line_num}: cannot read ({e})") from None
 
 
-def _jsonl_rows(path: Path):
+def jsonl_rows(path: Path):
     for line, text in enumerate(read_utf8(path).split("\n"), 1):
         if not text.strip():
             continue

@@ -24,7 +24,7 @@ from sft.core.atomic import atomic_write_dir
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.lora import add_lora
-from sft.models.text_encoder import _quiet_transformers, layer_groups
+from sft.models.text_encoder import quiet_transformers, layer_groups
 from sft.recipe import Strategy
 
 SMOLLM2 = "smollm2"
@@ -75,7 +75,7 @@ def _convert(gguf: Path, digest: str, out: Path) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise UserError(f"{gguf}: reading GGUF files needs the gguf package: pip install gguf")
     kw = {"gguf_file": gguf.name}
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
         config = AutoConfig.from_pretrained(str(gguf.parent), **kw)
@@ -132,7 +132,7 @@ def load_causal_lm(name: str, weights: str | None, cache_dir: str | Path):
     folder = model_folder(name, cache_dir)
     local = Path(folder).is_dir()
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = distinct_pad(AutoTokenizer.from_pretrained(folder))
             if weights == "pretrained":
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

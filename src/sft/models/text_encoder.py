@@ -85,7 +85,7 @@ def create_text_encoder(name: str, weights: str | None, pooling: str):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         build = (lambda **kw: AutoModel.from_pretrained(folder, **kw)) if weights == "pretrained" else (
             lambda **kw: AutoModel.from_config(config, **kw))
-        with _quiet_transformers():
+        with quiet_transformers():
             model = _without_pooler(build)
     except (OSError, ValueError, KeyError) as e:
         where = "folder" if local else "hub name (needs internet; offline, use a local model folder or minilm)"
@@ -99,7 +99,7 @@ def create_text_encoder(name: str, weights: str | None, pooling: str):
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """No per-load report or progress bar: the dropped pooler is expected, not news for the user."""
     from transformers.utils import logging as hf_logging
     level = hf_logging.get_verbosity()
