@@ -19,7 +19,7 @@ from sft.data.loaders import Inputs
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
-from sft.core.rundir import RunDir
+from sft.core.rundir import RunDir, check_replaceable, folder_kind
 from sft.core.torchfile import load_safetensors
 from sft.recipe import Recipe, Source
 from sft.tasks import load_recipe
@@ -118,6 +118,21 @@ def evaluation_target(run_dir: str | Path, data: str | Path | None,
     if source is None:
         raise UserError(f"{run.path}: the run has no test split; pass --data with labelled data")
     return run, recipe, source, Path(out) if out else default_eval_dir(run.path, data)
+
+
+def check_eval_out(out: Path, source_path: str, run_path: Path, overwrite: bool) -> None:
+    """Whether `sft eval` may write `out`: an evaluation of the same data is replaced, one of other data only with
+    --overwrite (as for classification); anything else goes to check_replaceable, which says what is there."""
+    previous, same = out / "results.json", False
+    if folder_kind(out) == "eval" and previous.is_file():
+        try:
+            data, what = json.loads(previous.read_text(encoding="utf-8")).get("data"), "the evaluation of other data"
+        except (OSError, ValueError, AttributeError):  # unreadable or not a JSON object: not known to be the same
+            data, what = None, "an evaluation whose results.json cannot be read"
+        same = data == source_path
+        if not same and not overwrite:
+            raise UserError(f"{out} holds {what}; pass --overwrite to replace it or --out another folder")
+    check_replaceable(out, "eval", overwrite=overwrite or same, keep=(source_path, run_path))
 
 
 def default_eval_dir(run_dir: str | Path, data: str | Path | None) -> Path:

@@ -88,3 +88,13 @@ def test_eval_of_other_data_does_not_replace_an_evaluation(frozen_run, segmentat
     assert result.exit_code == 2 and "other data" in result.output
     assert json.loads((out / "results.json").read_text())["data"].endswith("test")
     assert sft("eval", frozen_run, "--out", out, "--top-losses", "0").exit_code == 0  # the same data: re-evaluated
+    (out / "results.json").write_text("{not json")  # a damaged evaluation: a message, not a traceback
+    result = sft("eval", frozen_run, "--out", out, "--top-losses", "0")
+    assert result.exit_code == 2 and "results.json cannot be read" in result.output
+    assert sft("eval", frozen_run, "--out", out, "--top-losses", "0", "--overwrite").exit_code == 0
+    foreign = tmp_path / "foreign"  # not sft's: its results.json is not read, and the folder is left untouched
+    foreign.mkdir()
+    (foreign / "results.json").write_text("[1, 2]")
+    result = sft("eval", frozen_run, "--out", foreign, "--top-losses", "0", "--overwrite")
+    assert result.exit_code == 2 and "not written by sft" in result.output
+    assert (foreign / "results.json").read_text() == "[1, 2]"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sft.core.atomic import atomic_write_dir
 from sft.core.html import esc, page, table
-from sft.core.rundir import RunDir, check_replaceable, mark
+from sft.core.rundir import RunDir, mark
 from sft.data.chat import ChatCollate, ChatDataset, final_answers, label_set, read_chats
 from sft.data.loaders import Inputs
 from sft.data.splits import Splits, load_splits
@@ -23,7 +23,7 @@ from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.causal_lm import create_causal_lm, model_folder
 from sft.tasks import load_recipe
-from sft.tasks.base import TaskBase, evaluation_target
+from sft.tasks.base import TaskBase, check_eval_out, evaluation_target
 from sft.tasks.causal_lm.generation import (ChatInfo, export_run, generate, held_out_loss, label_scores, load_base,
                                             load_run, prompt_of)
 from sft.tasks.causal_lm.module import ChatLM
@@ -108,12 +108,7 @@ class CausalLM(TaskBase):
         model, tokenizer, info = load_run(run.path)
         samples = read_chats(source.path, format=source.format, prompt_column=d.prompt_column,
                              completion_column=d.completion_column)
-        previous = out / "results.json"
-        same = previous.is_file() and json.loads(previous.read_text()).get("data") == source.path
-        if previous.is_file() and not same and not overwrite:
-            raise UserError(f"{out} holds the evaluation of other data; pass --overwrite to replace it or --out "
-                            f"another folder")
-        check_replaceable(out, "eval", overwrite=overwrite or same, keep=(source.path, run.path))
+        check_eval_out(out, source.path, run.path, overwrite)
         batch_size = min(batch_size, 16)
         summary = {"samples": len(samples), **held_out_loss(model, tokenizer, samples, info.max_length, batch_size,
                                                            progress)}

@@ -30,7 +30,7 @@ from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
-from sft.tasks.base import TaskBase, evaluation_target, load_parts, read_model_files
+from sft.tasks.base import TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files
 from sft.tasks.detection.data import (BoxDataset, DetectionSamples, box_transforms, collate, load_image,
                                       read_detection, transform_image)
 from sft.tasks.detection.diagnosis import CHECKS, diagnose
@@ -137,12 +137,7 @@ class Detection(TaskBase):
         run, _, source, out = evaluation_target(run_dir, data, out)
         model, info = load_model(run.path)
         samples = read_detection(source.path, source.format, info.classes)
-        previous = out / "results.json"
-        same = previous.is_file() and json.loads(previous.read_text()).get("data") == source.path
-        if previous.is_file() and not same and not overwrite:  # as for classification: other data is not replaced
-            raise UserError(f"{out} holds the evaluation of other data; pass --overwrite to replace it or --out "
-                            f"another folder")
-        check_replaceable(out, "eval", overwrite=overwrite or same, keep=(source.path, run.path))
+        check_eval_out(out, source.path, run.path, overwrite)
         dataset = BoxDataset(samples, box_transforms(info.image_size, "none")[1])
         result = evaluate(model, dataset, info.classes, batch_size=batch_size, top_n=top_n, progress=progress,
                           extended=True)
