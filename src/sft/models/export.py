@@ -170,8 +170,14 @@ def check_export_weights(folder: Path, weights: Path, run_dir) -> dict:
     if not (folder / "model.onnx").is_file():
         raise UserError(f"{run_dir}: no ONNX export ({folder}/model.onnx); write it with `sft export {run_dir} "
                         f"--format onnx`")
-    meta = json.loads((folder / "model.json").read_text())
-    if weights.is_file() and meta.get("weights_id") != file_id(weights):
+    try:
+        meta = json.loads((folder / "model.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:  # missing, unreadable, or not JSON (json's errors are ValueErrors)
+        raise UserError(f"{folder / 'model.json'}: missing or damaged ({e}); export again with `sft export "
+                        f"{run_dir} --format onnx --overwrite`") from None
+    if weights.is_file() and meta.get("weights_id") != file_id(weights):  # file_id is cached: serving asks again
         raise UserError(f"{folder}: exported from other weights than the run's model.safetensors (retrained?); "
                         f"export again with `sft export {run_dir} --format onnx --overwrite`")
     return meta

@@ -89,6 +89,10 @@ def test_image_export_dynamic_batch_parity_and_onnx_predict(image_run, fashion_s
     (folder / "model.json").write_text(json.dumps(meta))
     stale = sft("predict", image_run, files[0], "--engine", "onnx")
     assert stale.exit_code == 2 and "other weights" in stale.output
+    for damage in ("{not json", None):  # a damaged or missing model.json is an error naming it, not a traceback
+        (folder / "model.json").write_text(damage) if damage else (folder / "model.json").unlink()
+        broken = sft("predict", image_run, files[0], "--engine", "onnx")
+        assert broken.exit_code == 2 and "model.json: missing or damaged" in broken.output
 
 
 def test_a_failing_parity_check_writes_nothing_unless_forced(image_run, tmp_path, monkeypatch):
