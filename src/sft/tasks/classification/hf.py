@@ -103,9 +103,9 @@ def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
     check_export_dir(out, run.path, overwrite)
     inputs = task.run_inputs(model, info)
     parts = parity_samples(task, run.path)
-    encoder = copy.deepcopy(model.backbone.model)
-    if info.lora:
-        encoder = encoder.merge_and_unload()
+    encoder = model.backbone.model
+    if info.lora:  # merged in a copy: the parity check compares with the unmerged run model
+        encoder = copy.deepcopy(encoder).merge_and_unload()
     linear = model.head[-1]
     result: dict = {}
 

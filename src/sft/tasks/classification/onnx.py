@@ -111,8 +111,9 @@ def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: boo
     example = next(batches(2))
     if info.task == TEXT:
         names = list(example)
-        exported = copy.deepcopy(model)
-        if info.lora:  # the adapters folded into the encoder's weights: a plain transformers model
+        exported = model
+        if info.lora:  # the adapters folded into a copy's encoder (the check compares with the unmerged model)
+            exported = copy.deepcopy(model)
             exported.backbone.model = exported.backbone.model.merge_and_unload()
         graph, args = _Positional(exported, names), tuple(example[n] for n in names)
         dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
