@@ -63,6 +63,8 @@ def test_coco_and_yolo_read_the_same_boxes_and_keep_negatives(tmp_path):
     ({"category_id": 1, "bbox": [4, 3, 0, 5]}, "annotation id 1: bbox [4, 3, 0, 5] has a non-positive width"),
     ({"category_id": 7, "bbox": [4, 3, 5, 5]}, "annotation id 1: unknown category id 7 (known: [1, 2])"),
     ({"category_id": 1, "bbox": [4, 3, 5, 5], "image_id": 9}, "annotation id 1: image_id 9 is not in"),
+    ({"category_id": 1}, "annotation id 1: expected \"bbox\": [x, y, width, height] (4 numbers), got None"),
+    ({"category_id": 1, "bbox": [4, 3, 5]}, "annotation id 1: expected \"bbox\": [x, y, width, height]"),
 ])
 def test_coco_mistakes_are_named(tmp_path, annotation, message):
     path = coco(tmp_path, [annotation])
@@ -72,6 +74,19 @@ def test_coco_mistakes_are_named(tmp_path, annotation, message):
     with pytest.raises(UserError) as e:
         read_detection(path, "coco", None)
     assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_coco_entries_without_their_keys_are_named(tmp_path):
+    path = coco(tmp_path / "a", [], categories=({"id": 1},))
+    with pytest.raises(UserError, match="category 0 .* needs an \"id\" and a \"name\""):
+        read_detection(path, "coco", None)
+    path = coco(tmp_path / "b", [])
+    data = json.loads(path.read_text())
+    del data["images"][0]["id"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="image entry 0 .* has no \"id\"") as e:
+        read_detection(path, "coco", None)
+    assert str(path) in str(e.value)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -97,7 +97,11 @@ def read_coco(path: Path, classes: list[str] | None):
         raise UserError(f"{path}: cannot read COCO JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"{path}: not a COCO instances file (no \"images\" list)")
-    categories = sorted(data.get("categories") or [], key=lambda c: c["id"])
+    categories = data.get("categories") or []
+    for n, c in enumerate(categories):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise UserError(f"{path}: category {n} ({c!r:.80}) needs an \"id\" and a \"name\"")
+    categories = sorted(categories, key=lambda c: c["id"])
     names = [str(c["name"]) for c in categories]
     if classes is None:
         classes = names
@@ -106,13 +110,17 @@ def read_coco(path: Path, classes: list[str] | None):
         raise UserError(f"{path}: categories {unknown[:5]} are not in data.classes {classes}")
     index_of = {c["id"]: classes.index(str(c["name"])) for c in categories}
     images, sizes, order = {}, {}, []
-    for entry in data["images"]:
+    for n, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise UserError(f"{path}: image entry {n} ({entry!r:.80}) has no \"id\"")
         file = _find_image(path.parent, str(entry.get("file_name", "")), f"{path}: image id {entry.get('id')}")
         images[entry["id"]] = file
         sizes[entry["id"]] = (entry.get("width"), entry.get("height"))
         order.append(entry["id"])
     found = {i: ([], []) for i in order}
-    for ann in data.get("annotations") or []:
+    for n, ann in enumerate(data.get("annotations") or []):
+        if not isinstance(ann, dict):
+            raise UserError(f"{path}: annotation {n} is not an object ({ann!r:.80})")
         where = f"{path}: annotation id {ann.get('id')}"
         if ann.get("image_id") not in images:
             raise UserError(f"{where}: image_id {ann.get('image_id')} is not in \"images\"")
@@ -123,7 +131,11 @@ def read_coco(path: Path, classes: list[str] | None):
         if not all(sizes[ann["image_id"]]):
             sizes[ann["image_id"]] = _image_size(images[ann["image_id"]])
         w, h = sizes[ann["image_id"]]
-        x, y, bw, bh = (float(v) for v in ann["bbox"])
+        try:
+            x, y, bw, bh = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{where}: expected \"bbox\": [x, y, width, height] (4 numbers), got "
+                            f"{ann.get('bbox')!r:.80}") from None
         box = check_box([x, y, x + bw, y + bh], w, h, where, f"bbox {ann['bbox']}",
                         xyxy_hint=bw > x and bh > y and bw <= w + TOLERANCE and bh <= h + TOLERANCE,
                         hint="it looks like [x1, y1, x2, y2] (xyxy); COCO's bbox is [x, y, width, height]")
