@@ -131,5 +131,8 @@ def test_transforms_move_boxes_with_the_image(tmp_path):
         assert x.shape == (3, 32, 32) and len(t["boxes"]) == len(t["labels"]) <= 2
         assert (t["boxes"] >= 0).all() and (t["boxes"] <= 32).all()
         assert ((t["boxes"][:, 2:] - t["boxes"][:, :2]) >= 1).all()
+    tiny = read_detection(coco(tmp_path / "tiny", [{"category_id": 1, "bbox": [4, 4, 1, 1]}]), "coco", None)
+    assert len(BoxDataset(tiny, evaluation)[0][1]["boxes"]) == 1  # under a pixel at 32 px: still scored
+    assert len(BoxDataset(tiny, box_transforms(32, "none")[0])[0][1]["boxes"]) == 0  # training may drop it
     images, targets = collate([BoxDataset(samples, evaluation)[0]] * 3)
     assert images.shape == (3, 3, 32, 32) and isinstance(targets, list) and len(targets) == 3

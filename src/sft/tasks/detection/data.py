@@ -5,7 +5,8 @@ Every annotation is checked when the split is read, so a box outside its image o
 category, a label file without an image, an empty split, or a box written in the other convention (xyxy where COCO
 wants xywh, xyxy or pixels where YOLO wants normalised cx cy w h) stops the run before training, naming the file and
 the annotation id or line. Images and boxes are transformed together (torchvision.transforms.v2 with
-`tv_tensors.BoundingBoxes`), and boxes that a crop leaves empty are dropped with their labels (SanitizeBoundingBoxes).
+`tv_tensors.BoundingBoxes`), and in training boxes that a crop leaves empty are dropped with their labels
+(SanitizeBoundingBoxes); evaluation keeps them all.
 """
 
 from __future__ import annotations
@@ -239,11 +240,13 @@ def _columns(images: dict, found: dict, sizes: dict, order: list, classes: list[
 def box_transforms(size: int, augment: str) -> tuple[v2.Compose, v2.Compose]:
     """(train, eval) transforms of (image, {"boxes", "labels"}) to a size x size float image in 0..1 (the detector
     normalises it with the backbone's mean and std). Training: flip, scale jitter, then a crop (or pad) back to the
-    size; boxes cut to nothing are dropped with their labels."""
-    finish = [v2.ToDtype(torch.float32, scale=True), v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1)]
+    size; boxes cut to nothing are dropped with their labels. Evaluation keeps every box (clamped only): a box that
+    shrinks under a pixel is still an object to find, and dropping it would raise the mAP."""
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.ClampBoundingBoxes()]
     eval_tf = v2.Compose([v2.Resize((size, size), antialias=True), *finish])
+    finish.append(v2.SanitizeBoundingBoxes(min_size=1))
     if augment == "none":
-        return eval_tf, eval_tf
+        return v2.Compose([v2.Resize((size, size), antialias=True), *finish]), eval_tf
     jitter = (0.75, 1.25) if augment == "light" else (0.5, 1.5)
     train = [v2.Resize((size, size), antialias=True), v2.RandomHorizontalFlip(),
              v2.ScaleJitter((size, size), scale_range=jitter, antialias=True),
