@@ -65,7 +65,9 @@ def test_image_export_dynamic_batch_parity_and_onnx_predict(image_run, fashion_s
     assert max(abs(a["probability"] - b["probability"]) for a, b in zip(torch_rows, onnx_rows)) <= 1e-4
 
     # an export is never written over: not again without --overwrite, never into the run itself
-    again = sft("export", image_run)
+    with pytest.MonkeyPatch.context() as mp:  # refused before the model is loaded
+        mp.setattr("sft.tasks.classification.onnx.load_model", lambda *a: pytest.fail("loaded the model"))
+        again = sft("export", image_run)
     assert again.exit_code == 2 and "already holds an export" in again.output
     assert sft("export", image_run, "--overwrite").exit_code == 0
     assert "run directory itself" in sft("export", image_run, "--out", image_run).output

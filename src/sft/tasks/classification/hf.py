@@ -98,9 +98,9 @@ def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
               overwrite: bool) -> tuple[Path, dict]:
     """Write the run's text classifier as a transformers folder, checked against the run's PyTorch model."""
     run = RunDir(run_dir)
-    model, info = load_model(run.path)
     out = Path(out) if out else default_folder(run.path, "hf")
-    check_export_dir(out, run.path, overwrite)
+    check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
+    model, info = load_model(run.path)
     inputs = task.run_inputs(model, info)
     parts = parity_samples(task, run.path)
     encoder = model.backbone.model
@@ -144,13 +144,13 @@ def export_timm_hf(task, run_dir: str | Path, out: str | Path | None, *, force: 
     import timm  # deferred: only this export needs timm's hub helpers here
 
     run = RunDir(run_dir)
+    out = Path(out) if out else default_folder(run.path, "hf")
+    check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
     model, info = load_model(run.path)
     lib, _, arch = info.backbone.partition("/")
     if lib != "timm":
         raise UserError(f"--format hf for images is timm's Hugging Face format, which holds timm models only; "
                         f"{info.backbone} is not one: use --format onnx")
-    out = Path(out) if out else default_folder(run.path, "hf")
-    check_export_dir(out, run.path, overwrite)
     full = timm.create_model(arch, pretrained=False, num_classes=len(info.classes)).eval()
     classifier = full.pretrained_cfg.get("classifier", "classifier")
     linear = model.head[-1]

@@ -98,9 +98,9 @@ def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: boo
     """Convert the run's model, check it against the PyTorch model and write the export folder (see the module
     docstring). A failed check writes nothing unless `force`. Returns the folder and the parity result."""
     run = RunDir(run_dir)
-    model, info = load_model(run.path)
     out = Path(out) if out else default_folder(run.path, "onnx")
-    check_export_dir(out, run.path, overwrite)
+    check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
+    model, info = load_model(run.path)
     inputs = task.run_inputs(model, info)
     parts = parity_samples(task, run.path)
 

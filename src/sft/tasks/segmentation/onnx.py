@@ -41,9 +41,9 @@ def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: boo
     """Convert the run's model (`load_model`, `eval_dataset`: the task's own), check it per pixel against the PyTorch
     model on up to PARITY_IMAGES images of the run's validation, then test split, and write the export folder."""
     run = RunDir(run_dir)
-    model, info = load_model(run.path)
     out = Path(out) if out else default_folder(run.path)
-    check_export_dir(out, run.path, overwrite)
+    check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
+    model, info = load_model(run.path)
     try:
         splits = task.load_splits(load_recipe(run.recipe))
     except UserError as e:
