@@ -57,8 +57,18 @@ def test_xyxy_read_as_xywh():
         x2, y2 = x1 + rng.uniform(20, 40), y1 + rng.uniform(20, 40)
         boxes.append([[x1, y1, x1 + x2, y1 + y2]])  # what a reader taking x2, y2 as width and height builds
         labels.append([i % 3])
-    assert any("(xyxy) is read as [x, y, width, height]" in p for p in diagnose(samples(boxes, labels), 160,
-                                                                                ANCHORS))
+    assert any("possibly [x1, y1, x2, y2] (xyxy) read as [x, y, width, height]" in p
+               for p in diagnose(samples(boxes, labels), 160, ANCHORS))
+
+
+def test_large_centred_boxes_are_not_taken_for_a_misread():
+    rng = np.random.default_rng(2)
+    boxes, labels = [], []
+    for i in range(12):  # read right: wider than their x because they fill most of the image
+        x1, y1 = rng.uniform(10, 40, 2)
+        boxes.append([[x1, y1, 160 - rng.uniform(10, 40), 160 - rng.uniform(10, 40)]])
+        labels.append([i % 3])
+    assert diagnose(samples(boxes, labels), 160, ANCHORS) == []
 
 
 def test_labels_off_by_one_against_the_background():

@@ -31,12 +31,16 @@ def diagnose(train: DetectionSamples, size: int, anchor_sizes: list[float]) -> l
         problems.append(f"the median box is {np.median(widths):.2g} x {np.median(heights):.2g} px in images of "
                         f"about {np.median(image_sides):.0f} px: coordinates normalised to 0..1 were given as "
                         f"pixels (box scale)")
+    image_widths = np.concatenate([np.full(len(b), s[0]) for b, s in zip(train.boxes, train.sizes) if len(b)])
     if len(all_boxes) >= 10:
-        # x2 y2 read as width and height: then "width" > x and "height" > y for (nearly) every box
+        # x2 y2 read as width and height: then "width" > x and "height" > y for (nearly) every box. Large centred
+        # boxes read right do that too, so only boxes small against their image (a misread that still fits the
+        # image: objects near the top-left) are flagged, and only as a possibility
         share = float(np.mean((widths > all_boxes[:, 0]) & (heights > all_boxes[:, 1])))
-        if share > 0.8:
-            problems.append(f"{share:.0%} of the boxes are wider than their x and taller than their y, as when "
-                            f"[x1, y1, x2, y2] (xyxy) is read as [x, y, width, height] (box format)")
+        if share > 0.8 and np.median(widths / image_widths) < 0.4:
+            problems.append(f"{share:.0%} of the boxes are wider than their x and taller than their y, though most "
+                            f"are small against their image: possibly [x1, y1, x2, y2] (xyxy) read as [x, y, width, "
+                            f"height] (box format)")
     counts = np.bincount(np.concatenate(train.box_labels), minlength=len(train.classes))[:len(train.classes)]
     if counts[0] == 0 and (counts[1:] > 0).all() and len(counts) > 1:
         problems.append(f"class 0 ({train.classes[0]!r}) has no box while classes 1..{len(counts) - 1} all do: "
