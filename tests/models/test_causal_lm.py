@@ -2,6 +2,7 @@
 once), any Hugging Face folder loaded with its tokenizer (pad distinct from eos, a chat template required)."""
 
 import json
+import re
 import threading
 import time
 
@@ -60,3 +61,12 @@ def test_no_chat_template_and_unknown_hub_name_are_user_errors(tiny_causal_lm, t
         load_causal_lm(str(folder), "pretrained", tmp_path)
     with pytest.raises(UserError, match="no such GGUF file"):
         load_causal_lm(str(tmp_path / "missing.gguf"), "pretrained", tmp_path)
+
+
+def test_a_mistyped_local_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for typo in ("./my-modle", str(tmp_path / "modle"), "models/my/modle"):
+        with pytest.raises(UserError, match=re.escape(f"model.backbone {typo}: no such model folder") + ".*smollm2"):
+            load_causal_lm(typo, "pretrained", tmp_path)
+    with pytest.raises(UserError, match="model.weights must be 'pretrained' or 'none'"):
+        load_causal_lm("./my-modle", "/some/folder", tmp_path)

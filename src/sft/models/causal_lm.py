@@ -24,7 +24,7 @@ from sft.core.atomic import atomic_write_dir
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.lora import add_lora
-from sft.models.text_encoder import quiet_transformers, layer_groups
+from sft.models.text_encoder import check_weights, folder_or_hub, layer_groups, quiet_transformers
 from sft.recipe import Strategy
 
 SMOLLM2 = "smollm2"
@@ -118,7 +118,8 @@ def model_folder(name: str, cache_dir: str | Path) -> str:
         if not path.is_file():
             raise UserError(f"model.backbone {name}: no such GGUF file")
         return str(converted_gguf(path.resolve(), cache_dir))
-    return str(path.resolve()) if path.is_dir() else name
+    folder = folder_or_hub(name, "smollm2, a .gguf file")
+    return str(Path(folder).resolve()) if Path(folder).is_dir() else folder
 
 
 def load_causal_lm(name: str, weights: str | None, cache_dir: str | Path):
@@ -126,9 +127,7 @@ def load_causal_lm(name: str, weights: str | None, cache_dir: str | Path):
     distinct from eos; it must carry a chat template)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if weights not in ("pretrained", "none", None):
-        raise UserError(f"causal LM {name}: model.weights must be 'pretrained' or 'none', got {weights!r} (a model "
-                        f"folder or .gguf file goes in model.backbone)")
+    check_weights(name, weights)
     folder = model_folder(name, cache_dir)
     local = Path(folder).is_dir()
     try:

