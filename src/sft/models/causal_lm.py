@@ -166,8 +166,9 @@ class CausalLM(nn.Module):
 
 def create_causal_lm(name: str, weights: str | None, max_length: int, pack: bool, cache_dir: str | Path,
                      lora: Strategy | None = None) -> Backbone:
-    """The causal LM as a Backbone whose groups are embeddings, one per transformer layer, then the final norm and
-    output layer (what partial, gradual and layer-wise LR decay act on); LoRA-wrapped when `lora` is given."""
+    """The causal LM as a Backbone whose groups are the embeddings (with a tied output layer, which shares their
+    weight), then one per transformer layer, what follows the layers (final norm, an untied output layer) falling
+    into the last layer's group: what partial, gradual and layer-wise LR decay act on. LoRA-wrapped when `lora`."""
     model, tokenizer, weights_id = load_causal_lm(name, weights, cache_dir)
     if lora is not None:
         model = add_lora(model, lora)
