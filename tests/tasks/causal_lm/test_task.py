@@ -60,10 +60,12 @@ def test_train_eval_predict_and_export(tmp_path, parity_set, tiny_causal_lm):
     assert {"loss", "perplexity", "exact_match_before", "in_label_set_before"} <= set(summary)
     assert "Generations before and after" in (tmp_path / "run" / "eval" / "report.html").read_text()
 
-    result = sft("predict", tmp_path / "run", "--prompt", "n=10", "--format", "json")
+    result = sft("predict", tmp_path / "run", "--prompt", "n=10", "--prompt", "a longer prompt, n=11", "--format",
+                 "json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert rows[0]["prompt"] == "n=10" and isinstance(rows[0]["answer"], str)
+    assert [r["answer"] for r in rows] == ["Sure.", "Sure."]  # batched with left padding, each answered alone
     streamed = sft("predict", tmp_path / "run", "--prompt", "n=3", "--max-new-tokens", "5")
     assert streamed.exit_code == 0 and ">>> n=3" in streamed.output
 
@@ -82,6 +84,12 @@ def test_lora_run_exports_merged_folder_with_the_adapter_logits(tmp_path, parity
         a, b = merged(ids).logits, adapted(ids).logits
     assert (adapted.base_model.model.model.layers[0].self_attn.q_proj.lora_B.default.weight != 0).any()
     assert torch.allclose(a, b, atol=1e-4)
+
+    info = tmp_path / "run" / "model.json"
+    info.write_text("{not json")
+    result = sft("predict", tmp_path / "run", "--prompt", "n=10")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{info}: damaged" in said and "--resume" in said, result.output
 
 
 @pytest.mark.parametrize("strategy", ["linear-probe", "two-stage", "auto"])
