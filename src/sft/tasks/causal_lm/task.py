@@ -154,12 +154,14 @@ class CausalLM(TaskBase):
         settings = dict(max_new_tokens=max_new_tokens or gen.max_new_tokens,
                         temperature=gen.temperature if temperature is None else temperature,
                         top_p=gen.top_p if top_p is None else top_p, seed=seed)
-        answers = []
-        for text in texts:
-            if stream:
+        prompts = [[{"role": "user", "content": text}] for text in texts]
+        if not stream:
+            answers = generate(model, tokenizer, prompts, **settings)
+        else:
+            answers = []
+            for text, prompt in zip(texts, prompts):
                 sys.stdout.write(f">>> {text}\n")
-            answers += generate(model, tokenizer, [[{"role": "user", "content": text}]], **settings,
-                                stream=sys.stdout if stream else None)
+                answers += generate(model, tokenizer, [prompt], **settings, stream=sys.stdout)
         return [{"prompt": t, "answer": a} for t, a in zip(texts, answers)]
 
 
