@@ -159,3 +159,28 @@ def test_readme_detection_block(tmp_path, monkeypatch):
               ["trainer.epochs=1", "data.image_size=64", f"cache_dir={tmp_path / 'cache'}"])
     assert Path("runs/detection/eval/report.html").exists() and Path("found/img.png").exists()
     assert Image.open("found/img.png").size == (80, 100)
+
+
+def test_evaluate_matches_only_when_the_report_needs_it(monkeypatch):
+    """final_metrics asks for the mAP alone: no per-image matching; the report's evaluation matches on the CPU."""
+    from sft.tasks.detection import task as detection_task
+    class Fixed(torch.nn.Module):  # finds each image's box, with class 0
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "scores": torch.tensor([0.9]),
+                     "labels": torch.tensor([0])} for _ in x]
+
+    data = [(torch.rand(3, 32, 32), {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]),
+                                     "labels": torch.tensor([i % 2])}) for i in range(5)]
+    devices = []
+    real = detection_task.match
+    monkeypatch.setattr(detection_task, "match", lambda p, t, s: devices.append(p["boxes"].device) or real(p, t, s))
+    brief = detection_task.evaluate(Fixed(), data, ["a", "b"], batch_size=2)
+    assert brief["samples"] == 5 and "confusion" not in brief and devices == []
+    full = detection_task.evaluate(Fixed(), data, ["a", "b"], batch_size=2, extended=True, top_n=2)
+    assert full["samples"] == 5 and full["map50"] == brief["map50"] and len(devices) == 5
+    assert all(d.type == "cpu" for d in devices) and [w["index"] for w in full["worst"]] == [1, 3]
+    assert full["confusion"][0][0] == 3 and full["confusion"][1][0] == 2

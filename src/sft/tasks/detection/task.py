@@ -225,6 +225,10 @@ def evaluate(model: nn.Module, dataset, classes: list[str], *, batch_size: int =
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         found = model(x.to(device))
         metric.update(found, targets)
+        if not (extended or top_n):  # training's final metrics: the mAP only, no matching (and no GPU syncs)
+            index += len(found)
+            continue
+        found, targets = ([{k: v.cpu() for k, v in d.items()} for d in ds] for ds in (found, targets))  # one copy
         for pred, target in zip(found, targets):
             m = match(pred, target, REPORT_SCORE)
             matches.append(m)
