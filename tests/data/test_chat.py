@@ -100,3 +100,11 @@ def test_packed_batch_restarts_positions_and_padded_batch_masks_padding(tokenize
 def test_label_set_only_for_label_like_answers():
     assert label_set(["food", "law", "food", "law"]) == ["food", "law"]
     assert label_set(["a long free answer of many words", "another one"]) is None
+
+
+def test_a_csv_row_with_more_fields_than_the_header_is_an_error_not_cut(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("prompt,completion\nhi,hello\nsay hi,hi, there\n")
+    with pytest.raises(UserError, match="3 fields but the header has 2; quote fields") as e:
+        read_chats(path)
+    assert f"{path}:3:" in str(e.value)

@@ -44,3 +44,11 @@ def test_bytes_that_are_not_utf8_are_named(tmp_path, name, data, where):
 def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
     (tmp_path / "t.csv").write_bytes("\ufefftext,label\nhi,a\nho,b\n".encode())
     assert read_texts(tmp_path / "t.csv").items == ["hi", "ho"]
+
+
+def test_a_row_with_more_fields_than_the_header_is_an_error_not_cut(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('text,label\n"a, quoted text",pos\nan unquoted, comma,neg\n')
+    with pytest.raises(UserError, match="3 fields but the header has 2; quote fields") as e:
+        read_texts(path)
+    assert f"{path}:3:" in str(e.value)

@@ -71,6 +71,9 @@ def table_rows(path: Path, delimiter: str):
             row = next(reader, None)
             if row is None:
                 return
+            if len(row) > len(header):  # zip would drop the extra fields, and with them part of a text
+                raise UserError(f"{path}:{start}: {len(row)} fields but the header has {len(header)}; quote fields "
+                                f"that contain the delimiter {delimiter!r} (\"like{delimiter} this\")")
             if row:  # a blank line is no row
                 yield start, dict(zip(header, row + [None] * (len(header) - len(row))))
     except csv.Error as e:
