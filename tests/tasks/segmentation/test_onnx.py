@@ -4,6 +4,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sft.models.export import session
@@ -11,7 +12,7 @@ from tests.conftest import sft
 from tests.tasks.segmentation.test_task import recipe
 
 
-def test_export_parity_and_onnx_predict(tmp_path, segmentation_set):
+def test_export_parity_and_onnx_predict(tmp_path, segmentation_set, monkeypatch):
     path = recipe(tmp_path, segmentation_set, "model:", "  backbone: timm/test_efficientnet", "  weights: none",
                   "  decoder: unet", "  decoder_channels: 32", "strategy:", "  name: full")
     assert sft("train", path, "trainer.epochs=1").exit_code == 0
@@ -34,4 +35,8 @@ def test_export_parity_and_onnx_predict(tmp_path, segmentation_set):
         masks[engine] = [np.asarray(Image.open(tmp_path / engine / f"{p.stem}.png")) for p in images]
     agree = np.mean([np.mean(a == b) for a, b in zip(masks["torch"], masks["onnx"])])
     assert agree >= 0.999
+    from sft.tasks.segmentation import task as segmentation_task  # onnx reads model.json, builds no torch model
+    monkeypatch.setattr(segmentation_task, "load_model", lambda *a: pytest.fail("the torch model was built"))
+    result = sft("predict", run, images[0], "--engine", "onnx", "--format", "json")
+    assert result.exit_code == 0 and json.loads(result.output)[0]["file"] == str(images[0])
     assert "segmentation runs export as onnx" in sft("export", run, "--format", "hf", "--out", tmp_path / "x").output

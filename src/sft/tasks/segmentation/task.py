@@ -152,9 +152,10 @@ class Segmentation(TaskBase):
         """Per image: the share of pixels of each class; with `out`, its index mask and a colour overlay there."""
         if texts or not files:
             raise UserError("this run segments images: pass image files (and --out DIR for the masks)")
-        model, info = load_model(run_dir)
         if engine == "onnx":  # the same transform and post-processing, onnxruntime computes the logits
-            model = load_onnx(run_dir)
+            info, model = read_model_files(run_dir, SegmentationInfo)[0], load_onnx(run_dir)
+        else:
+            model, info = load_model(run_dir)
         if out is not None:  # a folder of earlier predictions takes more; any other non-empty folder is refused
             check_replaceable(out, "predictions", overwrite=True)
             Path(out).mkdir(parents=True, exist_ok=True)
