@@ -73,14 +73,7 @@ def build(out: Path, train: int, val: int, test: int, size: int = 160, seed: int
     """Write the set (layout in the module docstring) and the marker; return the summary."""
     out = Path(out)
     counts = {"train": train, "val": val, "test": test}
-    if min(counts.values()) < 0:
-        raise Refused("split sizes must not be negative")
-    if size < SIDE[1]:
-        raise Refused(f"--size must be at least {SIDE[1]} (the largest object side)")
-    if not all((FASHION / f"{p}-{kind}-ubyte.gz").is_file() for p in ("train", "t10k")
-               for kind in ("images-idx3", "labels-idx1")):
-        raise Refused(f"Fashion-MNIST not found in {FASHION}: apt-get install dataset-fashion-mnist")
-    check_out(out, overwrite)
+    _seg.check_request(out, counts, size, SIDE[1], overwrite)
     stats = {"boxes": 0, "empty": 0, "sides": []}
 
     def write(tmp: str) -> None:

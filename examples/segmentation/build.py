@@ -76,19 +76,25 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise Refused(f"{out} already holds a composite set; pass --overwrite to replace it")
 
 
+def check_request(out: Path, counts: dict, size: int, largest_side: int, overwrite: bool) -> None:
+    """The refusals before building (this builder's and the detection one's): negative split sizes, a canvas
+    smaller than the largest object, Fashion-MNIST missing, an output folder that may not be replaced."""
+    if min(counts.values()) < 0:
+        raise Refused("split sizes must not be negative")
+    if size < largest_side:
+        raise Refused(f"--size must be at least {largest_side} (the largest object side)")
+    if not all((FASHION / f"{p}-{kind}-ubyte.gz").is_file() for p in ("train", "t10k")
+               for kind in ("images-idx3", "labels-idx1")):
+        raise Refused(f"Fashion-MNIST not found in {FASHION}: apt-get install dataset-fashion-mnist")
+    check_out(out, overwrite)
+
+
 def build(out: Path, train: int, val: int, test: int, size: int = 128, seed: int = 0,
           overwrite: bool = False) -> dict:
     """Write out/<split>/{images,masks}/<id>.png, out/classes.txt and the marker; return the summary."""
     out = Path(out)
     counts = {"train": train, "val": val, "test": test}
-    if min(counts.values()) < 0:
-        raise Refused("split sizes must not be negative")
-    if size < SIDE[1]:
-        raise Refused(f"--size must be at least {SIDE[1]} (the largest object side)")
-    if not all((FASHION / f"{p}-{kind}-ubyte.gz").is_file() for p in ("train", "t10k")
-               for kind in ("images-idx3", "labels-idx1")):
-        raise Refused(f"Fashion-MNIST not found in {FASHION}: apt-get install dataset-fashion-mnist")
-    check_out(out, overwrite)
+    check_request(out, counts, size, SIDE[1], overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700, and it becomes `out`

@@ -80,3 +80,7 @@ def test_overwrite_only_its_own_folder(builder, tmp_path):
     (foreign / "keep.txt").write_text("mine")
     assert builder.main(["--train", "1", "--val", "0", "--test", "0", "--out", str(foreign), "--overwrite"]) == 2
     assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
+    with pytest.raises(builder.Refused, match="--size must be at least 72"):  # the shared refusals, its own sides
+        builder.build(tmp_path / "small", **SIZES, size=64)
+    with pytest.raises(builder.Refused, match="must not be negative"):
+        builder.build(tmp_path / "small", train=-1, val=0, test=0, size=96)
