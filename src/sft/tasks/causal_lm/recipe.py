@@ -24,7 +24,8 @@ class ChatData(Data):
 class ChatModel(Model):
     backbone: str = Field("smollm2", description="smollm2 (SmolLM2-135M-Instruct, shipped), a .gguf file, a Hugging "
                                                  "Face causal-LM folder, or a hub name (online)")
-    weights: str | None = Field("pretrained", description="pretrained, or none (random init, for tests)")
+    weights: Literal["pretrained", "none"] | None = Field("pretrained",
+                                                          description="pretrained, or none (random init, for tests)")
 
 
 class ChatStrategy(Strategy):
@@ -51,7 +52,6 @@ class ChatTrainer(Trainer):
 
 
 class CausalLMRecipe(Recipe):
-    task: str = Field("causal-lm", description="what is being learned (`sft recipe --task NAME`)")
     data: ChatData = Field(default_factory=ChatData)
     model: ChatModel = Field(default_factory=ChatModel)
     strategy: ChatStrategy = Field(default_factory=ChatStrategy)
