@@ -11,9 +11,10 @@ outputs with nothing to catch it).
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from sft.core.digest import sha256_file
 from sft.core.rundir import check_replaceable, mark
 from sft.errors import UserError
 
+log = logging.getLogger("sft")
 OPSET = 17
 TOLERANCE = 1e-4  # max absolute difference of probabilities that still passes (float32 kernels differ ~1e-6)
 MIN_AGREEMENT = 0.99  # top-1 agreement that still passes (a flip needs two near-equal probabilities)
@@ -140,6 +142,56 @@ def file_id(path: str | Path) -> str:
     return "sha256:" + sha256_file(path)
 
 
+def default_folder(run_dir: str | Path, format: str = "onnx") -> Path:
+    """Where `sft export RUN` writes unless --out: RUN/export (ONNX, which predict/serve --engine onnx read) or
+    RUN/export-FORMAT."""
+    return Path(run_dir) / ("export" if format == "onnx" else f"export-{format}")
+
+
+def parity_parts(load_splits: Callable[[], object], limit: int, what: str, warn_below: int) -> list:
+    """Up to `limit` real samples for the parity check: the run's validation split, then its test split (subsets of
+    `load_splits()`'s val and test), with a warning when fewer than `warn_below` exist."""
+    try:
+        splits = load_splits()
+    except UserError as e:
+        raise UserError(f"the parity check reads the run's own validation/test {what}, which cannot be read now: "
+                        f"{e}") from None
+    parts, left = [], limit
+    for split in (splits.val, splits.test):
+        if split is not None and left > 0:
+            parts.append(split.subset(range(min(left, len(split)))))
+            left -= len(parts[-1])
+    total = sum(len(p) for p in parts)
+    if total < warn_below:
+        log.warning(f"parity check on {total} {what} only: the run's validation and test splits hold no more")
+    return parts
+
+
+def input_batches(parts: list, loader: Callable[[object, int], Iterable]) -> Callable[[int], Iterator]:
+    """`batches(size)` for `parity`: the inputs of the (input, target) batches `loader(part, size)` gives, part after
+    part."""
+    def batches(size: int) -> Iterator:
+        for part in parts:
+            yield from (x for x, _ in loader(part, size))
+    return batches
+
+
+def export_checked(out: Path, save: Callable[[Path], nn.Module], *, reference: nn.Module,
+                   batches: Callable[[int], Iterable], sizes: tuple[int, ...], temperature: float, force: bool,
+                   facts: dict, format: str, task: str | None) -> dict:
+    """An export folder whose model is checked: `save(folder)` writes the model's files and returns the model loaded
+    back from them (as a user of the folder loads it), which is compared with `reference` on `batches`; parity.json
+    holds the result and `facts`. A failed check writes nothing unless `force`. Returns the parity result."""
+    result: dict = {}
+
+    def write(folder: Path) -> None:
+        result.update(parity(reference, save(folder), batches, sizes, temperature), **facts)
+        record_parity(folder, result, force)
+
+    write_export_dir(out, write, format=format, task=task)
+    return result
+
+
 def export_onnx_checked(out: Path, *, graph: nn.Module, example: tuple, inputs: list[str],
                         dynamic: dict[str, dict[int, str]], reference: nn.Module, batches: Callable[[int], Iterable],
                         sizes: tuple[int, ...], temperature: float, force: bool, meta: dict, facts: dict,
@@ -148,21 +200,19 @@ def export_onnx_checked(out: Path, *, graph: nn.Module, example: tuple, inputs: 
     `batches`, parity.json (with `facts`), model.json (`meta` + the graph's names and axes), `extra(folder)` for the
     task's own files. A failed check writes nothing unless `force`. Returns the parity result."""
     dynamic = {**dynamic, "logits": {0: "batch"}}
-    result: dict = {}
 
-    def write(folder: Path) -> None:
+    def save(folder: Path) -> nn.Module:
         to_onnx(graph, example, folder / "model.onnx", inputs, ["logits"], dynamic)
-        result.update(parity(reference, OnnxModule(folder / "model.onnx"), batches, sizes, temperature), **facts)
-        record_parity(folder, result, force)
         axes = {name: {str(a): n for a, n in v.items()} for name, v in dynamic.items()}
         (folder / "model.json").write_text(json.dumps(meta | {"format": "onnx", "inputs": inputs, "outputs": [
             "logits"], "dynamic_axes": axes, "probabilities": "softmax(logits / temperature) over axis 1"},
             indent=2) + "\n")
         if extra is not None:
             extra(folder)
+        return OnnxModule(folder / "model.onnx")
 
-    write_export_dir(out, write, format="onnx", task=meta.get("task"))
-    return result
+    return export_checked(out, save, reference=reference, batches=batches, sizes=sizes, temperature=temperature,
+                          force=force, facts=facts, format="onnx", task=meta.get("task"))
 
 
 def check_export_weights(folder: Path, weights: Path, run_dir) -> dict:

@@ -26,13 +26,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader
 
 from sft.core.rundir import RunDir
 from sft.errors import UserError
-from sft.models.export import check_export_dir, file_id, parity, record_parity, write_export_dir
+from sft.models.export import check_export_dir, default_folder, export_checked, file_id
 from sft.tasks.classification.export import load_model, model_files
-from sft.tasks.classification.onnx import PARITY_BATCH, default_folder, parity_samples
+from sft.tasks.classification.onnx import PARITY_BATCH, parity_samples, sample_batches
 
 MODELING = '''"""Written by `sft export --format hf`: the fine-tuned encoder, its pooling ({pooling}) and its linear
 head. Load with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""
@@ -94,6 +93,14 @@ def load_hf(folder: str | Path, kind: str = "text") -> nn.Module:
         hf_logging.enable_progress_bar()
 
 
+def _checked(out: Path, save, task, run: RunDir, model: nn.Module, info, parts: list, force: bool, **facts) -> dict:
+    """The folder `save` writes, its model loaded back and checked against the run's on the parity samples."""
+    facts = {"samples": sum(len(p) for p in parts), **facts, "weights_id": file_id(model_files(run)[0])}
+    return export_checked(out, save, reference=model, batches=sample_batches(task.run_inputs(model, info), parts),
+                          sizes=(1, PARITY_BATCH), temperature=info.temperature, force=force, facts=facts,
+                          format="hf", task=info.task)
+
+
 def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
               overwrite: bool) -> tuple[Path, dict]:
     """Write the run's text classifier as a transformers folder, checked against the run's PyTorch model."""
@@ -101,19 +108,13 @@ def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
     out = Path(out) if out else default_folder(run.path, "hf")
     check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
     model, info = load_model(run.path)
-    inputs = task.run_inputs(model, info)
-    parts = parity_samples(task, run.path)
+    parts = parity_samples(task, run)
     encoder = model.backbone.model
     if info.lora:  # merged in a copy: the parity check compares with the unmerged run model
         encoder = copy.deepcopy(encoder).merge_and_unload()
     linear = model.head[-1]
-    result: dict = {}
 
-    def batches(size: int):
-        for part in parts:
-            yield from (x for x, _ in DataLoader(inputs.eval(part), batch_size=size, collate_fn=inputs.collate))
-
-    def write(folder: Path) -> None:
+    def save(folder: Path) -> nn.Module:
         config = copy.deepcopy(encoder.config)
         config.architectures = ["SftTextClassifier"]
         config.auto_map = {"AutoModelForSequenceClassification": "modeling_sft.SftTextClassifier"}
@@ -127,15 +128,9 @@ def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
         state |= {"classifier.weight": linear.weight.detach().clone(), "classifier.bias": linear.bias.detach().clone()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         model.backbone.tokenizer.save_pretrained(folder)
-        loaded = _Logits(load_hf(folder))
-        result.update(parity(model, loaded, batches, (1, PARITY_BATCH), info.temperature))
-        result["samples"] = sum(len(p) for p in parts)
-        result["lora_merged"] = bool(info.lora)
-        result["weights_id"] = file_id(model_files(run)[0])
-        record_parity(folder, result, force)
+        return _Logits(load_hf(folder))
 
-    write_export_dir(out, write, format="hf", task=info.task)
-    return out, result
+    return out, _checked(out, save, task, run, model, info, parts, force, lora_merged=bool(info.lora))
 
 
 def export_timm_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
@@ -161,26 +156,17 @@ def export_timm_hf(task, run_dir: str | Path, out: str | Path | None, *, force: 
     pre = info.preprocess
     data = {"input_size": (3, *pre.input_size), "mean": tuple(pre.mean), "std": tuple(pre.std),
             "interpolation": pre.interpolation, "crop_pct": pre.crop_pct}
-    inputs = task.run_inputs(model, info)
-    parts = parity_samples(task, run.path)
-    result: dict = {}
+    parts = parity_samples(task, run)
 
-    def batches(size: int):
-        for part in parts:
-            yield from (x for x, _ in DataLoader(inputs.eval(part), batch_size=size, collate_fn=inputs.collate))
-
-    def write(folder: Path) -> None:
+    def save(folder: Path) -> nn.Module:
         timm.models.save_for_hf(full, str(folder), model_config={"num_classes": len(info.classes),
                                                                  "label_names": list(info.classes)},
                                 safe_serialization=True, data_config=data)
         config = json.loads((folder / "config.json").read_text())
         config.get("model_args", {}).pop("num_classes", None)  # kept at the top level; transformers' TimmWrapper
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")  # passes it a second time else
-        result.update(parity(model, _Logits(load_hf(folder, "image")), batches, (1, PARITY_BATCH), info.temperature))
-        result.update(samples=sum(len(p) for p in parts), weights_id=file_id(model_files(run)[0]),
-                      load='AutoModelForImageClassification.from_pretrained(FOLDER) or '
-                           'timm.create_model("local-dir:FOLDER", pretrained=True)')
-        record_parity(folder, result, force)
+        return _Logits(load_hf(folder, "image"))
 
-    write_export_dir(out, write, format="hf", task=info.task)
-    return out, result
+    return out, _checked(out, save, task, run, model, info, parts, force,
+                         load='AutoModelForImageClassification.from_pretrained(FOLDER) or '
+                              'timm.create_model("local-dir:FOLDER", pretrained=True)')

@@ -17,7 +17,6 @@ A LoRA run is merged into the encoder before conversion, and the parity check co
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,13 +27,12 @@ from torch.utils.data import DataLoader
 
 from sft.core.rundir import RunDir
 from sft.data.samples import Samples
-from sft.errors import UserError
-from sft.models.export import OnnxModule, check_export_dir, check_export_weights, export_onnx_checked, file_id
+from sft.models.export import (OnnxModule, check_export_dir, check_export_weights, default_folder, export_onnx_checked,
+                               file_id, input_batches, parity_parts)
 from sft.tasks import load_recipe
 from sft.tasks.classification.export import ModelInfo, load_model, model_files, read_info
 from sft.tasks.classification.recipe import TEXT
 
-log = logging.getLogger("sft")
 PARITY_SAMPLES = 128  # from the run's validation split, then its test split
 MIN_SAMPLES = 64
 PARITY_BATCH = 32  # "batch N" of the parity check
@@ -62,10 +60,6 @@ class OnnxClassifier(OnnxModule):
             self.backbone = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(str(folder)))
 
 
-def default_folder(run_dir: str | Path, format: str) -> Path:
-    return Path(run_dir) / ("export" if format == "onnx" else f"export-{format}")
-
-
 def load_onnx(run_dir: str | Path) -> tuple[OnnxClassifier, ModelInfo]:
     """The run's ONNX export (RUN/export) and its info; refused when the run's weights changed since."""
     folder = default_folder(run_dir, "onnx")
@@ -74,23 +68,15 @@ def load_onnx(run_dir: str | Path) -> tuple[OnnxClassifier, ModelInfo]:
     return OnnxClassifier(folder, info), info
 
 
-def parity_samples(task, run_dir: Path) -> list[Samples]:
+def parity_samples(task, run: RunDir) -> list[Samples]:
     """Up to PARITY_SAMPLES real samples of the run's own validation split, then its test split."""
-    recipe = load_recipe(RunDir(run_dir).recipe)
-    try:
-        splits = task.load_splits(recipe)
-    except UserError as e:
-        raise UserError(f"the parity check reads the run's own validation/test data, which cannot be read now: "
-                        f"{e}") from None
-    parts, left = [], PARITY_SAMPLES
-    for split in (splits.val, splits.test):
-        if split is not None and left > 0:
-            parts.append(split.subset(range(min(left, len(split)))))
-            left -= len(parts[-1])
-    total = sum(len(p) for p in parts)
-    if total < MIN_SAMPLES:
-        log.warning(f"parity check on {total} samples only: the run's validation and test splits hold no more")
-    return parts
+    return parity_parts(lambda: task.load_splits(load_recipe(run.recipe)), PARITY_SAMPLES, "samples", MIN_SAMPLES)
+
+
+def sample_batches(inputs, parts: list[Samples]):
+    """`batches(size)` for the parity check: the parts through the run's eval inputs (transform or tokenizer)."""
+    return input_batches(parts, lambda part, size: DataLoader(inputs.eval(part), batch_size=size,
+                                                              collate_fn=inputs.collate))
 
 
 def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
@@ -102,12 +88,8 @@ def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: boo
     check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
     model, info = load_model(run.path)
     inputs = task.run_inputs(model, info)
-    parts = parity_samples(task, run.path)
-
-    def batches(size: int):
-        for part in parts:
-            yield from (x for x, _ in DataLoader(inputs.eval(part), batch_size=size, collate_fn=inputs.collate))
-
+    parts = parity_samples(task, run)
+    batches = sample_batches(inputs, parts)
     example = next(batches(2))
     if info.task == TEXT:
         names = list(example)

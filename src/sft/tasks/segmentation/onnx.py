@@ -10,23 +10,17 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from sft.core.rundir import RunDir
 from sft.data.loaders import eval_batches
-from sft.errors import UserError
-from sft.models.export import OnnxModule, check_export_dir, check_export_weights, export_onnx_checked, file_id
+from sft.models.export import (OnnxModule, check_export_dir, check_export_weights, default_folder, export_onnx_checked,
+                               file_id, input_batches, parity_parts)
 from sft.tasks import load_recipe
 
-log = logging.getLogger("sft")
 PARITY_IMAGES = 64
 PARITY_BATCH = 8
-
-
-def default_folder(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "export"
 
 
 def load_onnx(run_dir: str | Path) -> OnnxModule:
@@ -44,24 +38,10 @@ def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: boo
     out = Path(out) if out else default_folder(run.path)
     check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
     model, info = load_model(run.path)
-    try:
-        splits = task.load_splits(load_recipe(run.recipe))
-    except UserError as e:
-        raise UserError(f"the parity check reads the run's own validation/test images, which cannot be read now: "
-                        f"{e}") from None
-    parts, left = [], PARITY_IMAGES
-    for split in (splits.val, splits.test):
-        if split is not None and left > 0:
-            parts.append(eval_dataset(info, split.subset(range(min(left, len(split))))))
-            left -= len(parts[-1])
+    parts = [eval_dataset(info, part) for part in
+             parity_parts(lambda: task.load_splits(load_recipe(run.recipe)), PARITY_IMAGES, "images", PARITY_IMAGES)]
     images = sum(len(p) for p in parts)
-    if images < PARITY_IMAGES:
-        log.warning(f"parity check on {images} images only: the run's validation and test splits hold no more")
-
-    def batches(size: int):
-        for part in parts:
-            yield from (x for x, _ in eval_batches(part, size, None, False, ""))
-
+    batches = input_batches(parts, lambda part, size: eval_batches(part, size, None, False, ""))
     example = next(batches(2))
     meta = asdict(info) | {"weights_id": file_id(run.path / "model.safetensors"), "run_dir": str(run.path.resolve())}
     result = export_onnx_checked(out, graph=model, example=(example,), inputs=["input"],
