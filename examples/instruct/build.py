@@ -22,6 +22,8 @@ import random
 import sys
 from pathlib import Path
 
+from sft.core.atomic import atomic_write
+
 
 def _fortunes_builder():
     """examples/fortunes/build.py, loaded under its own name (this file is also called build.py)."""
@@ -38,10 +40,8 @@ QUESTION = "Which topic is this quote from? Answer with one word from: {topics}.
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def fortunes(out: Path, topics: str = TOPICS, seed: int = 0) -> dict[str, int]:
