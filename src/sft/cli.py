@@ -7,6 +7,7 @@ import inspect
 import io
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -98,6 +99,12 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories"),
     console.print(table)
 
 
+class Engine(str, Enum):
+    """What runs the model for predict and serve: the parser rejects anything else (exit 2)."""
+    torch = "torch"
+    onnx = "onnx"
+
+
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
             files: Optional[list[Path]] = typer.Argument(None, help="image files (image runs)"),
@@ -111,20 +118,18 @@ def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
             temperature: Optional[float] = typer.Option(None, min=0, help="causal-lm: 0 greedy, else sampling"),
             top_p: Optional[float] = typer.Option(None, min=0, max=1, help="causal-lm: nucleus sampling share"),
             seed: int = typer.Option(0, help="causal-lm: sampling seed"),
-            engine: str = typer.Option("torch", help="torch | onnx (the run's `sft export --format onnx`)"),
+            engine: Engine = typer.Option(Engine.torch, help="onnx: the run's `sft export --format onnx`"),
             score: Optional[float] = typer.Option(None, "--score", min=0, max=1,
                                                   help="detection: the lowest score shown (default 0.3)")):
     """Classify image files or texts, or segment images, with a trained run."""
     try:
         if format not in ("table", "json", "csv"):
             raise UserError(f"--format {format}: expected table, json or csv")
-        if engine not in ("torch", "onnx"):
-            raise UserError(f"--engine {engine}: expected torch or onnx")
         texts = list(text or []) + (_text_lines(lines) if lines else [])
         task = task_of_run(run_dir)
         generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                           stream=format == "table") if getattr(task, "generates", False) else {}
-        options = {k: v for k, v in (("engine", engine if engine != "torch" else None), ("score", score))
+        options = {k: v for k, v in (("engine", engine.value if engine != Engine.torch else None), ("score", score))
                    if v is not None}
         unknown = [k for k in options if k not in inspect.signature(task.predict).parameters]
         if unknown:
@@ -173,7 +178,7 @@ def export_(run_dir: Path = typer.Argument(..., help="a run directory"),
 
 @app.command()
 def serve(run_dir: Path = typer.Argument(..., help="a run directory"),
-          engine: str = typer.Option("torch", help="torch | onnx (the run's `sft export --format onnx`)"),
+          engine: Engine = typer.Option(Engine.torch, help="onnx: the run's `sft export --format onnx`"),
           host: str = typer.Option("127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network"),
           port: int = typer.Option(8000),
           max_batch: int = typer.Option(32, min=1, help="most items the model runs at once"),
@@ -183,9 +188,8 @@ def serve(run_dir: Path = typer.Argument(..., help="a run directory"),
     """Serve a trained run over HTTP: POST /predict (dynamic batching), GET /health, GET /metadata, /docs."""
     try:
         from sft.serve.server import Limits, run_server
-        if engine not in ("torch", "onnx"):
-            raise UserError(f"--engine {engine}: expected torch or onnx")
-        run_server(run_dir, engine, host, port, Limits(max_batch, max_wait_ms, max_items, int(max_body_mb * 2**20)),
+        limits = Limits(max_batch, max_wait_ms, max_items, int(max_body_mb * 2**20))
+        run_server(run_dir, engine.value, host, port, limits,
                    announce=lambda url: console.print(f"serving {escape(str(run_dir))} on {url} (API docs: "
                                                       f"{url}/docs)"))
     except UserError as e:

@@ -217,3 +217,9 @@ def test_a_taken_port_is_a_one_line_error(tmp_path):
         taken.listen()
         result = sft("serve", tmp_path, "--port", taken.getsockname()[1])
     assert result.exit_code == 2 and "cannot listen there" in result.output
+
+
+def test_an_unknown_engine_is_refused_by_the_parser(tmp_path):
+    for command in ("serve", "predict"):
+        result = sft(command, tmp_path, "--engine", "tensorrt")
+        assert result.exit_code == 2 and "tensorrt" in result.output and "onnx" in result.output
