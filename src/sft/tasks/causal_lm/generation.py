@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -40,18 +39,30 @@ class ChatInfo:
 
 def export_run(path: Path, lm: nn.Module, tokenizer, info: ChatInfo) -> None:
     """model/ (merged), adapter/ (lora) and model.json, each written atomically."""
-    is_peft = hasattr(lm, "merge_and_unload")
+    is_peft = hasattr(lm, "merge_adapter")
     if is_peft:
         atomic_write_dir(path / "adapter", lambda tmp: lm.save_pretrained(tmp))
-        merged = copy.deepcopy(lm).merge_and_unload()  # a copy: the run's model keeps its adapters
-    else:
-        merged = lm
 
     def write_model(tmp: str) -> None:
-        merged.save_pretrained(tmp)
+        if is_peft:
+            _save_merged(lm, tmp)
+        else:
+            lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     atomic_write_dir(path / "model", write_model)
     atomic_write_json(path / "model.json", asdict(info))
+
+
+def _save_merged(lm, folder: str) -> None:
+    """Save the model with its adapters folded in, as the plain architecture: merged in place for the save, then
+    unmerged (no copy of the whole model); the LoRA wrappers' names are mapped back to the plain layers'."""
+    lm.merge_adapter()
+    try:
+        model = lm.get_base_model()
+        state = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if ".lora_" not in k}
+        model.save_pretrained(folder, state_dict=state)
+    finally:
+        lm.unmerge_adapter()
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, object, ChatInfo]:
