@@ -157,15 +157,21 @@ def read_model_files(run_dir: str | Path, info_type: type) -> tuple[object, dict
     if not (weights.is_file() and info_file.is_file()):
         raise UserError(f"{run}: no finished model (model.safetensors, model.json); the run did not complete — "
                         f"resume it with `sft train RECIPE --resume`")
-    try:
-        raw = json.loads(info_file.read_text(encoding="utf-8"))
+    def preprocess(raw: dict) -> dict:
         raw["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                           for k, v in raw["preprocess"].items()})
-        info = info_type(**{k: v for k, v in raw.items() if k in info_type.__dataclass_fields__})
+        return raw
+    return read_info(info_file, info_type, preprocess), load_safetensors(weights, REBUILD)
+
+
+def read_info(info_file: Path, info_type: type, convert=lambda raw: raw):
+    """A run's model.json as `info_type` (a dataclass; `convert` rebuilds nested values), or a UserError naming it."""
+    try:
+        raw = convert(json.loads(info_file.read_text(encoding="utf-8")))
+        return info_type(**{k: v for k, v in raw.items() if k in info_type.__dataclass_fields__})
     except (ValueError, TypeError, KeyError, AttributeError) as e:  # not JSON, or not the keys sft writes
         raise UserError(f"{info_file}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                         f"{REBUILD}") from None
-    return info, load_safetensors(weights, REBUILD)
 
 
 def load_parts(parts: torch.nn.Module, state: dict[str, torch.Tensor], run_dir: str | Path) -> None:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from sft.data.loaders import eval_batches
 from sft.data.samples import Samples
 from sft.errors import UserError
 from sft.models.causal_lm import load_causal_lm
-from sft.tasks.base import REBUILD
+from sft.tasks.base import read_info
 from sft.tasks.causal_lm.module import answer_loss
 
 
@@ -69,11 +68,7 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, object, ChatInfo]:
     run = Path(run_dir)
     if not ((run / "model").is_dir() and (run / "model.json").is_file()):
         raise UserError(f"{run}: no finished model (model/, model.json); the run did not complete")
-    try:
-        info = ChatInfo(**json.loads((run / "model.json").read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as e:  # not JSON, or not the keys sft writes
-        raise UserError(f"{run / 'model.json'}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                        f"); {REBUILD}") from None
+    info = read_info(run / "model.json", ChatInfo)
     model, tokenizer, _ = load_causal_lm(str(run / "model"), "pretrained", "")
     return model.eval(), tokenizer, info
 
