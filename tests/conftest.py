@@ -154,3 +154,26 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_image_run(tmp_path_factory, fashion_slice) -> Path:
+    """One trained tiny image run for the export and serve tests; they write only under RUN/export*."""
+    tmp = tmp_path_factory.mktemp("image-run")
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text("optim:\n  lr: 0.01\n")
+    assert sft("train", recipe, *tiny_args(tmp, fashion_slice)).exit_code == 0
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_text_runs(tmp_path_factory, fortunes_slice, tiny_bert) -> dict[str, Path]:
+    """Trained tiny text runs for the export and serve tests: "full" (1 epoch) and "lora" (the head, then the
+    adapters). Tests that need RUN/export absent or fresh remove or --overwrite it."""
+    from sft import fine_tune
+    runs = {}
+    for name, extra in (("full", ("trainer.epochs=1",)), ("lora", ("strategy.name=lora",))):
+        tmp = tmp_path_factory.mktemp(f"text-{name}")
+        fine_tune(tiny_text_recipe(tmp, fortunes_slice, tiny_bert, *extra))
+        runs[name] = tmp / "run"
+    return runs

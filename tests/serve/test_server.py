@@ -6,6 +6,7 @@ import base64
 import http.client
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import sft, tiny_args, tiny_text_recipe
-from sft import fine_tune
+from tests.conftest import sft
 
 
 def free_port() -> int:
@@ -90,12 +90,8 @@ def png(array) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory, fashion_slice):
-    tmp = tmp_path_factory.mktemp("served")
-    recipe = tmp / "recipe.yaml"
-    recipe.write_text("optim:\n  lr: 0.01\n")
-    assert sft("train", recipe, *tiny_args(tmp, fashion_slice)).exit_code == 0
-    return tmp / "run"
+def image_run(tiny_image_run):
+    return tiny_image_run
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +185,9 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, images):
     assert status == 200 and answer["results"][0]["predictions"]
 
 
-def test_text_run_on_the_onnx_engine(tmp_path, fortunes_slice, tiny_bert):
-    fine_tune(tiny_text_recipe(tmp_path, fortunes_slice, tiny_bert, "trainer.epochs=1"))
-    run = tmp_path / "run"
+def test_text_run_on_the_onnx_engine(tmp_path, tiny_text_runs):
+    run = tiny_text_runs["full"]
+    shutil.rmtree(run / "export", ignore_errors=True)  # the run is shared with the export tests
     missing = sft("serve", run, "--engine", "onnx")
     assert missing.exit_code == 2 and "sft export" in missing.output
     assert sft("export", run).exit_code == 0

@@ -10,30 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import sft, tiny_args, tiny_text_recipe
-from sft import fine_tune
+from tests.conftest import sft
 from sft.models import export as export_module
 from sft.models.export import session
 
 
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory, fashion_slice):
-    tmp = tmp_path_factory.mktemp("image-run")
-    recipe = tmp / "recipe.yaml"
-    recipe.write_text("optim:\n  lr: 0.01\n")
-    assert sft("train", recipe, *tiny_args(tmp, fashion_slice)).exit_code == 0
-    return tmp / "run"
+@pytest.fixture
+def image_run(tiny_image_run):
+    return tiny_image_run
 
 
-@pytest.fixture(scope="module")
-def text_runs(tmp_path_factory, fortunes_slice, tiny_bert):
-    """A fine-tuned run (1 epoch) and a LoRA run (the head, then the adapters)."""
-    runs = {}
-    for name, extra in (("full", ("trainer.epochs=1",)), ("lora", ("strategy.name=lora",))):
-        tmp = tmp_path_factory.mktemp(f"text-{name}")
-        fine_tune(tiny_text_recipe(tmp, fortunes_slice, tiny_bert, *extra))
-        runs[name] = tmp / "run"
-    return runs
+@pytest.fixture
+def text_runs(tiny_text_runs):
+    return tiny_text_runs
 
 
 def predictions(run, *args):
@@ -124,7 +113,7 @@ def test_a_failing_parity_check_writes_nothing_unless_forced(image_run, tmp_path
 @pytest.mark.parametrize("kind", ["full", "lora"])
 def test_text_export_dynamic_sequence_and_onnx_predict(text_runs, kind):
     run = text_runs[kind]
-    assert sft("export", run).exit_code == 0
+    assert sft("export", run, "--overwrite").exit_code == 0  # the run is shared with the serve tests
     parity = json.loads((run / "export" / "parity.json").read_text())
     assert parity["passed"] and parity["lora_merged"] == (kind == "lora")
     assert (run / "export" / "tokenizer.json").is_file()
