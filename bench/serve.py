@@ -8,7 +8,10 @@ batching (max_batch 32) and once with max_batch=1.
 Clients keep their HTTP connection open and send each image as base64 JSON; the latency is the full round trip.
 The clients run on the same CPU as the server, so on a small machine they take part of it: the figures are a floor.
 Last line: JSON with throughput_rps, p50_ms, p99_ms (batching), batching_speedup (throughput with batching / without;
-target >= 2.0) and errors (target 0).
+target >= 2.0), errors (target 0), and what the server is measured against: limit_rps (the run's predictor in this
+process, prepare + run on the same images in batches of max_batch, no HTTP, no clients: the ceiling the server can
+approach), http_over_limit (throughput_rps / limit_rps: the share HTTP, JSON and batching leave) and startup_s (from
+launching `sft serve` until /health answers).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import argparse
 import base64
 import http.client
 import io
+import itertools
 import json
 import socket
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,7 @@ from PIL import Image
 
 from common import OUT, read_fashion, report
 from sft import fine_tune, load_recipe
+from sft.tasks import task_of_run
 
 RECIPE = Path(__file__).parents[1] / "examples" / "fashion_mnist.yaml"
 
@@ -51,8 +57,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(run: Path, engine: str, max_batch: int, max_wait_ms: float) -> tuple[subprocess.Popen, int]:
+def start(run: Path, engine: str, max_batch: int, max_wait_ms: float) -> tuple[subprocess.Popen, int, float]:
+    """The server process, its port, and the seconds from launch until /health answered."""
     port = free_port()
+    launched = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "sft.cli", "serve", str(run), "--port", str(port), "--engine",
                                 engine, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -63,7 +71,7 @@ def start(run: Path, engine: str, max_batch: int, max_wait_ms: float) -> tuple[s
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("GET", "/health")
             if connection.getresponse().status == 200:
-                return process, port
+                return process, port, time.perf_counter() - launched
         except OSError:
             time.sleep(0.5)
     process.kill()
@@ -114,18 +122,40 @@ def load(port: int, bodies: list[bytes], clients: int, seconds: float) -> dict:
 
 def measure(run: Path, engine: str, bodies: list[bytes], clients: int, seconds: float, max_batch: int,
             max_wait_ms: float) -> dict:
-    process, port = start(run, engine, max_batch, max_wait_ms)
+    process, port, startup = start(run, engine, max_batch, max_wait_ms)
     try:
         load(port, bodies, clients, 2.0)  # warm-up: first calls allocate
         result = load(port, bodies, clients, seconds)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("GET", "/health")
         health = json.loads(connection.getresponse().read())
-        result["mean_batch"] = health["mean_batch"]
+        result["mean_batch"], result["startup_s"] = health["mean_batch"], round(startup, 2)
         return result
     finally:
         process.terminate()
         process.wait(30)
+
+
+def limit(run: Path, engine: str, images: list[bytes], seconds: float, max_batch: int) -> float:
+    """Items per second of the run's predictor in this process: each image prepared (decoded, eval transform) and
+    run in batches of `max_batch`, what the server does minus HTTP, JSON and the batcher. The model runs on one
+    worker thread, as the server's batcher runs it: torch's intra-op threading differs off the main thread (here,
+    3x faster on the main thread's busy 2-core CPU), so the main thread would not be a like-for-like ceiling."""
+    predictor = task_of_run(run).predictor(run, engine)
+    batches = [images[i:i + max_batch] for i in range(0, len(images), max_batch)]
+
+    def measure_here() -> float:
+        predictor.run([predictor.prepare(b) for b in batches[0]])  # warm-up: first calls allocate
+        items, started = 0, time.perf_counter()
+        for batch in itertools.cycle(batches):
+            if time.perf_counter() - started >= seconds:
+                break
+            predictor.run([predictor.prepare(b) for b in batch])
+            items += len(batch)
+        return items / (time.perf_counter() - started)
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(measure_here).result()
 
 
 def main() -> None:
@@ -139,19 +169,23 @@ def main() -> None:
     if args.engine == "onnx" and not (run / "export" / "model.onnx").is_file():
         subprocess.run([sys.executable, "-m", "sft.cli", "export", str(run)], check=True)
     x, _ = read_fashion("t10k")
-    bodies = []
+    images = []
     for image in x[:64]:
         out = io.BytesIO()
         Image.fromarray(image).save(out, format="PNG")
-        bodies.append(json.dumps({"images": [base64.b64encode(out.getvalue()).decode()]}).encode())
+        images.append(out.getvalue())
+    bodies = [json.dumps({"images": [base64.b64encode(png).decode()]}).encode() for png in images]
     batched = measure(run, args.engine, bodies, args.clients, args.seconds, max_batch=32, max_wait_ms=5)
     single = measure(run, args.engine, bodies, args.clients, args.seconds, max_batch=1, max_wait_ms=0)
+    limit_rps = limit(run, args.engine, images, args.seconds, max_batch=32)
     report({"run": str(run), "engine": args.engine, "clients": args.clients, "seconds": args.seconds,
             "throughput_rps": batched["throughput_rps"], "p50_ms": batched["p50_ms"], "p99_ms": batched["p99_ms"],
             "mean_batch": batched["mean_batch"], "unbatched_throughput_rps": single["throughput_rps"],
             "unbatched_p50_ms": single["p50_ms"], "unbatched_p99_ms": single["p99_ms"],
             "batching_speedup": round(batched["throughput_rps"] / max(single["throughput_rps"], 1e-9), 2),
-            "errors": batched["errors"] + single["errors"]})
+            "errors": batched["errors"] + single["errors"], "limit_rps": round(limit_rps, 1),
+            "http_over_limit": round(batched["throughput_rps"] / max(limit_rps, 1e-9), 2),
+            "startup_s": batched["startup_s"]})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ gets its own folder. The conversion is written atomically under a file lock, so 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass

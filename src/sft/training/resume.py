@@ -49,7 +49,7 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
     if refused:
         raise UserError(f"{saved.parent}: --resume continues the run with the recipe it was started with, and these "
                         f"settings changed:\n  " + "\n  ".join(refused) + "\nRestore them to resume, or train the "
-                        f"new recipe into another run_dir (or replace this run with --overwrite).")
+                        "new recipe into another run_dir (or replace this run with --overwrite).")
     if kept:
         note = " (the learning-rate schedule is stretched to the new length)" if any(
             k.startswith("trainer.epochs") for k in kept) else ""

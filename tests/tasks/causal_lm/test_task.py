@@ -60,12 +60,12 @@ def test_train_eval_predict_and_export(tmp_path, parity_set, tiny_causal_lm):
     assert {"loss", "perplexity", "exact_match_before", "in_label_set_before"} <= set(summary)
     assert "Generations before and after" in (tmp_path / "run" / "eval" / "report.html").read_text()
 
-    result = sft("predict", tmp_path / "run", "--prompt", "n=10", "--prompt", "a longer prompt, n=11", "--format",
+    result = sft("predict", tmp_path / "run", "--prompt", "n=10", "--prompt", "n=105", "--format",
                  "json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert rows[0]["prompt"] == "n=10" and isinstance(rows[0]["answer"], str)
-    assert [r["answer"] for r in rows] == ["Sure.", "Sure."]  # batched with left padding, each answered alone
+    assert [r["answer"] for r in rows] == ["Sure.", "Sure."]  # batched (one prompt a token longer: left padding)
     streamed = sft("predict", tmp_path / "run", "--prompt", "n=3", "--max-new-tokens", "5")
     assert streamed.exit_code == 0 and ">>> n=3" in streamed.output
 
