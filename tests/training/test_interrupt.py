@@ -56,8 +56,9 @@ def test_a_signal_writes_a_checkpoint_exits_and_the_resumed_run_equals_the_whole
     assert child.returncode == code, err[-3000:]
     assert "Traceback" not in err
     assert f"stopped by {signal.Signals(signum).name} at epoch 2, step 10" in text
-    assert "sft train RECIPE --resume" in text
+    saved = tmp_path / "run" / "recipe.yaml"  # the command it prints is the one that resumes
+    assert f"Continue it with `sft train {saved} --resume`" in text
     assert not (tmp_path / "run" / "metrics.json").exists()
-    resumed = sft("train", recipe_file, *args, "--resume")
+    resumed = sft("train", saved, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert same_weights(whole, tmp_path / "run") == []  # the epoch went on from batch 4 of 7, as if never stopped

@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from sft import fine_tune
@@ -158,22 +160,26 @@ KILL_MID_EPOCH = textwrap.dedent("""
     import os, signal, sys
     from lightning.pytorch.callbacks import Callback
     from sft import fine_tune, load_recipe
+    from sft.training.trainer import optimizer_stepped
 
-    class Kill(Callback):
-        def on_train_batch_end(self, trainer, *args):  # step 11: batch 4 of 7 in epoch 2; last.ckpt is step 9's
-            if trainer.global_step == 11:
+    STEP, MICRO = int(sys.argv[2]), sys.argv[3] == "micro"
+
+    class Kill(Callback):  # runs before the checkpoint callbacks: last.ckpt is an earlier step's
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == STEP and not (MICRO and optimizer_stepped(trainer, batch_idx)):
                 os.kill(os.getpid(), signal.SIGKILL)
 
     fine_tune(load_recipe(sys.argv[1]), callbacks=[Kill()])
 """)
 
 
-def killed_at_step_11(tmp_path, recipe) -> dict:
-    """Run `recipe` in a child process killed with SIGKILL at step 11; its last.ckpt."""
+def killed_at_step_11(tmp_path, recipe, step: int = 11, micro: bool = False) -> dict:
+    """Run `recipe` in a child process killed with SIGKILL at `step` (step 11: batch 4 of 7 in epoch 2, last.ckpt
+    is step 9's); `micro`: at the first batch after it that only accumulates gradients. Its last.ckpt."""
     path = tmp_path / "b.yaml"
     path.write_text(dump_recipe(recipe))
-    done = subprocess.run([sys.executable, "-c", KILL_MID_EPOCH, str(path)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    done = subprocess.run([sys.executable, "-c", KILL_MID_EPOCH, str(path), str(step), "micro" if micro else "step"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     return torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
 
@@ -201,3 +207,41 @@ def test_a_text_run_killed_inside_an_epoch_resumes_to_the_same_weights(tmp_path,
     assert last["global_step"] == 9 and last["RunData"] == {"epoch": 1, "batches_done": 2}
     resumed = fine_tune(recipe, resume=True)
     assert same_weights(whole.dir, resumed.dir) == []
+
+
+class SavedAt(Callback):
+    """Where each checkpoint this process writes stands: (global step, batches of its epoch done)."""
+
+    def __init__(self):
+        self.saved = []
+
+    def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
+        self.saved.append((checkpoint["global_step"], checkpoint["RunData"]["batches_done"]))
+
+
+def test_under_gradient_accumulation_checkpoints_wait_for_the_step_and_resume_exactly(tmp_path, fashion_slice):
+    """7 batches an epoch in steps of 2 (the last of one): a checkpoint asked for after every batch (a tiny time
+    interval) is written after batches 2, 4, 6 and 7 only; killed after batch 5 of epoch 2, the run resumes from
+    batch 4 and ends with the uninterrupted run's weights."""
+    args = ("strategy.name=full", "trainer.epochs=2", "data.augment=light", "model.dropout=0.2", "data.batch_size=32",
+            "optim.accumulate=2", "trainer.checkpoint_minutes=0.000001")
+    saved = SavedAt()
+    whole = fine_tune(tiny_recipe(tmp_path / "a", fashion_slice, *args), callbacks=[saved])
+    assert {done for _, done in saved.saved} == {2, 4, 6, 7}, saved.saved
+    assert max(step for step, _ in saved.saved) == 8
+    recipe = tiny_recipe(tmp_path / "b", fashion_slice, *args)
+    last = killed_at_step_11(tmp_path, recipe, step=6, micro=True)
+    assert last["global_step"] == 6 and last["RunData"] == {"epoch": 1, "batches_done": 4}
+    resumed = fine_tune(recipe, resume=True)
+    assert same_weights(whole.dir, resumed.dir) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's list of mapped files")
+def test_the_resume_check_reads_the_checkpoint_memory_mapped(tmp_path):
+    """check_checkpoint looks at names and shapes; Lightning reads the whole file once, for the resume itself."""
+    from sft.training.resume import load_checkpoint
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": torch.nn.Linear(64, 64).state_dict()}, path)
+    ckpt = load_checkpoint(path)
+    assert str(path) in Path("/proc/self/maps").read_text()  # mapped, not read into memory
+    assert torch.equal(ckpt["state_dict"]["weight"], torch.load(path, weights_only=True)["state_dict"]["weight"])

@@ -17,10 +17,11 @@ import torch
 from sft.errors import UserError
 
 
-def load_torch_file(path: str | Path, hint: str) -> Any:
-    """torch.load, weights-only, on the CPU. `hint`: what the user can do instead, ending the error message."""
+def load_torch_file(path: str | Path, hint: str, mmap: bool = False) -> Any:
+    """torch.load, weights-only, on the CPU. `hint`: what the user can do instead, ending the error message.
+    `mmap`: tensors stay in the file until read (to check names and shapes without reading a whole checkpoint)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():  # not a refused object: bytes that are no pickle at all
             raise UserError(f"{path}: damaged or not a PyTorch file ({_unsafe_reason(e)}); {hint}") from None

@@ -24,12 +24,12 @@ from sft.core.atomic import atomic_write_text
 from sft.core.rundir import RunDir, is_child_process, locked
 from sft.errors import Interrupted, UserError
 from sft.recipe import Recipe, dump_recipe
-from sft.training.interrupt import StopOnSignal
+from sft.training.interrupt import StopOnSignal, die_with_launcher
 from sft.training.lr_find import find_lr, write_lr_find
 from sft.training.module import NonFiniteLoss
 from sft.training.prepare import TrainingTask, prepare
 from sft.training.resume import check_checkpoint, resumed_recipe
-from sft.training.trainer import Monitor, build_trainer
+from sft.training.trainer import Monitor, build_trainer, optimizer_stepped
 
 log = logging.getLogger("sft")
 
@@ -48,6 +48,8 @@ def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, re
     run = RunDir(recipe.run_dir)
     child = is_child_process()
     stop = StopOnSignal(run)
+    if child:
+        die_with_launcher()
     with contextlib.nullcontext() if child else locked(run):
         if not child:
             run.check(overwrite=overwrite, resume=resume, keep=keep)
@@ -56,6 +58,10 @@ def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, re
                 return _fine_tune(task, recipe, run, overwrite, resume, [*callbacks, stop], keep)
         except SIGTERMException:  # Lightning's own SIGTERM check, at an epoch's end (last.ckpt written)
             raise Interrupted(stop.message(signal.SIGTERM, saved=False), signal.SIGTERM) from None
+        except RuntimeError:  # a DDP collective lost its peer: say which process was killed, if one was
+            if (ended := stop.ended_process()) is None:
+                raise
+            raise ended from None
         finally:
             if not child:
                 run.discard_if_empty()  # a run that failed before its first checkpoint: a rerun starts afresh
@@ -132,9 +138,9 @@ class MidEpochCheckpoint(ModelCheckpoint):
     """Lightning's checkpoint by time or steps, written only after an optimizer step: gradients accumulated over
     several batches are not in a checkpoint, so one written between them could not be resumed exactly."""
 
-    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
-        if not trainer.fit_loop.epoch_loop._should_accumulate():
-            super().on_train_batch_end(trainer, *args, **kwargs)
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if optimizer_stepped(trainer, batch_idx):
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
 
 class FirstEpoch(Callback):

@@ -2,21 +2,30 @@
 and stop with 128 + the signal's number, saying how to resume.
 
 The checkpoint is the same kind as the periodic mid-epoch ones (weights, optimizer, schedule, RNG states, the
-epoch's position in the data), so `sft train RECIPE --resume` continues exactly where the run stopped. A second
-signal, or one before or after training, stops at once with what is on disk.
+epoch's position in the data), so `sft train RUN_DIR/recipe.yaml --resume` continues exactly where the run stopped.
+A second signal, or one before or after training, stops at once with what is on disk.
+
+With DDP (processes Lightning launches itself), a process that dies takes the others down with it: a rank whose
+launcher is killed gets SIGKILL from the kernel instead of waiting in a collective, and a launcher whose rank was
+killed says so and points at the latest checkpoint instead of relaying gloo's connection error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import shlex
 import signal
+import subprocess
+import sys
 import threading
 
 from lightning.pytorch.callbacks import Callback
 
 from sft.core.rundir import RunDir
 from sft.errors import Interrupted
+from sft.training.trainer import optimizer_stepped
 
 log = logging.getLogger("sft")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -24,7 +33,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StopOnSignal(Callback):
     def __init__(self, run: RunDir):
-        self.run, self.signum, self.training, self.saving = run, None, False, False
+        self.run, self.signum, self.training, self.saving, self.trainer = run, None, False, False, None
 
     @contextlib.contextmanager
     def installed(self):
@@ -51,22 +60,35 @@ class StopOnSignal(Callback):
 
     def message(self, signum: int, saved: bool, where: str = "") -> str:
         name = signal.Signals(signum).name
+        # the run's own recipe.yaml (written before the first step) holds the recipe and overrides as they ran
+        resume = f"`sft train {shlex.quote(str(self.run.recipe))} --resume`"
         if saved:
-            return (f"stopped by {name}{where}; the run is saved in {self.run.last_checkpoint}. Continue it with "
-                    f"`sft train RECIPE --resume` (the same recipe and overrides, run_dir={self.run.path})")
+            return f"stopped by {name}{where}; the run is saved in {self.run.last_checkpoint}. Continue it with {resume}"
         if self.run.last_checkpoint.exists():
-            return (f"stopped by {name}; {self.run.last_checkpoint} holds the latest checkpoint. Continue with "
-                    f"`sft train RECIPE --resume` (the same recipe and overrides, run_dir={self.run.path})")
-        return f"stopped by {name} before the first checkpoint; nothing to resume: train again"
+            return (f"stopped by {name}{where}; {self.run.last_checkpoint} holds the latest checkpoint. Continue with "
+                    f"{resume}")
+        return f"stopped by {name}{where} before the first checkpoint; nothing to resume: train again"
+
+    def ended_process(self) -> Interrupted | None:
+        """When another DDP process of this run was killed (the error training raised is then gloo's or NCCL's
+        lost connection): the error saying which one, and how to resume."""
+        launcher = self.trainer.strategy.launcher if self.trainer is not None else None
+        for rank, proc in enumerate(getattr(launcher, "procs", ()), start=1):  # the ranks this process launched
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)  # its socket closes a moment before its exit status is there
+            if proc.returncode is not None and proc.returncode < 0:
+                signum = -proc.returncode
+                return Interrupted(self.message(signum, saved=False, where=f" (rank {rank}, pid {proc.pid})"), signum)
+        return None
 
     def on_train_start(self, trainer, module) -> None:
-        self.training = True
+        self.training, self.trainer = True, trainer
 
     def on_train_end(self, trainer, module) -> None:
         self.training = False
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if not trainer.fit_loop.epoch_loop._should_accumulate():  # accumulated gradients are in no checkpoint
+        if optimizer_stepped(trainer, batch_idx):  # accumulated gradients are in no checkpoint
             self._stop_if_asked(trainer)
 
     def on_train_epoch_end(self, trainer, module) -> None:
@@ -80,3 +102,11 @@ class StopOnSignal(Callback):
         self.saving = self.training = False
         where = f" at epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
         raise Interrupted(self.message(self.signum, saved=True, where=where), self.signum)
+
+
+def die_with_launcher() -> None:
+    """In a DDP rank Lightning launched: ask Linux for SIGKILL when the launching process dies, so a killed `sft
+    train` leaves no rank behind (one blocked in a collective would otherwise wait for its timeout)."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

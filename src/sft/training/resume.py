@@ -59,8 +59,10 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A Lightning checkpoint read weights-only (tensors and plain containers, never arbitrary objects)."""
-    return load_torch_file(path, "it cannot be resumed: train into a new run_dir, or replace this run with --overwrite")
+    """A Lightning checkpoint read weights-only (tensors and plain containers, never arbitrary objects), its tensors
+    memory-mapped: checking names and shapes reads none of them, and Lightning reads the file for the resume."""
+    return load_torch_file(path, "it cannot be resumed: train into a new run_dir, or replace this run with --overwrite",
+                           mmap=True)
 
 
 def check_checkpoint(path: Path, model: nn.Module, facts: dict) -> None:

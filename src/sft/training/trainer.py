@@ -34,6 +34,14 @@ class Monitor:
     mode: str  # "max" | "min"
 
 
+def optimizer_stepped(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the training batch `batch_idx` of the epoch (counted from the epoch's start, a resumed one too) ended
+    with an optimizer step: every `accumulate_grad_batches`-th batch and the epoch's last, shorter group. Gradients
+    accumulated between steps are in no checkpoint, so checkpoints and stops wait for a step."""
+    done = batch_idx + 1
+    return done % trainer.accumulate_grad_batches == 0 or done == trainer.num_training_batches
+
+
 def build_trainer(recipe: Recipe, precision: str, callbacks: list[Callback], **settings) -> L.Trainer:
     """A Trainer with the recipe's settings; `settings` are the caller's own (epochs or steps, loggers, ...)."""
     quiet_lightning()
