@@ -13,32 +13,7 @@ from safetensors.torch import load_file
 from sft.models.vision import create_backbone
 from sft.tasks.detection.module import auto_anchor_sizes, build_detector, from_detector, to_detector
 from tests.conftest import sft
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.fixture(scope="module")
-def detection_set(tmp_path_factory) -> Path:
-    """examples/detection/build.py's composites: 16 train, 8 val, 8 test canvases of 96 px."""
-    if not FASHION.exists():
-        pytest.skip("dataset-fashion-mnist is not installed")
-    spec = importlib.util.spec_from_file_location("detection_build", Path(__file__).parents[3] / "examples" /
-                                                  "detection" / "build.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    out = tmp_path_factory.mktemp("detection") / "data"
-    builder.build(out, train=16, val=8, test=8, size=96, seed=0)
-    return out
-
-
-def recipe(tmp_path, data, *lines):
-    path = tmp_path / "det.yaml"
-    path.write_text("\n".join([
-        "task: detection", "data:", f"  train: {data / 'train'}", f"  val: {data / 'val' / 'annotations.json'}",
-        f"  test: {data / 'test'}", "  image_size: 64", "  batch_size: 8", "trainer:", "  epochs: 1",
-        "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}", *lines]) + "\n")
-    return path
-
+from tests.tasks.detection.conftest import recipe
 
 @pytest.fixture(scope="module")
 def frozen_run(tmp_path_factory, detection_set):
@@ -98,7 +73,7 @@ def test_full_fine_tune_of_faster_rcnn_and_errors(tmp_path, detection_set):
     assert result.exit_code == 2 and "4 FPN levels" in result.output and not (tmp_path / "other").exists()
 
 
-@pytest.mark.parametrize("kind", ["fcos", "retinanet", "fasterrcnn"])
+@pytest.mark.parametrize("kind", ["fcos", "retinanet", "fasterrcnn", "ssdlite"])
 def test_detectors_train_on_empty_and_full_targets_and_return_zero_based_classes(kind):
     backbone = create_backbone("timm/test_efficientnet", None, out="maps")
     anchors = auto_anchor_sizes(np.array([10.0, 20.0, 30.0]), kind, backbone.reductions)
@@ -121,20 +96,22 @@ def test_recipe_keys_and_a_checkpoint_of_another_class_count(tmp_path):
     result = sft("recipe", "--task", "detection")
     assert result.exit_code == 0 and "detector: fcos" in result.output and "precision: '32'" in result.output
     from safetensors.torch import save_file
-    from sft.tasks.detection.module import load_detector_checkpoint
+    from sft.tasks.detection.checkpoint import load_detector_checkpoint
     backbone = create_backbone("timm/test_efficientnet", None, out="maps")
     make = lambda classes: build_detector(  # noqa: E731
         "retinanet", backbone.module, backbone.channels, classes, fpn_channels=64, anchor_sizes=[8, 16, 32, 64, 128],
         size=64, preprocess=backbone.preprocess, score_threshold=0.05, detections=10)
     pretrained, mine = make(80), make(3)
     save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, tmp_path / "coco.safetensors")
-    counts = load_detector_checkpoint(mine, str(tmp_path / "coco.safetensors"))
-    assert counts["loaded"] > 0 and counts["skipped"] == 2  # the class logits' weight and bias
+    load = lambda head, name: load_detector_checkpoint(  # noqa: E731
+        backbone.module, head, str(tmp_path / name), "retinanet")
+    counts = load(mine, "coco.safetensors")
+    assert counts["head"] > 0 and len(counts["class_sized"]) == 2  # the class logits' weight and bias
     fpn = "backbone.fpn.inner_blocks.0.0.weight"
     assert torch.equal(mine.state_dict()[fpn], pretrained.state_dict()[fpn])
     # torchvision's references save {"model": state, "args": Namespace}: the state is used, the Namespace refused
     torch.save({"model": pretrained.state_dict()}, tmp_path / "wrapped.pth")
-    assert load_detector_checkpoint(make(3), str(tmp_path / "wrapped.pth")) == counts
+    assert load(make(3), "wrapped.pth")["head"] == counts["head"]
     import argparse
     from sft.errors import UserError
     torch.save({"model": pretrained.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "refs.pth")
@@ -143,7 +120,7 @@ def test_recipe_keys_and_a_checkpoint_of_another_class_count(tmp_path):
     torch.save({"model": 3}, tmp_path / "number.pth")
     for name in ("refs.pth", "junk.pth", "junk.safetensors", "number.pth"):
         with pytest.raises(UserError, match=name) as raised:
-            load_detector_checkpoint(make(3), str(tmp_path / name))
+            load(make(3), name)
         assert "weights_only=False" not in str(raised.value)
 
 

@@ -1,6 +1,9 @@
 """The detector and its LightningModule: sft's backbone in feature-map mode, an FPN on its last three maps
-(torchvision.ops.FeaturePyramidNetwork) and a torchvision detector's heads (FCOS, RetinaNet or Faster R-CNN), sized
-from the classes, monitored by val_map50.
+(torchvision.ops.FeaturePyramidNetwork) and a torchvision detector's heads (FCOS, RetinaNet, Faster R-CNN or SSDLite),
+sized from the classes, monitored by val_map50. SSDLite here is torchvision's SSD with its SSDLite head
+(depthwise-separable convolutions, BatchNorm) on the FPN's four levels, not on torchvision's extra MobileNetV3
+layers: sft's backbones give strides 8-32 (MobileNetV2's stride-8 map has 32 channels, too few to classify from
+alone), and the FPN gives every level the deeper maps' features.
 
 Three details decide whether a detector learns at all, and each is set here rather than left to torchvision's
 800-px COCO defaults:
@@ -14,7 +17,8 @@ Three details decide whether a detector learns at all, and each is set here rath
   it, and each level has three scales (x1, x2^(1/3), x2^(2/3)) and the aspect ratios 0.5, 1, 2 (RetinaNet, Faster
   R-CNN's RPN), so every box from that percentile up to 2^5 times it has an anchor within a sixth of an octave.
   FCOS places one point per location whose size sets its scale range (4x-8x) and centre-sampling radius, so its
-  sizes stay the levels' strides (its paper's choice), unless given.
+  sizes stay the levels' strides (its paper's choice), unless given. SSDLite's default boxes per location: the
+  level's size and sqrt(2) times it (square), and the size at 1:2 and 2:1.
 
 The module's `backbone` is sft's backbone (the groups strategies freeze, its BatchNorm kept in eval mode when frozen);
 its `head` is the detector without it (FPN + heads), which calls the backbone without owning it.
@@ -25,28 +29,33 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.anchor_utils import (
+    AnchorGenerator,
+    DefaultBoxGenerator,
+)
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from sft.core.torchfile import load_safetensors, load_torch_file
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
+from sft.tasks.detection.checkpoint import load_detector_checkpoint
 from sft.tasks.detection.metrics import mean_ap
 from sft.tasks.detection.recipe import DetectionRecipe
 from sft.training.module import FineTuneModule
 from sft.training.strategies import Schedule
 
 log = logging.getLogger("sft")
-LEVELS = {"fcos": 5, "retinanet": 5, "fasterrcnn": 4}  # P3-P5 + P6, P7 (or a max-pooled P6)
+LEVELS = {"fcos": 5, "retinanet": 5, "fasterrcnn": 4, "ssdlite": 4}  # P3-P5 + P6, P7 (or a max-pooled P6)
 
 
 class Pyramid(nn.Module):
@@ -83,9 +92,12 @@ def auto_anchor_sizes(sides: np.ndarray, detector: str, reductions: list[int]) -
     return [round(base * 2 ** k, 2) for k in range(levels)]
 
 
-def anchor_generator(detector: str, sizes: list[float]) -> AnchorGenerator:
+def anchor_generator(detector: str, sizes: list[float], image_size: int) -> AnchorGenerator | DefaultBoxGenerator:
     if detector == "fcos":
         return AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * len(sizes))
+    if detector == "ssdlite":  # SSD's default boxes: per level s_k and sqrt(s_k s_k+1) square, s_k at 1:2 and 2:1
+        scales = [s / image_size for s in [*sizes, 2 * sizes[-1]]]
+        return DefaultBoxGenerator([[2]] * len(sizes), scales=scales)
     scales = tuple(tuple(s * 2 ** (i / 3) for i in range(3)) for s in sizes)
     return AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * len(sizes))
 
@@ -96,9 +108,15 @@ def build_detector(kind: str, trunk: nn.Module, channels: list[int], num_classes
     """A torchvision detector of `num_classes` classes (+ the background) on the trunk's maps."""
     if len(anchor_sizes) != LEVELS[kind]:
         raise UserError(f"model.anchor_sizes: {kind} has {LEVELS[kind]} FPN levels, got {len(anchor_sizes)} sizes")
-    pyramid = Pyramid(trunk, channels, fpn_channels, p6p7=kind != "fasterrcnn", channels_last=channels_last)
+    pyramid = Pyramid(trunk, channels, fpn_channels, p6p7=kind in ("fcos", "retinanet"), channels_last=channels_last)
     common = dict(min_size=size, max_size=size, image_mean=list(preprocess.mean), image_std=list(preprocess.std))
-    anchors = anchor_generator(kind, anchor_sizes)
+    anchors = anchor_generator(kind, anchor_sizes, size)
+    if kind == "ssdlite":  # torchvision's SSDLite head (depthwise-separable, BatchNorm) on each FPN level
+        head = SSDLiteHead([fpn_channels] * LEVELS[kind], anchors.num_anchors_per_location(), num_classes + 1,
+                           partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
+        return SSD(pyramid, anchors, (size, size), num_classes + 1, image_mean=list(preprocess.mean),
+                   image_std=list(preprocess.std), head=head, score_thresh=score_threshold,
+                   detections_per_img=detections, nms_thresh=0.55, topk_candidates=300)
     if kind == "fcos":
         return FCOS(pyramid, num_classes + 1, anchor_generator=anchors, score_thresh=score_threshold,
                     detections_per_img=detections, **common)
@@ -130,33 +148,6 @@ def from_detector(outputs: list[dict]) -> list[dict]:
     return found
 
 
-def load_detector_checkpoint(head: nn.Module, path: str) -> dict:
-    """Tensors of a detector state dict (e.g. COCO-pretrained) whose names and shapes match the head; returns
-    counts. Class-sized layers of another class count are skipped, as in torchvision's fine-tuning tutorial. A
-    torchvision training checkpoint ({"model": state, "args": ...}) gives its "model"."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"model.checkpoint: {file} not found")
-    hint = "model.checkpoint takes a detector's state dict (.pth/.pt of tensors, or .safetensors)"
-    if file.suffix == ".safetensors":
-        state = load_safetensors(file, hint)
-    else:
-        state = load_torch_file(file, hint)
-        if isinstance(state, dict):
-            state = state.get("model", state.get("state_dict", state))
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise UserError(f"model.checkpoint: {file} holds no state dict (names to tensors, or a {{\"model\": "
-                        f"state}} wrapper); {hint}")
-    own = head.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise UserError(f"model.checkpoint: {file} shares no tensor (name and shape) with this detector's FPN "
-                        f"and heads; was it saved from another detector or FPN width?")
-    head.load_state_dict(usable, strict=False)
-    return {"loaded": len(usable), "skipped": len(own) - len(usable)}
-
-
 class Detector(FineTuneModule):
     def __init__(self, backbone: Backbone, splits: Splits, schedule: Schedule, recipe: DetectionRecipe,
                  size: int, anchor_sizes: list[float], channels_last: bool = False):
@@ -166,9 +157,11 @@ class Detector(FineTuneModule):
                               preprocess=backbone.preprocess, score_threshold=m.score_threshold,
                               detections=m.detections_per_image, channels_last=channels_last)
         if m.checkpoint:
-            counts = load_detector_checkpoint(head, m.checkpoint)
-            log.info(f"model.checkpoint {m.checkpoint}: {counts['loaded']} tensors loaded into the FPN and heads, "
-                     f"{counts['skipped']} left as initialised (other names or shapes, e.g. class-sized layers)")
+            c = load_detector_checkpoint(backbone.module, head, m.checkpoint, m.detector, backbone.name)
+            log.info(f"model.checkpoint {c['source']}: {c['trunk']} backbone and {c['head']} FPN and head tensors "
+                     f"loaded; left as initialised: {len(c['class_sized'])} class-sized (another class count)" +
+                     (f", {len(c['skipped'])} of another shape or name: {', '.join(c['skipped'][:6])}"
+                      if c["skipped"] else ""))
         super().__init__(backbone.module, head, schedule, recipe.optim, recipe.trainer.epochs, channels_last=False)
         self.classes, self.anchor_sizes, self.image_size = splits.classes, list(anchor_sizes), size
         self.val_map = mean_ap()

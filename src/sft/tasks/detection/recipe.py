@@ -28,7 +28,7 @@ class DetectionData(Data):
 
 
 class DetectionModel(Model):
-    detector: Literal["fcos", "retinanet", "fasterrcnn"] = Field(
+    detector: Literal["fcos", "retinanet", "fasterrcnn", "ssdlite"] = Field(
         "fcos", description="torchvision detector on the backbone's FPN (heads sized from the classes)")
     fpn_channels: int = Field(128, ge=64, multiple_of=32, description="width of the FPN and the heads (torchvision: "
                                                                       "256); FCOS's and RetinaNet's heads use 32 "
