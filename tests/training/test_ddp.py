@@ -1,10 +1,23 @@
-"""Two processes on CPU (gloo): same accuracy as one process, and the feature cache is computed once and shared."""
+"""Two processes on CPU (gloo): same accuracy as one process, the feature cache computed once and shared, and a
+run whose processes are killed with SIGKILL resumes to the uninterrupted run's weights."""
 
+import contextlib
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
+
+import pytest
+import torch
+
+from sft.recipe import dump_recipe
+from tests.conftest import tiny_recipe
+from tests.training.test_resume import same_weights
 
 SFT = Path(sys.executable).with_name("sft")
 
@@ -33,3 +46,88 @@ def test_two_processes_match_one(tmp_path, fashion_slice):
     assert sorted((tmp_path / "cache").glob("*.pt")) == cached  # same features: reused, not recomputed
     assert one["test_acc"] > 0.5 and two["test_acc"] > 0.5
     assert abs(one["test_acc"] - two["test_acc"]) <= 0.08, (one["test_acc"], two["test_acc"])
+
+
+# `sft train` whose ranks record their pids and kill themselves with SIGKILL at a step; a file, as Lightning
+# launches rank 1 by running the same script again
+KILLER = textwrap.dedent("""
+    import os, pathlib, signal, sys
+    from lightning.pytorch.callbacks import Callback
+    import sft.training.fit as fit
+
+    STEP, RANK = int(os.environ["KILL_STEP"]), int(os.environ["KILL_RANK"])
+    pathlib.Path(os.environ["PIDS"], str(os.getpid())).touch()
+
+    class Kill(Callback):  # runs before the checkpoint callbacks: last.ckpt is an earlier step's
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == STEP and trainer.global_rank == RANK:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    train = fit.fine_tune
+    fit.fine_tune = lambda *a, **k: train(*a, **{**k, "callbacks": [Kill()]})
+    from sft.cli import app
+    app(sys.argv[1:])
+""")
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to read its status has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def two_ranks(tmp_path, recipe: Path, *args, step: int = -1, rank: int = 0) -> tuple[int, str]:
+    """`sft train RECIPE ARGS` on 2 CPU processes, `rank` killed at `step`; (exit code, stderr) once no process of
+    the run is left (all of them are killed at the end whatever happens)."""
+    pids = tmp_path / f"pids-{recipe.stem}-{step}"
+    pids.mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KILL_STEP": str(step), "KILL_RANK": str(rank), "PIDS": str(pids)}
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    child = subprocess.Popen([sys.executable, str(script), "train", str(recipe), *args], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = child.communicate(timeout=300)
+        deadline = time.time() + 20  # the other rank: gone with it, not waiting in a collective
+        while any(alive(int(p.name)) for p in pids.iterdir()) and time.time() < deadline:
+            time.sleep(0.2)
+        left = [p.name for p in pids.iterdir() if alive(int(p.name))]
+        assert not left, f"still running after rank {rank} was killed at step {step}: {left}\n{err[-3000:]}"
+        return child.returncode, err
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_two_processes_killed_inside_epochs_resume_to_the_uninterrupted_weights(tmp_path, fashion_slice):
+    """kill -9 of the launcher at a random step of epoch 1, then of rank 1 at a random step of epoch 2 of the
+    resumed run: no process is left behind either time, and the second resume ends with the weights of the
+    uninterrupted 2-process run. 108 training images, 8 per step and process: 7 steps an epoch."""
+    args = ("strategy.name=full", "trainer.epochs=2", "data.augment=light", "model.dropout=0.2", "data.batch_size=8",
+            "data.train_limit=120", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu")
+    whole, killed = tmp_path / "whole.yaml", tmp_path / "killed.yaml"
+    whole.write_text(dump_recipe(tiny_recipe(tmp_path / "a", fashion_slice, *args)))
+    killed.write_text(dump_recipe(tiny_recipe(tmp_path / "b", fashion_slice, *args, "trainer.checkpoint_steps=2")))
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    code, err = two_ranks(tmp_path, whole)
+    assert code == 0, err[-3000:]
+
+    first, second = random.randint(3, 6), random.randint(9, 13)
+    code, err = two_ranks(tmp_path, killed, step=first, rank=0)
+    assert code == -signal.SIGKILL, err[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] in (first - 2, first - 1), first
+
+    code, err = two_ranks(tmp_path, killed, "--resume", step=second, rank=1)
+    # the launcher names the killed rank, unless Lightning's watcher of its ranks (every 5 s) kills it first
+    assert code in (128 + signal.SIGKILL, -signal.SIGKILL), err[-3000:]
+    if code > 0:
+        assert "stopped by SIGKILL (rank 1, pid" in " ".join(err.split()) and "Traceback" not in err, err[-3000:]
+    # rank 0 may have written step `second`'s checkpoint before it missed rank 1
+    assert torch.load(last, weights_only=True)["global_step"] in range(second - 2, second + 1), second
+
+    code, err = two_ranks(tmp_path, killed, "--resume")
+    assert code == 0, err[-3000:]
+    assert same_weights(tmp_path / "a" / "run", tmp_path / "b" / "run") == [], (first, second)
