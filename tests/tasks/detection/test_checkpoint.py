@@ -73,7 +73,7 @@ def test_a_run_from_the_file_starts_from_its_tensors(fcos_file, detection_set, t
 
 def test_a_torchvision_weights_name_is_fetched_through_torchvision(fcos_file, monkeypatch):
     from torchvision.models._api import WeightsEnum
-    path, saved = fcos_file
+    _, saved = fcos_file
     monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, **kw: saved)  # offline: the file's tensors
     trunk, head = ours()
     counts = load_detector_checkpoint(trunk.module, head, "FCOS_ResNet50_FPN_Weights.COCO_V1", "fcos", trunk.name)
@@ -89,10 +89,9 @@ def test_files_that_do_not_fit_name_what_differs(fcos_file, tmp_path):
     cases = [
         (ours("retinanet"), path, "retinanet", "holds a fcos detector.*model.detector: fcos"),
         (ours(fpn=128), path, "fcos", "FPN is 256 wide, this one 128 .set model.fpn_channels: 256"),
-        (ours(backbone="timm/test_efficientnet"), path, "fcos", "backbone does not fit model.backbone "
-                                                                  "timm/test_efficientnet"),
-        (ours("fasterrcnn"), tmp_path / "fasterrcnn.pth", "fasterrcnn", "FPN reads 4 backbone maps, this "
-                                                                        "detector's 3"),
+        (ours(backbone="timm/test_efficientnet"), path, "fcos",
+         "backbone does not fit model.backbone timm/test_efficientnet"),
+        (ours("fasterrcnn"), tmp_path / "fasterrcnn.pth", "fasterrcnn", "FPN reads 4 backbone maps, this detector's 3"),
     ]
     for (trunk, head), file, detector, message in cases:
         with pytest.raises(UserError, match=message):

@@ -1,6 +1,5 @@
 """Detection through `sft train / eval / predict` on real Fashion-MNIST composites, and its three detectors."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,7 +12,8 @@ from safetensors.torch import load_file
 from sft.models.vision import create_backbone
 from sft.tasks.detection.module import auto_anchor_sizes, build_detector, from_detector, to_detector
 from tests.conftest import sft
-from tests.tasks.detection.conftest import recipe
+from tests.tasks.detection.conftest import FASHION, recipe
+
 
 @pytest.fixture(scope="module")
 def frozen_run(tmp_path_factory, detection_set):
@@ -131,7 +131,7 @@ def test_readme_detection_block(tmp_path, monkeypatch):
     from tests.test_readme import README, in_a_copy, run_block
     in_a_copy(tmp_path, monkeypatch, str(FASHION))
     Image.fromarray(np.full((100, 80, 3), 60, np.uint8)).save("img.png")
-    block = re.search(r"```bash\n(python examples/detection/build.py.*?)```", README, re.S).group(1)
+    block = re.search(r"```bash\n(python examples/detection/build.py.*?)```", README, re.DOTALL).group(1)
     run_block(block, ["--train", "16", "--val", "8", "--test", "8", "--size", "96"],
               ["trainer.epochs=1", "data.image_size=64", f"cache_dir={tmp_path / 'cache'}"])
     assert Path("runs/detection/eval/report.html").exists() and Path("found/img.png").exists()

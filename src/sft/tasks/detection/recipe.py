@@ -29,7 +29,8 @@ class DetectionData(Data):
 
 class DetectionModel(Model):
     detector: Literal["fcos", "retinanet", "fasterrcnn", "ssdlite"] = Field(
-        "fcos", description="torchvision detector on the backbone's FPN (heads sized from the classes)")
+        "fcos", description="torchvision detector on the backbone's FPN (heads sized from the classes); "
+                            "ssdlite: the lightest heads")
     fpn_channels: int = Field(128, ge=64, multiple_of=32, description="width of the FPN and the heads (torchvision: "
                                                                       "256); FCOS's and RetinaNet's heads use 32 "
                                                                       "GroupNorm groups")
@@ -39,9 +40,10 @@ class DetectionModel(Model):
     score_threshold: float = Field(0.05, ge=0, lt=1, description="detections below this score are dropped before "
                                                                  "mAP (predict has its own --score)")
     detections_per_image: int = Field(100, ge=1, description="at most this many detections per image")
-    checkpoint: str | None = Field(None, description="a detector state dict (.pth/.safetensors, e.g. COCO-"
-                                                     "pretrained) loaded before training; heads of another class "
-                                                     "count are skipped")
+    checkpoint: str | None = Field(None, description="a torchvision detector's state dict (.pth/.safetensors, e.g. "
+                                                     "COCO-pretrained) or, online, its weights name (e.g. "
+                                                     "FCOS_ResNet50_FPN_Weights.COCO_V1), loaded before training: "
+                                                     "backbone, FPN and heads; class-sized layers stay initialised")
 
 
 class DetectionTrainer(Trainer):
