@@ -54,7 +54,7 @@ def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, re
         if not child:
             run.check(overwrite=overwrite, resume=resume, keep=keep)
         try:
-            with contextlib.nullcontext() if child else stop.installed():
+            with stop.installed():
                 return _fine_tune(task, recipe, run, overwrite, resume, [*callbacks, stop], keep)
         except SIGTERMException:  # Lightning's own SIGTERM check, at an epoch's end (last.ckpt written)
             raise Interrupted(stop.message(signal.SIGTERM, saved=False), signal.SIGTERM) from None

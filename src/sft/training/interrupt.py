@@ -5,9 +5,11 @@ The checkpoint is the same kind as the periodic mid-epoch ones (weights, optimiz
 epoch's position in the data), so `sft train RUN_DIR/recipe.yaml --resume` continues exactly where the run stopped.
 A second signal, or one before or after training, stops at once with what is on disk.
 
-With DDP (processes Lightning launches itself), a process that dies takes the others down with it: a rank whose
-launcher is killed gets SIGKILL from the kernel instead of waiting in a collective, and a launcher whose rank was
-killed says so and points at the latest checkpoint instead of relaying gloo's connection error.
+With DDP (processes Lightning launches itself) every process handles the signals, and at each step's end they
+agree whether any got one, so all of them stop after the same step, whichever the signal reached (Ctrl-C reaches
+all, `kill PID` the launcher alone). A process that dies takes the others down with it: a rank whose launcher is
+killed gets SIGKILL from the kernel instead of waiting in a collective, and a launcher whose rank was killed says so
+and points at the latest checkpoint instead of relaying gloo's connection error.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import subprocess
 import sys
 import threading
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
-from sft.core.rundir import RunDir
+from sft.core.rundir import RunDir, is_child_process
 from sft.errors import Interrupted
 from sft.training.trainer import optimizer_stepped
 
@@ -34,17 +37,20 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopOnSignal(Callback):
     def __init__(self, run: RunDir):
         self.run, self.signum, self.training, self.saving, self.trainer = run, None, False, False, None
+        self.handling = False
 
     @contextlib.contextmanager
     def installed(self):
-        """Our handlers for the whole of training (Lightning composes its own SIGTERM handler with them)."""
+        """Our handlers for the whole of training, in every process of the run."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        self.handling = True
         try:
             yield
         finally:
+            self.handling = False
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -53,8 +59,9 @@ class StopOnSignal(Callback):
             return
         if self.training and self.signum is None:
             self.signum = signum
-            log.warning(f"{signal.Signals(signum).name}: finishing this batch and writing {self.run.last_checkpoint}"
-                        f" (send it again to stop at once)")
+            if not is_child_process():  # one line for the run, not one per process
+                log.warning(f"{signal.Signals(signum).name}: finishing this batch and writing "
+                            f"{self.run.last_checkpoint} (send it again to stop at once)")
             return
         raise Interrupted(self.message(signum, saved=False), signum)
 
@@ -63,7 +70,8 @@ class StopOnSignal(Callback):
         # the run's own recipe.yaml (written before the first step) holds the recipe and overrides as they ran
         resume = f"`sft train {shlex.quote(str(self.run.recipe))} --resume`"
         if saved:
-            return f"stopped by {name}{where}; the run is saved in {self.run.last_checkpoint}. Continue it with {resume}"
+            return (f"stopped by {name}{where}; the run is saved in {self.run.last_checkpoint}. Continue it with "
+                    f"{resume}")
         if self.run.last_checkpoint.exists():
             return (f"stopped by {name}{where}; {self.run.last_checkpoint} holds the latest checkpoint. Continue with "
                     f"{resume}")
@@ -83,6 +91,10 @@ class StopOnSignal(Callback):
 
     def on_train_start(self, trainer, module) -> None:
         self.training, self.trainer = True, trainer
+        # SIGTERM is ours alone from here: the handler Lightning put in front of ours broadcasts to the other DDP
+        # processes from inside the handler, wherever each one is; our vote at the step's end stops them together
+        if self.handling:
+            signal.signal(signal.SIGTERM, self._handle)
 
     def on_train_end(self, trainer, module) -> None:
         self.training = False
@@ -95,13 +107,19 @@ class StopOnSignal(Callback):
         self._stop_if_asked(trainer)  # a signal during validation: the epoch is complete, saved as such
 
     def _stop_if_asked(self, trainer) -> None:
-        if self.signum is None:
+        signum = self.signum or 0
+        if trainer.world_size > 1:  # DDP: every process stops at this step if any of them got a signal
+            vote = torch.tensor(signum, device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(vote, reduce_op="max"))
+        if not signum:
             return
         self.saving = True
-        trainer.save_checkpoint(self.run.last_checkpoint)
+        trainer.save_checkpoint(self.run.last_checkpoint, weights_only=False)  # all of it, by rank 0: the others wait
         self.saving = self.training = False
+        if trainer.global_rank != 0:  # rank 0 says how to resume; a failed rank would have Lightning kill rank 0
+            raise SystemExit(0)
         where = f" at epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
-        raise Interrupted(self.message(self.signum, saved=True, where=where), self.signum)
+        raise Interrupted(self.message(signum, saved=True, where=where), signum)
 
 
 def die_with_launcher() -> None:
