@@ -15,6 +15,7 @@ from pathlib import Path
 from common import OUT, report
 from sft import fine_tune, load_recipe
 from sft.tasks import get_task
+from sft.core.hardware import training_device
 from sft.training.prepare import prepare, split_features
 
 ROOT = Path(__file__).parents[1]
@@ -56,7 +57,7 @@ def main(epochs: int = 3, strategies: str = ",".join(STRATEGIES)) -> None:
 
         started = time.perf_counter()  # the frozen encoder's embeddings, through sft's own cache (reused below)
         features = split_features(p.recipe, p.backbone.name, p.backbone.module, p.splits, p.inputs, p.precision,
-                                  False)
+                                  False, training_device(p.recipe.trainer.accelerator), p.notes["num_workers"])
         train_x, test_x = (features(s, p.inputs.eval(getattr(p.splits, s))).numpy() for s in ("train", "test"))
         figures["frozen_lr_accuracy"] = round(logistic(train_x, train.labels, test_x, test.labels, C=10.0), 4)
         figures["frozen_lr_minutes"] = round((time.perf_counter() - started) / 60, 2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -45,7 +45,9 @@ class Data(Section):
     augment: Literal["none", "light", "strong"] = Field(
         "light", description="none: resize+crop; light: random resized crop + flip; strong: + RandAugment, erasing")
     batch_size: int = Field(64, gt=0, description="samples per step and process")
-    num_workers: int = Field(0, ge=0, description="data-loading processes (0: in the training process)")
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="data-loading processes (0: in the training process); auto: up to 8 per GPU, 1-2 on a "
+                            "CPU (whose cores compute the steps), 0 for texts")
 
     @field_validator("train", "val", "test", mode="before")
     @classmethod

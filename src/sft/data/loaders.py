@@ -3,6 +3,8 @@
 The data order is a function of (seed, epoch) alone, so a resumed run sees the same batches as an uninterrupted one,
 on one process or several. Every checkpoint records how many batches of its epoch were trained (the data module's
 state in Lightning's checkpoint), so a run resumed from the middle of an epoch continues with the next batch.
+A loader lives as long as its phase (head-only on features, or whole inputs): its worker processes persist across
+epochs, and each index carries its epoch to them so that augmentations still follow (seed, epoch, sample).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Callable
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
 from sft.data.samples import EpochSeeded, Samples
 from sft.data.sampling import SAMPLER_MODES, BalancedSampler, ResumableBatches
@@ -28,6 +30,38 @@ class Inputs:
     collate: Callable | None
     key: str  # what features depend on besides weights and data: the transform or the tokenizer settings
     lengths: Callable[[Samples], np.ndarray] | None = None  # texts: tokens per sample, before truncation
+    decodes: bool = True  # each item is decoded and transformed (images): worth loader worker processes
+
+
+class AtEpoch(Sampler):
+    """`sampler`'s indices as (epoch, index): the epoch reaches the dataset in worker processes that outlive it."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class EpochItems(Dataset):
+    """dataset[(epoch, i)]: item i with that epoch's augmentations (an EpochSeeded dataset, in whichever process)."""
+
+    def __init__(self, dataset: EpochSeeded):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        self.dataset.epoch, index = key
+        return self.dataset[index]
 
 
 class RunData(L.LightningDataModule):
@@ -35,10 +69,13 @@ class RunData(L.LightningDataModule):
 
     def __init__(self, splits: Splits, inputs: Inputs, *, batch_size: int, num_workers: int, seed: int,
                  head_only: Callable[[int], bool], features: Callable[[str, Dataset], torch.Tensor],
-                 balance: str = "none", lengths: np.ndarray | None = None):
-        """lengths: the training samples' token counts, to draw training batches of similar length (texts)."""
+                 balance: str = "none", lengths: np.ndarray | None = None, pin_memory: bool = False):
+        """lengths: the training samples' token counts, to draw training batches of similar length (texts).
+        pin_memory: page-locked batches, copied to a GPU while it computes."""
         super().__init__()
         self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
+        self.pin_memory = pin_memory
+        self.kept: dict[tuple[str, bool], tuple[DataLoader, Sampler]] = {}  # (split, head-only): a phase's loader
         self.balance, self.collate, self.lengths = balance, inputs.collate, lengths
         self.train_set = inputs.train(splits.train)
         self.eval_sets = {name: inputs.eval(samples)
@@ -69,7 +106,7 @@ class RunData(L.LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def _loader(self, dataset: Dataset, shuffle: bool, balanced: bool = False,
-                lengths: np.ndarray | None = None, skip: int = 0) -> DataLoader:
+                lengths: np.ndarray | None = None, skip: int = 0) -> tuple[DataLoader, Sampler]:
         """The one place a sampler is chosen. Each draws its order from (seed, epoch) and gives every process a
         disjoint share: class-balanced epochs, batches grouped by length (lengths given), or plain shuffling."""
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -83,31 +120,46 @@ class RunData(L.LightningDataModule):
                                                       lengths=lengths.tolist())
         else:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
-        cached = isinstance(dataset, TensorDataset)
-        # its own generator: creating the iterator (which Lightning does once or twice per epoch, depending on
-        # whether the run was resumed) then draws the workers' base seed from (seed, epoch), not the global RNG
+        if isinstance(dataset, EpochSeeded):  # its augmentations: a function of (seed, epoch, sample)
+            dataset.seed, sampler, dataset = self.seed, AtEpoch(sampler), EpochItems(dataset)
+        cached = isinstance(dataset, TensorDataset)  # features, in memory
+        workers = 0 if cached else self.num_workers
+        # its own generator: creating the iterator draws the workers' base seed from it, not from the global RNG
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._epoch())
-        sampler.set_epoch(self._epoch())
         batches = ({"batch_sampler": ResumableBatches(sampler, self.batch_size, skip)} if skip else
                    {"batch_size": self.batch_size, "sampler": sampler})  # the same batches, all of them
-        return DataLoader(dataset, **batches, num_workers=0 if cached else self.num_workers,
-                          collate_fn=None if cached else self.collate, generator=generator)
+        loader = DataLoader(dataset, **batches, num_workers=workers, collate_fn=None if cached else self.collate,
+                            generator=generator, pin_memory=self.pin_memory,
+                            persistent_workers=workers > 0 and not skip)
+        return loader, sampler
+
+    def _phase_loader(self, split: str, cached: bool, **choice) -> DataLoader:
+        """The split's loader for this phase, built once (a resumed epoch's, which skips batches, only for that
+        epoch), its sampler set to the epoch."""
+        if choice.get("skip"):
+            loader, sampler = self._loader(**choice)
+        else:
+            if (split, cached) not in self.kept:
+                self.kept[split, cached] = self._loader(**choice)
+            loader, sampler = self.kept[split, cached]
+        sampler.set_epoch(self._epoch())
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         head_only = self.head_only(self._epoch())
         dataset = self.eval_dataset("train", cached=True) if head_only else self.train_set
-        if isinstance(dataset, EpochSeeded):  # its augmentations: a function of (seed, epoch, sample)
-            dataset.seed, dataset.epoch = self.seed, self._epoch()
         # the batches trained before a resume: every loader of that epoch skips them (Lightning may build one before
         # it restores the epoch counter, and another when the epoch starts)
         if self.resume_at and self.resume_at[0] < self._epoch():
             self.resume_at = None
         skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self._epoch() else 0
-        return self._loader(dataset, shuffle=True, balanced=self.balance in SAMPLER_MODES,
-                            lengths=None if head_only else self.lengths, skip=skip)  # cached features have no padding
+        return self._phase_loader("train", head_only, dataset=dataset, shuffle=True,
+                                  balanced=self.balance in SAMPLER_MODES,
+                                  lengths=None if head_only else self.lengths, skip=skip)  # features: no padding
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_dataset("val", cached=self.head_only(self._epoch())), shuffle=False)
+        cached = self.head_only(self._epoch())
+        return self._phase_loader("val", cached, dataset=self.eval_dataset("val", cached=cached), shuffle=False)
 
 
 def eval_batches(dataset: Dataset, batch_size: int, collate_fn: Callable | None, progress: bool, what: str):

@@ -138,7 +138,8 @@ class EpochSeeded:
         with torch.random.fork_rng(devices=[]):
             random.seed(state)
             np.random.seed(state)
-            torch.manual_seed(state)
+            # the CPU generator only: torch.manual_seed also queues accelerator seeding, a stack trace each call
+            torch.default_generator.manual_seed(state)
             try:
                 yield
             finally:

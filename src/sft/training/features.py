@@ -77,13 +77,15 @@ def weights_digest(module: nn.Module) -> str:
 def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, precision: str,
                      channels_last: bool, device: torch.device | str = "cpu", num_workers: int = 0,
                      collate_fn=None) -> torch.Tensor:
-    """One pass of the backbone in eval mode (BatchNorm uses its running statistics, no dropout)."""
+    """One pass of the backbone in eval mode (BatchNorm uses its running statistics, no dropout), on `device`; the
+    backbone is left where it was."""
     was_training = backbone.training
+    home = next(backbone.parameters(), torch.empty(0)).device
     backbone.eval()
-    model = _folded(backbone, channels_last)
     device = torch.device(device)
+    model = _folded(backbone, channels_last).to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_fn)
+                        collate_fn=collate_fn, pin_memory=device.type == "cuda")
     autocast = autocast_for(precision, device)
     chunks = []
     with autocast:
@@ -92,7 +94,7 @@ def extract_features(backbone: nn.Module, dataset: Dataset, *, batch_size: int, 
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             chunks.append(model(inputs).float().cpu())
-    backbone.train(was_training)
+    backbone.train(was_training).to(home)
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 

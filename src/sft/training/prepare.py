@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
+from sft.core.hardware import loader_workers, local_processes, training_device
 from sft.core.precision import resolve_precision, use_channels_last
 from sft.core.rundir import RunDir
 from sft.data.loaders import Inputs, RunData
@@ -74,7 +75,12 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     options = task.loader_options(recipe, splits, inputs, notes)
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
     channels_last = use_channels_last(recipe.trainer.channels_last, backbone.module)
-    features = split_features(recipe, backbone.name, backbone.module, splits, inputs, precision, channels_last)
+    device = training_device(recipe.trainer.accelerator)
+    workers = loader_workers(recipe.data.num_workers, device, local_processes(recipe.trainer.devices, device),
+                             inputs.decodes)
+    notes["num_workers"] = workers
+    features = split_features(recipe, backbone.name, backbone.module, splits, inputs, precision, channels_last,
+                              device, workers)
     if recipe.strategy.name == "auto":
         recipe = task.choose_strategy(recipe, splits, features("train", inputs.eval(splits.train)), notes)
     if recipe.optim.lr == "auto":
@@ -89,16 +95,16 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     if cache and schedule.head_only(0) and probe:
         notes["probe"] = start_from_probe(model, splits, inputs, features)
     head_only = (lambda epoch: schedule.head_only(epoch)) if cache else (lambda epoch: False)
-    data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers,
-                   seed=recipe.seed, head_only=head_only, features=features, **options)
+    data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=workers, seed=recipe.seed,
+                   head_only=head_only, features=features, pin_memory=device.type == "cuda", **options)
     return Prepared(recipe, backbone, splits, inputs, schedule, precision, channels_last, model, data, notes)
 
 
 def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits, inputs: Inputs, precision: str,
-                   channels_last: bool) -> Callable[[str, Dataset], torch.Tensor]:
-    """features(split, dataset): the frozen backbone's features of a split, through the cache. The key holds the
-    weights' content, the transform or tokenizer, the data's fingerprint and the precision, so any change
-    recomputes them."""
+                   channels_last: bool, device: torch.device, workers: int) -> Callable[[str, Dataset], torch.Tensor]:
+    """features(split, dataset): the frozen backbone's features of a split, through the cache, computed on the
+    training device. The key holds the weights' content, the transform or tokenizer, the data's fingerprint and the
+    precision, so any change recomputes them."""
     weights = weights_digest(backbone)
     loaded: dict[str, torch.Tensor] = {}  # head-only epochs ask every epoch: hash and read each split once per run
 
@@ -108,8 +114,7 @@ def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits,
             loaded[split] = cached_features(
                 key, backbone, dataset, mode=recipe.strategy.cache, cache_dir=recipe.cache_dir,
                 batch_size=max(recipe.data.batch_size, 128), precision=precision,
-                channels_last=channels_last, device=next(backbone.parameters()).device,
-                num_workers=recipe.data.num_workers, collate_fn=inputs.collate)
+                channels_last=channels_last, device=device, num_workers=workers, collate_fn=inputs.collate)
         return loaded[split]
     return features
 

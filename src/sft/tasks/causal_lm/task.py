@@ -66,7 +66,7 @@ class CausalLM(TaskBase):
                 encoded[id(samples)] = (samples, ChatDataset(samples, tokenizer, pre.max_length))
             return encoded[id(samples)][1]
         return Inputs(dataset, dataset, ChatCollate(tokenizer.pad_token_id, pre.pack),
-                      key=f"chat {pre} {tokenizer.name_or_path} {len(tokenizer)}")
+                      key=f"chat {pre} {tokenizer.name_or_path} {len(tokenizer)}", decodes=False)
 
     def loader_options(self, recipe: CausalLMRecipe, splits: Splits, inputs: Inputs, notes: dict) -> dict:
         """Count answer tokens and truncation; stop when an example keeps no answer token."""

@@ -182,11 +182,12 @@ class TextClassification(ImageClassification):
         pre, tokenizer = backbone.preprocess, backbone.module.tokenizer
         return Inputs(TextDataset, TextDataset, Tokenize(tokenizer, pre.max_length),
                       key=f"text {pre} {tokenizer.name_or_path} {len(tokenizer)}",
-                      lengths=lambda samples: token_lengths(tokenizer, samples))
+                      lengths=lambda samples: token_lengths(tokenizer, samples), decodes=False)
 
     def run_inputs(self, model, info: ModelInfo) -> Inputs:
         """A finished run's evaluation inputs: its own tokenizer."""
-        return Inputs(TextDataset, TextDataset, Tokenize(model.backbone.tokenizer, info.preprocess.max_length), "")
+        return Inputs(TextDataset, TextDataset, Tokenize(model.backbone.tokenizer, info.preprocess.max_length), "",
+                      decodes=False)
 
     def prediction_samples(self, info: ModelInfo, files: list[str], texts: list[str]) -> tuple[list, Samples]:
         if files:

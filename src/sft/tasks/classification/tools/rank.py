@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sft.core.atomic import atomic_write_json
+from sft.core.hardware import loader_workers, training_device
 from sft.core.precision import resolve_precision, use_channels_last
 from sft.core.rundir import check_replaceable, mark
 from sft.data.samples import Samples, stratified_split, stratified_subset
@@ -78,11 +79,10 @@ def backbone_features(task, recipe: Recipe, backbone_name: str, weights: str | N
     backbone = task.build_backbone(r)
     inputs = task.build_inputs(backbone, r)
     precision = resolve_precision(r.trainer.precision, r.trainer.accelerator)
-    if r.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        backbone.module.to("cuda")
+    device = training_device(r.trainer.accelerator)
     channels_last = use_channels_last(r.trainer.channels_last, backbone.module)
     features = split_features(r, backbone.name, backbone.module, SimpleNamespace(**samples), inputs, precision,
-                              channels_last)
+                              channels_last, device, loader_workers(r.data.num_workers, device, 1, inputs.decodes))
     return {name: features(name, inputs.eval(s)).float() for name, s in samples.items()}, backbone.weights_id
 
 
