@@ -138,6 +138,8 @@ def _sweep_module(model):
     base = type(model)
 
     class Sweep(base):
+        read_loss_every = 1  # the sweep reads every loss anyway, and must know which LR made it diverge
+
         def configure_optimizers(self):
             config = super().configure_optimizers()
             optimizer = config["optimizer"] if isinstance(config, dict) else config

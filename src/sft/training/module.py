@@ -42,10 +42,27 @@ class FineTuneModule(L.LightningModule):
         super().on_validation_model_train()
         self.schedule.apply(self.backbone, self.current_epoch)
 
+    read_loss_every = 25  # steps between reads of the finite flag on a GPU
+    finite: torch.Tensor | None = None  # every loss since the last read was finite (on the loss's device)
+
     def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}")
+        """Stop on a NaN or infinite loss. Reading a GPU tensor waits for the device and empties the queue of work
+        ahead of it, so on a GPU the flag gathers there and is read every `read_loss_every` steps, at each epoch's
+        end and before each checkpoint (none holds weights a NaN passed through)."""
+        finite = torch.isfinite(loss.detach())
+        self.finite = finite if self.finite is None else self.finite & finite
+        if loss.device.type == "cpu" or self.global_step % self.read_loss_every == 0:
+            self.stop_if_not_finite()
         return loss
+
+    def stop_if_not_finite(self) -> None:
+        if self.finite is not None and not bool(self.finite):
+            self.finite = None
+            raise NonFiniteLoss(f"loss is NaN or infinite by epoch {self.current_epoch}, step "
+                                f"{self.global_step}")
+
+    def on_train_epoch_end(self) -> None:
+        self.stop_if_not_finite()
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optim, self.backbone, self.head, self.schedule)
@@ -58,6 +75,7 @@ class FineTuneModule(L.LightningModule):
         return {}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.stop_if_not_finite()
         checkpoint["sft"] = {
             **self.checkpoint_facts(),
             "trainable_groups": self.schedule.trainable_groups(self.current_epoch),

@@ -4,6 +4,7 @@ strategy, precision and clipping, and the value the task monitors."""
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +26,24 @@ def quiet_lightning() -> None:
                     # sft.data.loaders resumes the epoch's data itself (the data module's state), not the loader
                     ".*checkpoint that ended before the epoch ended and your dataloader is not resumable.*"):
         warnings.filterwarnings("ignore", message=message)
+
+
+class ProgressBar(RichProgressBar):
+    """Rich's bar, reading the logged values at most twice a second: it reads them after every batch, and on a GPU
+    each read waits for the device (a host sync per step). Validation's values are read when it ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.read_at, self.shown = 0.0, {}
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        if time.monotonic() - self.read_at >= 0.5 or not trainer.training:
+            self.read_at, self.shown = time.monotonic(), super().get_metrics(trainer, pl_module)
+        return self.shown
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.read_at = 0.0  # the epoch's line shows the validation just finished
+        super().on_validation_end(trainer, pl_module)
 
 
 @dataclass(frozen=True)
@@ -50,7 +69,7 @@ def build_trainer(recipe: Recipe, precision: str, callbacks: list[Callback], **s
     if strategy == "ddp" and recipe.strategy.name != "full":
         strategy = "ddp_find_unused_parameters_true"  # frozen groups and cached epochs leave parameters unused
     if t.progress:
-        callbacks = [*callbacks, RichProgressBar()]
+        callbacks = [*callbacks, ProgressBar()]
     try:
         return L.Trainer(
             accelerator=t.accelerator, devices=t.devices, strategy=strategy, precision=precision,
