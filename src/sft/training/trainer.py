@@ -23,7 +23,10 @@ def quiet_lightning() -> None:
     for message in (".*isinstance\\(treespec, LeafSpec\\).*", ".*smaller than the logging interval.*",
                     ".*module\\(s\\) in eval mode at the start of training.*",  # frozen on purpose
                     ".*(Checkpoint|Experiment logs) directory .* exists and is not empty.*",
-                    # sft.data.loaders resumes the epoch's data itself (the data module's state), not the loader
+                    # sft.data.loaders resumes the epoch's data itself: the data module's state holds Lightning's
+                    # count of trained batches and the next loader skips them. Lightning 2.6 only saves and restores
+                    # a loader that has state_dict/load_state_dict (the skipping would still be ours) and warns here
+                    # for any other loader
                     ".*checkpoint that ended before the epoch ended and your dataloader is not resumable.*"):
         warnings.filterwarnings("ignore", message=message)
 
@@ -72,8 +75,9 @@ def build_trainer(recipe: Recipe, precision: str, callbacks: list[Callback], **s
         callbacks = [*callbacks, ProgressBar()]
     try:
         return L.Trainer(
-            accelerator=t.accelerator, devices=t.devices, strategy=strategy, precision=precision,
-            deterministic=t.deterministic, callbacks=callbacks, gradient_clip_val=recipe.optim.grad_clip,
+            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+            precision=precision, deterministic=t.deterministic, callbacks=callbacks,
+            gradient_clip_val=recipe.optim.grad_clip,
             use_distributed_sampler=False, reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0,
             enable_progress_bar=t.progress, enable_model_summary=False, **settings)
     except (MisconfigurationException, ValueError, RuntimeError, ImportError) as e:
