@@ -1,5 +1,5 @@
-"""Ctrl-C (SIGINT) or SIGTERM while a run trains: finish the current batch, write checkpoints/last.ckpt at that step
-and stop with 128 + the signal's number, saying how to resume.
+"""Ctrl-C (SIGINT) or SIGTERM while a run trains: finish the current step (all its batches, under gradient
+accumulation), write checkpoints/last.ckpt there and stop with 128 + the signal's number, saying how to resume.
 
 The checkpoint is the same kind as the periodic mid-epoch ones (weights, optimizer, schedule, RNG states, the
 epoch's position in the data), so `sft train RUN_DIR/recipe.yaml --resume` continues exactly where the run stopped.
