@@ -27,6 +27,11 @@ from sft.tasks.segmentation.recipe import SegmentationRecipe
 from sft.training.module import FineTuneModule
 from sft.training.strategies import Schedule
 
+# The narrowest Unet block (smp's own last width). Halving further starved the classifier: a 128-wide decoder ended
+# in 8 channels, a 64-wide one in 4, for 11 classes, and the bench's runs learned the background and little else.
+UNET_MIN_WIDTH = 16
+
+
 class DecoderHead(nn.Module):
     """decoder + 1x1/3x3 classifier, from the list of maps (input first) to logits at the input size."""
 
@@ -34,7 +39,8 @@ class DecoderHead(nn.Module):
         super().__init__()
         encoder_channels = [3, *channels]
         if kind == "unet":
-            widths = [max(width // 2 ** i, 4) for i in range(len(channels))]
+            floor = min(width, UNET_MIN_WIDTH)
+            widths = [max(width // 2 ** i, floor) for i in range(len(channels))]
             self.decoder = UnetDecoder(encoder_channels, widths, n_blocks=len(channels))
             self.head = SegmentationHead(widths[-1], num_classes, kernel_size=3)
             self._initialize()

@@ -30,7 +30,8 @@ class SegmentationModel(Model):
     decoder: Literal["unet", "fpn", "deeplabv3plus"] = Field(
         "unet", description="segmentation_models_pytorch decoder on the backbone's feature maps")
     decoder_channels: int = Field(256, ge=8, description="width of the decoder: unet's first block (each next one "
-                                                         "halves), fpn's pyramid, deeplabv3plus's ASPP; 256 as smp")
+                                                         "halves, down to 16), fpn's pyramid, deeplabv3plus's ASPP; "
+                                                         "256 as smp")
 
 
 class SegmentationOptim(Optim):
