@@ -127,6 +127,7 @@ class Trainer(Section):
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: on for convnets (faster in oneDNN/cuDNN)")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu")
     devices: int | str = Field(1, description="processes/devices, e.g. 2 with strategy=ddp")
+    num_nodes: int = Field(1, ge=1, description="machines, each running `devices` processes (torchrun, SLURM)")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp")
     deterministic: bool = Field(False, description="deterministic algorithms (slower); runs are always seeded")
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without gain in the monitored value")

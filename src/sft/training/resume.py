@@ -26,7 +26,7 @@ log = logging.getLogger("sft")
 # keys a resumed run takes from the new recipe: how long, where and how visibly it trains, not what it learns
 FREE = ("trainer.epochs", "trainer.early_stopping", "trainer.progress", "trainer.log_every_n_steps",
         "trainer.checkpoint_minutes", "trainer.checkpoint_steps", "trainer.accelerator", "trainer.devices",
-        "trainer.strategy", "trainer.deterministic", "data.num_workers", "strategy.cache", "run_dir", "cache_dir")
+        "trainer.num_nodes", "trainer.strategy", "trainer.deterministic", "data.num_workers", "strategy.cache", "run_dir", "cache_dir")
 RESOLVED = {"optim.lr": ("auto", "find"), "strategy.name": ("auto",)}  # recorded as what they resolved to
 
 
