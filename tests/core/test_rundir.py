@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from sft.core.rundir import RunDir, check_replaceable, folder_kind, replace_folder
+from sft.core.rundir import RANK_VARIABLES, RunDir, check_replaceable, folder_kind, is_child_process, replace_folder
 from sft.errors import UserError
 from tests.conftest import sft, tiny_args
 
@@ -109,3 +109,15 @@ def test_check_replaceable_kinds_and_files(tmp_path):
             check_replaceable(home, "run", overwrite=True)
     finally:
         os.environ["HOME"] = old
+
+
+@pytest.mark.parametrize("variable", ["RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID",
+                                      "JSM_NAMESPACE_RANK"])
+def test_every_launcher_s_other_processes_are_children(monkeypatch, variable):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not is_child_process()
+    monkeypatch.setenv(variable, "0")
+    assert not is_child_process()  # rank 0 of torchrun, SLURM, ... checks, locks and writes the run directory
+    monkeypatch.setenv(variable, "3")
+    assert is_child_process()

@@ -34,9 +34,15 @@ KIND_NAMES = {"run": "a run", "eval": "an evaluation", "audit": "an audit", "ran
               "export": "an export"}
 
 
+# where each launcher says which process this is: Lightning's own (LOCAL_RANK, NODE_RANK), torchrun (RANK,
+# GROUP_RANK), SLURM (SLURM_PROCID), LSF/jsrun (JSM_NAMESPACE_RANK)
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
 def is_child_process() -> bool:
-    """True in the extra processes Lightning launches for DDP: they share rank 0's run directory."""
-    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+    """True in every training process but the first (global rank 0), however they were launched: they share rank
+    0's run directory, which rank 0 alone checks, locks and writes."""
+    return any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES)
 
 
 def folder_kind(path: Path) -> str | None:
