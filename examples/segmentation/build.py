@@ -4,7 +4,7 @@ No package in the registries we may use ships a segmentation data set, so this c
 `dataset-fashion-mnist` package: 1-4 tinted garments per canvas, later ones occluding earlier ones, and a mask PNG of
 class indices (0 = background, 1-10 = Fashion-MNIST label + 1). Seeded, so every run and benchmark sees the same pixels.
 
-    python examples/segmentation/build.py        # 2000/300/500 images at 128 px into examples/segmentation/data
+    python examples/segmentation/build.py        # 3000/300/500 images at 64 px into examples/segmentation/data
     python examples/segmentation/build.py --train 50 --val 10 --test 10 --out /tmp/seg
 """
 
@@ -27,7 +27,7 @@ CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 MARKER = ".sft-composites"
 # split -> (Fashion-MNIST file prefix, first index, end index): val digits are disjoint from train digits.
 SOURCES = {"train": ("train", 0, 50_000), "val": ("train", 50_000, 60_000), "test": ("t10k", 0, 10_000)}
-SIDE = (24, 64)      # object side in pixels, inclusive
+SIDE = (20, 40)      # object side in pixels, inclusive: around Fashion-MNIST's own 28 px, larger adds no detail
 THRESHOLD = 20       # an object's pixels brighter than this (after resizing) are the object
 BACKGROUND = (10, 70)  # per-image grey level of the background
 NOISE = 6.0          # std of the Gaussian noise over the whole canvas, so pasted objects are not noise-free
@@ -46,14 +46,15 @@ def read_fashion(prefix: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def composite(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, lo: int, hi: int, size: int):
+def composite(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, lo: int, hi: int, size: int,
+              side_range: tuple[int, int] = SIDE):
     """One canvas: an RGB uint8 image, its uint8 mask of class indices, and the number of objects pasted."""
     canvas = np.full((size, size, 3), rng.uniform(*BACKGROUND), np.float32)
     mask = np.zeros((size, size), np.uint8)
     n = int(rng.integers(1, 5))
     for _ in range(n):
         i = int(rng.integers(lo, hi))
-        side = int(rng.integers(SIDE[0], SIDE[1] + 1))
+        side = int(rng.integers(side_range[0], side_range[1] + 1))
         grey = np.asarray(Image.fromarray(images[i]).resize((side, side), Image.BILINEAR), np.float32)
         tint = rng.uniform(0.5, 1.0, 3).astype(np.float32)
         y, x = (int(v) for v in rng.integers(0, size - side + 1, 2))
@@ -89,12 +90,15 @@ def check_request(out: Path, counts: dict, size: int, largest_side: int, overwri
     check_out(out, overwrite)
 
 
-def build(out: Path, train: int, val: int, test: int, size: int = 128, seed: int = 0,
-          overwrite: bool = False) -> dict:
-    """Write out/<split>/{images,masks}/<id>.png, out/classes.txt and the marker; return the summary."""
+def build(out: Path, train: int, val: int, test: int, size: int = 64, seed: int = 0,
+          overwrite: bool = False, side: tuple[int, int] = SIDE) -> dict:
+    """Write out/<split>/{images,masks}/<id>.png, out/classes.txt and the marker; return the summary. `side`: the
+    range of object sides in pixels (Fashion-MNIST items are 28 px originals: far larger sides add no detail)."""
     out = Path(out)
     counts = {"train": train, "val": val, "test": test}
-    check_request(out, counts, size, SIDE[1], overwrite)
+    if not 1 <= side[0] <= side[1]:
+        raise Refused(f"object sides {side[0]}-{side[1]}: expected 1 <= low <= high")
+    check_request(out, counts, size, side[1], overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700, and it becomes `out`
@@ -109,15 +113,16 @@ def build(out: Path, train: int, val: int, test: int, size: int = 128, seed: int
             for sub in ("images", "masks"):
                 (tmp / split / sub).mkdir(parents=True)
             for j in range(n_images):
-                image, mask, n = composite(rng, images, labels, lo, hi, size)
+                image, mask, n = composite(rng, images, labels, lo, hi, size, side)
                 Image.fromarray(image, "RGB").save(tmp / split / "images" / f"{j:05d}.png", compress_level=1)
                 Image.fromarray(mask, "L").save(tmp / split / "masks" / f"{j:05d}.png")
                 objects, background, pixels = objects + n, background + int((mask == 0).sum()), pixels + mask.size
         (tmp / "classes.txt").write_text("\n".join(["background", *CLASSES]) + "\n", encoding="utf-8")
         total = sum(counts.values())
-        summary = {**counts, "size": size, "seed": seed, "objects_per_image": objects / max(total, 1),
+        summary = {**counts, "size": size, "side": list(side), "seed": seed,
+                   "objects_per_image": objects / max(total, 1),
                    "background_share": background / max(pixels, 1), "out": str(out)}
-        params = {**counts, "size": size, "seed": seed, "source": str(FASHION)}
+        params = {**counts, "size": size, "side": list(side), "seed": seed, "source": str(FASHION)}
         (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
         check_out(out, overwrite)  # again: the folder may have changed while we were building
         old = None
@@ -134,16 +139,18 @@ def build(out: Path, train: int, val: int, test: int, size: int = 128, seed: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--train", type=int, default=3000)
     parser.add_argument("--val", type=int, default=300)
     parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--size", type=int, default=128, help="canvas side in pixels (at least 64)")
+    parser.add_argument("--size", type=int, default=64, help="canvas side in pixels (at least the largest side)")
+    parser.add_argument("--side", type=int, nargs=2, default=list(SIDE), metavar=("LOW", "HIGH"),
+                        help="object sides in pixels, inclusive")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
     parser.add_argument("--overwrite", action="store_true", help="replace a set this script wrote earlier")
     args = parser.parse_args(argv)
     try:
-        s = build(args.out, args.train, args.val, args.test, args.size, args.seed, args.overwrite)
+        s = build(args.out, args.train, args.val, args.test, args.size, args.seed, args.overwrite, tuple(args.side))
     except Refused as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

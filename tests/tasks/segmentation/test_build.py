@@ -73,3 +73,15 @@ def test_overwrite_only_its_own_folder(builder, tmp_path):
         build(builder, foreign, overwrite=True)
     assert [p.name for p in foreign.iterdir()] == ["keep.txt"] and (foreign / "keep.txt").read_text() == "mine"
     assert builder.main(["--train", "1", "--val", "0", "--test", "0", "--out", str(foreign), "--overwrite"]) == 2
+
+
+def test_object_sides(builder, tmp_path):
+    """--side sets the garments' size range (the marker records it); a range that does not fit is refused."""
+    assert builder.main(["--train", "6", "--val", "0", "--test", "0", "--size", "32", "--side", "10", "12",
+                         "--out", str(tmp_path / "small")]) == 0
+    assert json.loads((tmp_path / "small" / builder.MARKER).read_text())["side"] == [10, 12]
+    for path in (tmp_path / "small" / "train" / "masks").glob("*.png"):
+        assert 0 < np.count_nonzero(np.asarray(Image.open(path))) <= 4 * 12 * 12  # at most 4 garments of 12 px
+    for side, match in (((30, 20), "low <= high"), ((10, 40), "at least 40")):
+        with pytest.raises(builder.Refused, match=match):
+            builder.build(tmp_path / "bad", train=1, val=0, test=0, size=32, side=side)
