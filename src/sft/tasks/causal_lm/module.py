@@ -4,6 +4,9 @@ averaging per micro-batch weights short answers more). Held-out answer loss is `
 
 Only the answer positions go through the output layer: the hidden states are computed for every token, but the
 vocabulary projection (49k rows for SmolLM2, much of the compute at this size) runs only where there is a target.
+
+A LoRA run whose base weights are a local file identified by digest checkpoints the adapters alone (a few MB, not
+the whole model): the base is rebuilt from that file on resume, and the digest, a checkpoint fact, must match.
 """
 
 from __future__ import annotations
@@ -35,6 +38,28 @@ class ChatLM(FineTuneModule):
         super().__init__(backbone.module, nn.Identity(), schedule, recipe.optim, recipe.trainer.epochs)
         self.val_loss = torchmetrics.MeanMetric()
         self.window_tokens = 0  # answer tokens of the micro-batches since the last optimizer step
+        self.base = backbone.module.base  # the frozen base's digest when checkpoints leave it out
+
+    def _saved(self, key: str) -> bool:
+        """Whether a checkpoint holds this tensor: all but the frozen base weights of a LoRA run with a digest."""
+        return self.base is None or not key.startswith("backbone.") or "lora_" in key or "modules_to_save" in key
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        return state if self.base is None else type(state)((k, v) for k, v in state.items() if self._saved(k))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A full state dict loads as before; an adapters-only one must hold every saved tensor."""
+        if self.base is None or not strict:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if self._saved(k)]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint does not fit: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        return result
+
+    def checkpoint_facts(self) -> dict:
+        return {"base_weights": self.base} if self.base else {}
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return answer_loss(self.backbone.model, batch)
