@@ -32,6 +32,7 @@ from sft.training.trainer import optimizer_stepped
 
 log = logging.getLogger("sft")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+VOTE_EVERY = 25  # steps between the DDP processes' votes on stopping, on a GPU (every step on the CPU)
 
 
 class StopOnSignal(Callback):
@@ -100,7 +101,11 @@ class StopOnSignal(Callback):
         self.training = False
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if optimizer_stepped(trainer, batch_idx):  # accumulated gradients are in no checkpoint
+        if not optimizer_stepped(trainer, batch_idx):  # accumulated gradients are in no checkpoint
+            return
+        # DDP on a GPU: reading the vote waits for the device, so the processes vote every VOTE_EVERY steps there
+        every = VOTE_EVERY if trainer.world_size > 1 and trainer.strategy.root_device.type != "cpu" else 1
+        if trainer.global_step % every == 0:
             self._stop_if_asked(trainer)
 
     def on_train_epoch_end(self, trainer, module) -> None:
