@@ -147,6 +147,12 @@ def default_eval_dir(run_dir: str | Path, data: str | Path | None) -> Path:
 REBUILD = "rebuild the model files from the run's checkpoints with `sft train RUN_DIR/recipe.yaml --resume`"
 
 
+def unfinished(run: Path) -> UserError:
+    """The error for a run directory without its finished model: how to resume it, with the run's own recipe."""
+    return UserError(f"{run}: no finished model (model.safetensors, model.json); the run did not complete — resume it "
+                     f"with `sft train {run / 'recipe.yaml'} --resume`")
+
+
 def read_model_files(run_dir: str | Path, info_type: type) -> tuple[object, dict[str, torch.Tensor]]:
     """A finished run's model.json as `info_type` (a dataclass with a `preprocess`) and its model.safetensors, or a
     UserError naming the missing or damaged file."""
@@ -155,8 +161,7 @@ def read_model_files(run_dir: str | Path, info_type: type) -> tuple[object, dict
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     if not (weights.is_file() and info_file.is_file()):
-        raise UserError(f"{run}: no finished model (model.safetensors, model.json); the run did not complete — "
-                        f"resume it with `sft train RECIPE --resume`")
+        raise unfinished(run)
     def preprocess(raw: dict) -> dict:
         raw["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                           for k, v in raw["preprocess"].items()})

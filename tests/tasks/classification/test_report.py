@@ -110,6 +110,7 @@ def test_bad_input_exit_code_2(run, tmp_path, fashion_slice):
     shutil.copy(run / "recipe.yaml", unfinished)
     result = sft("eval", unfinished)
     assert result.exit_code == 2 and "no finished model" in result.output
+    assert f"sft train {unfinished / 'recipe.yaml'} --resume" in " ".join(result.output.split())
     assert sft("report", unfinished).exit_code == 2
     folder = tmp_path / "other-classes"
     for name in ("T-shirt", "Boot"):

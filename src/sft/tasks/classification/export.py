@@ -26,7 +26,7 @@ from sft.models.lora import add_lora
 from sft.models.text_encoder import TextPreprocess, create_text_encoder
 from sft.models.vision import create_backbone
 from sft.recipe import Strategy
-from sft.tasks.base import REBUILD, load_parts
+from sft.tasks.base import REBUILD, load_parts, unfinished
 from sft.tasks.classification.module import logits, new_head
 from sft.tasks.classification.recipe import TEXT
 
@@ -107,8 +107,7 @@ def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     if not run.path.is_dir():
         raise UserError(f"{run.path}: no such run directory")
     if not (weights.exists() and info_file.exists()):
-        raise UserError(f"{run.path}: no finished model (model.safetensors, model.json); the run did not complete "
-                        f"— resume it with `sft train RECIPE --resume`")
+        raise unfinished(run.path)
     info = read_info(info_file)
     if info.task == TEXT:
         backbone = create_text_encoder(str(encoder_files), "none", info.preprocess.pooling)[0]
