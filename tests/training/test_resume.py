@@ -37,7 +37,7 @@ def same_weights(a, b) -> list[str]:
     return [k for k in x if not torch.equal(x[k], y[k])]
 
 
-@pytest.mark.parametrize("strategy", ["full", "gradual"])
+@pytest.mark.parametrize("strategy", ["gradual"])  # full: killed inside an epoch below
 def test_killed_and_resumed_in_a_new_process_equals_the_uninterrupted_run(tmp_path, fashion_slice, strategy):
     args = (f"strategy.name={strategy}", "trainer.epochs=3", "data.augment=light")
     whole = fine_tune(tiny_recipe(tmp_path / "a", fashion_slice, *args))

@@ -114,6 +114,7 @@ def test_an_unknown_hub_name_offline_says_so(monkeypatch):
 def train_order(data, epoch: int, world: int = 1, rank: int = 0) -> list[int]:
     """The training sample indices of one epoch on one of `world` simulated processes, as Lightning would draw them."""
     data.trainer = SimpleNamespace(world_size=world, global_rank=rank, current_epoch=epoch)
+    data.kept.clear()  # a fresh process (a run keeps its phase's loader across epochs)
     sampler = data.train_dataloader().sampler
     sampler.set_epoch(epoch)
     return list(sampler)
