@@ -120,19 +120,24 @@ def tiny_text_recipe(tmp_path, data: dict, bert: Path, *overrides: str):
         *overrides])
 
 
-@pytest.fixture(scope="session")
-def segmentation_set(tmp_path_factory) -> Path:
-    """examples/segmentation/build.py's composites of real Fashion-MNIST garments: 24 train, 8 val, 8 test at 64 px."""
+def built_example(kind: str, tmp_path_factory, **sizes) -> Path:
+    """examples/<kind>/build.py's composites of real Fashion-MNIST garments, built into a temporary folder."""
     if not FASHION.exists():
         pytest.skip("dataset-fashion-mnist is not installed")
     import importlib.util
-    spec = importlib.util.spec_from_file_location("segmentation_build", Path(__file__).parents[1] / "examples" /
-                                                  "segmentation" / "build.py")
+    spec = importlib.util.spec_from_file_location(f"{kind}_build", Path(__file__).parents[1] / "examples" / kind /
+                                                  "build.py")
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
-    out = tmp_path_factory.mktemp("segmentation") / "data"
-    builder.build(out, train=24, val=8, test=8, size=64, seed=0)
+    out = tmp_path_factory.mktemp(kind) / "data"
+    builder.build(out, **sizes, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def segmentation_set(tmp_path_factory) -> Path:
+    """examples/segmentation/build.py's composites: 24 train, 8 val, 8 test at 64 px."""
+    return built_example("segmentation", tmp_path_factory, train=24, val=8, test=8, size=64)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from sft.models.vision import create_backbone
 from sft.tasks.detection.module import auto_anchor_sizes, build_detector, from_detector, to_detector
 from tests.conftest import sft
-from tests.tasks.detection.conftest import FASHION, recipe
+from tests.conftest import FASHION
+from tests.tasks.detection.conftest import recipe
 
 
 @pytest.fixture(scope="module")
