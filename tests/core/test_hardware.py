@@ -26,3 +26,4 @@ def test_a_number_is_kept():
 def test_local_processes():
     assert local_processes(2, torch.device("cpu")) == 2
     assert local_processes("auto", torch.device("cpu")) == 1
+    assert local_processes("2", torch.device("cpu")) == 2 and local_processes("0,2", torch.device("cuda")) == 2

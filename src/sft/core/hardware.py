@@ -21,11 +21,11 @@ def training_device(accelerator: str) -> torch.device:
 
 def local_processes(devices: int | str, device: torch.device) -> int:
     """Training processes on this machine (each gets its share of the cores)."""
-    if isinstance(devices, int):
-        return max(devices, 1)
-    if devices == "auto" and device.type == "cuda":
-        return torch.cuda.device_count()
-    return 1
+    if isinstance(devices, int) or devices.strip().isdigit():
+        return max(int(devices), 1)
+    if devices == "auto":
+        return torch.cuda.device_count() if device.type == "cuda" else 1
+    return max(len([d for d in devices.split(",") if d.strip()]), 1)  # Lightning's "0,2": those devices
 
 
 def loader_workers(setting: int | str, device: torch.device, processes: int, decodes: bool) -> int:
