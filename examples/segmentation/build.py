@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from sft.core.atomic import atomic_write_dir
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -99,11 +98,10 @@ def build(out: Path, train: int, val: int, test: int, size: int = 64, seed: int 
     if not 1 <= side[0] <= side[1]:
         raise Refused(f"object sides {side[0]}-{side[1]}: expected 1 <= low <= high")
     check_request(out, counts, size, side[1], overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700, and it becomes `out`
-    try:
-        sources, objects, background, pixels = {}, 0, 0, 0
+    stats = {"objects": 0, "background": 0, "pixels": 0}
+
+    def write(tmp: str) -> None:
+        root, sources = Path(tmp), {}
         for k, (split, n_images) in enumerate(counts.items()):
             prefix, lo, hi = SOURCES[split]
             if prefix not in sources:
@@ -111,30 +109,23 @@ def build(out: Path, train: int, val: int, test: int, size: int = 64, seed: int 
             images, labels = sources[prefix]
             rng = np.random.default_rng([seed, k])  # per split: changing --train leaves val and test as they were
             for sub in ("images", "masks"):
-                (tmp / split / sub).mkdir(parents=True)
+                (root / split / sub).mkdir(parents=True)
             for j in range(n_images):
                 image, mask, n = composite(rng, images, labels, lo, hi, size, side)
-                Image.fromarray(image, "RGB").save(tmp / split / "images" / f"{j:05d}.png", compress_level=1)
-                Image.fromarray(mask, "L").save(tmp / split / "masks" / f"{j:05d}.png")
-                objects, background, pixels = objects + n, background + int((mask == 0).sum()), pixels + mask.size
-        (tmp / "classes.txt").write_text("\n".join(["background", *CLASSES]) + "\n", encoding="utf-8")
-        total = sum(counts.values())
-        summary = {**counts, "size": size, "side": list(side), "seed": seed,
-                   "objects_per_image": objects / max(total, 1),
-                   "background_share": background / max(pixels, 1), "out": str(out)}
+                Image.fromarray(image, "RGB").save(root / split / "images" / f"{j:05d}.png", compress_level=1)
+                Image.fromarray(mask, "L").save(root / split / "masks" / f"{j:05d}.png")
+                stats["objects"] += n
+                stats["background"] += int((mask == 0).sum())
+                stats["pixels"] += mask.size
+        (root / "classes.txt").write_text("\n".join(["background", *CLASSES]) + "\n", encoding="utf-8")
         params = {**counts, "size": size, "side": list(side), "seed": seed, "source": str(FASHION)}
-        (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
+        (root / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
         check_out(out, overwrite)  # again: the folder may have changed while we were building
-        old = None
-        if out.exists():  # move the old set aside first, so `out` is never half-written
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "set")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-        return summary
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+
+    atomic_write_dir(out, write)  # readers see the old set or the complete new one, never a half-written one
+    return {**counts, "size": size, "side": list(side), "seed": seed,
+            "objects_per_image": stats["objects"] / max(sum(counts.values()), 1),
+            "background_share": stats["background"] / max(stats["pixels"], 1), "out": str(out)}
 
 
 def main(argv: list[str] | None = None) -> int:

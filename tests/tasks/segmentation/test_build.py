@@ -85,3 +85,22 @@ def test_object_sides(builder, tmp_path):
     for side, match in (((30, 20), "low <= high"), ((10, 40), "at least 40")):
         with pytest.raises(builder.Refused, match=match):
             builder.build(tmp_path / "bad", train=1, val=0, test=0, size=32, side=side)
+
+
+def test_a_failed_build_leaves_the_previous_set_whole(builder, tmp_path, monkeypatch):
+    """The set is written beside `out` and swapped in whole: a build that fails midway leaves the old set (marker
+    and all) and no half-written folder that could look finished."""
+    out = tmp_path / "seg"
+    build(builder, out, seed=0)
+    before = masks(out)
+
+    def broken(*args):
+        raise OSError("disk full")
+    monkeypatch.setattr(builder, "composite", broken)
+    with pytest.raises(OSError, match="disk full"):
+        build(builder, out, seed=1, overwrite=True)
+    assert json.loads((out / builder.MARKER).read_text())["seed"] == 0 and masks(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["seg"]
+    with pytest.raises(OSError):
+        build(builder, tmp_path / "new", seed=1)
+    assert not (tmp_path / "new").exists()
