@@ -10,15 +10,18 @@ report, and prediction. `TaskBase` gives the defaults a new task can keep.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors.torch import save_file
 
 from sft.data.loaders import Inputs
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
+from sft.core.atomic import atomic_write, atomic_write_json
 from sft.core.rundir import RunDir, check_replaceable, folder_kind
 from sft.core.torchfile import load_safetensors
 from sft.recipe import Recipe, Source
@@ -153,30 +156,47 @@ def unfinished(run: Path) -> UserError:
                      f"with `sft train {run / 'recipe.yaml'} --resume`")
 
 
-def read_model_files(run_dir: str | Path, info_type: type) -> tuple[object, dict[str, torch.Tensor]]:
-    """A finished run's model.json as `info_type` (a dataclass with a `preprocess`) and its model.safetensors, or a
-    UserError naming the missing or damaged file."""
+def write_model_files(run_dir: str | Path, model: torch.nn.Module, info) -> None:
+    """A finished run's model.safetensors (the model's backbone.* and head.* on the CPU) and model.json (`info`, a
+    dataclass), each atomic; the weights first, so a model.json never stands beside missing weights."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if k.startswith(("backbone.", "head."))}
+    atomic_write(Path(run_dir) / "model.safetensors", lambda tmp: save_file(state, tmp))
+    atomic_write_json(Path(run_dir) / "model.json", asdict(info))
+
+
+def with_preprocess(raw: dict, kind: type = Preprocess) -> dict:
+    """model.json's preprocess as `kind` (JSON lists back to tuples): the `convert` of an image task's read_info."""
+    raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
+    return raw
+
+
+def read_model_files(run_dir: str | Path, info_type: type,
+                     convert=with_preprocess) -> tuple[object, dict[str, torch.Tensor]]:
+    """A finished run's model.json as `info_type` (a dataclass; `convert` rebuilds its nested values) and its
+    model.safetensors, or a UserError naming the missing or damaged file."""
     run = Path(run_dir)
     weights, info_file = run / "model.safetensors", run / "model.json"
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     if not (weights.is_file() and info_file.is_file()):
         raise unfinished(run)
-    def preprocess(raw: dict) -> dict:
-        raw["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                          for k, v in raw["preprocess"].items()})
-        return raw
-    return read_info(info_file, info_type, preprocess), load_safetensors(weights, REBUILD)
+    return read_info(info_file, info_type, convert), load_safetensors(weights, REBUILD)
 
 
 def read_info(info_file: Path, info_type: type, convert=lambda raw: raw):
-    """A run's model.json as `info_type` (a dataclass; `convert` rebuilds nested values), or a UserError naming it."""
+    """A run's model.json as `info_type` (a dataclass; `convert` rebuilds nested values), or a UserError naming it
+    (an info with classes needs a non-empty list of them)."""
     try:
         raw = convert(json.loads(info_file.read_text(encoding="utf-8")))
-        return info_type(**{k: v for k, v in raw.items() if k in info_type.__dataclass_fields__})
+        info = info_type(**{k: v for k, v in raw.items() if k in info_type.__dataclass_fields__})
     except (ValueError, TypeError, KeyError, AttributeError) as e:  # not JSON, or not the keys sft writes
         raise UserError(f"{info_file}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                         f"{REBUILD}") from None
+    classes = getattr(info, "classes", [None])
+    if not isinstance(classes, list) or not classes:
+        raise UserError(f"{info_file}: damaged (no class list); {REBUILD}")
+    return info
 
 
 def load_parts(parts: torch.nn.Module, state: dict[str, torch.Tensor], run_dir: str | Path) -> None:

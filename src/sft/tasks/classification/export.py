@@ -9,24 +9,22 @@ tokenizer, and a LoRA run's adapter), and rebuilt from those files alone for `sf
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json
+from sft.core.atomic import atomic_write_dir
 from sft.core.rundir import RunDir
-from sft.core.torchfile import load_safetensors
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
 from sft.models.lora import add_lora
 from sft.models.text_encoder import TextPreprocess, create_text_encoder
 from sft.models.vision import create_backbone
 from sft.recipe import Strategy
-from sft.tasks.base import REBUILD, load_parts, unfinished
+from sft.tasks import base
+from sft.tasks.base import REBUILD, load_parts, read_model_files, with_preprocess, write_model_files
 from sft.tasks.classification.module import logits, new_head
 from sft.tasks.classification.recipe import TEXT
 
@@ -63,17 +61,14 @@ def model_files(run: RunDir) -> tuple[Path, Path, Path, Path]:
 
 
 def export_model(run: RunDir, model: nn.Module, info: ModelInfo) -> None:
-    weights, info_file, encoder_files, adapter = model_files(run)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-             if k.startswith(("backbone.", "head."))}
+    _, _, encoder_files, adapter = model_files(run)
     if info.task == TEXT:
         encoder = model.backbone
         atomic_write_dir(encoder_files, lambda tmp: (encoder.model.config.save_pretrained(tmp),
                                                      encoder.tokenizer.save_pretrained(tmp)))
         if info.lora:
             atomic_write_dir(adapter, encoder.model.save_pretrained)
-    atomic_write(weights, lambda tmp: save_file(state, tmp))
-    atomic_write_json(info_file, asdict(info))
+    write_model_files(run.path, model, info)
 
 
 def used_preprocess(pre, image_size: int | None):
@@ -84,31 +79,19 @@ def used_preprocess(pre, image_size: int | None):
 
 
 def read_info(path: Path) -> ModelInfo:
-    """model.json as a ModelInfo (keys it does not know, such as an export's, are left out)."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        kind = TextPreprocess if raw.get("task") == TEXT else Preprocess
-        raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
-        info = ModelInfo(**{k: v for k, v in raw.items() if k in ModelInfo.__dataclass_fields__})
-    except (ValueError, TypeError, KeyError, AttributeError) as e:  # not JSON, or not the keys sft writes
-        raise UserError(f"{path}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        f"{REBUILD}") from None
-    if not isinstance(info.classes, list) or not info.classes:
-        raise UserError(f"{path}: damaged (no class list); {REBUILD}")
-    return info
+    """model.json (a run's or an export's) as a ModelInfo (keys it does not know, such as an export's, are left out)."""
+    return base.read_info(path, ModelInfo, _preprocess)
 
 
+def _preprocess(raw: dict) -> dict:
+    return with_preprocess(raw, TextPreprocess if raw.get("task") == TEXT else Preprocess)
 
 
 def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     """The trained model (eval mode) and its info, from a run directory alone."""
     run = RunDir(run_dir)
     weights, info_file, encoder_files, _ = model_files(run)
-    if not run.path.is_dir():
-        raise UserError(f"{run.path}: no such run directory")
-    if not (weights.exists() and info_file.exists()):
-        raise unfinished(run.path)
-    info = read_info(info_file)
+    info, state = read_model_files(run.path, ModelInfo, _preprocess)
     if info.task == TEXT:
         backbone = create_text_encoder(str(encoder_files), "none", info.preprocess.pooling)[0]
         if info.lora:
@@ -116,7 +99,6 @@ def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     else:
         backbone = create_backbone(info.backbone, weights=None).module
     model = nn.ModuleDict({"backbone": backbone, "head": new_head(info.num_features, len(info.classes), info.dropout)})
-    state = load_safetensors(weights, REBUILD)
     head, own = state.get("head.1.weight"), model.state_dict()["head.1.weight"]
     if head is not None and head.shape != own.shape:
         raise UserError(f"{weights} has a head for {head.shape[0]} classes of {head.shape[1]} features, but "

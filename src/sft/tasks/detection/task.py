@@ -12,13 +12,12 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from safetensors.torch import save_file
 from torch import nn
 from torchvision.utils import draw_bounding_boxes
 
@@ -30,7 +29,8 @@ from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
-from sft.tasks.base import TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files
+from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files,
+                            write_model_files)
 from sft.tasks.detection.data import (BoxDataset, DetectionSamples, box_transforms, collate, load_image,
                                       read_detection, transform_image)
 from sft.tasks.detection.diagnosis import CHECKS, diagnose
@@ -110,10 +110,7 @@ class Detection(TaskBase):
         info = DetectionInfo(p.backbone.name, m.detector, m.fpn_channels, p.splits.classes, p.model.image_size,
                              p.backbone.preprocess, list(p.model.anchor_sizes), m.score_threshold,
                              m.detections_per_image)
-        state = {k: v.detach().cpu().contiguous() for k, v in p.model.state_dict().items()
-                 if k.startswith(("backbone.", "head."))}
-        atomic_write(run.path / "model.safetensors", lambda tmp: save_file(state, tmp))
-        atomic_write_json(run.path / "model.json", asdict(info))
+        write_model_files(run.path, p.model, info)
 
     def final_metrics(self, p: Prepared, cached: bool) -> dict:
         metrics = {"anchor_sizes": list(p.model.anchor_sizes), "image_size": p.model.image_size}

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import heapq
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 from torchvision import tv_tensors
 
-from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json
+from sft.core.atomic import atomic_write, atomic_write_dir
 from sft.core.html import esc, img, page, table
 from sft.core.rundir import RunDir, check_replaceable, mark
 from sft.data.loaders import Inputs, eval_batches
@@ -30,7 +29,8 @@ from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
-from sft.tasks.base import TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files
+from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files,
+                            write_model_files)
 from sft.tasks.segmentation.data import PairDataset, joint_transforms, palette_lookup, read_pairs
 from sft.tasks.segmentation.metrics import ConfusionMatrix, confusion, scores
 from sft.tasks.segmentation.module import DecoderHead, Segmenter, segment
@@ -104,10 +104,7 @@ class Segmentation(TaskBase):
                                 p.splits.classes,
                                 image_size(d.image_size, p.backbone.preprocess), p.backbone.preprocess,
                                 d.ignore_index, d.palette, p.channels_last)
-        state = {k: v.detach().cpu().contiguous() for k, v in p.model.state_dict().items()
-                 if k.startswith(("backbone.", "head."))}
-        atomic_write(run.path / "model.safetensors", lambda tmp: save_file(state, tmp))
-        atomic_write_json(run.path / "model.json", asdict(info))
+        write_model_files(run.path, p.model, info)
 
     def final_metrics(self, p: Prepared, cached: bool) -> dict:
         metrics = {}

@@ -1,0 +1,52 @@
+"""tasks.base's model files: what every task's export writes at the end of training and its load reads back."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from sft.errors import UserError
+from sft.models.backbone import Preprocess
+from sft.tasks.base import read_model_files, write_model_files
+
+PRE = Preprocess((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 1.0)
+
+
+@dataclass
+class Info:
+    backbone: str
+    classes: list[str]
+    preprocess: Preprocess
+    task: str = "toy"
+
+
+class Parts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone, self.head, self.loss = nn.Linear(4, 3), nn.Linear(3, 2), nn.Linear(1, 1)
+
+
+def test_model_files_round_trip_backbone_and_head_only(tmp_path):
+    model = Parts()
+    model.head.weight.data = model.head.weight.data.t().contiguous().t()  # a non-contiguous view is written whole
+    write_model_files(tmp_path, model, Info("timm/x", ["a", "b"], PRE))
+    assert json.loads((tmp_path / "model.json").read_text())["preprocess"]["input_size"] == [32, 32]
+    info, state = read_model_files(tmp_path, Info)
+    assert info == Info("timm/x", ["a", "b"], PRE)  # tuples again, not JSON lists
+    assert set(state) == {"backbone.weight", "backbone.bias", "head.weight", "head.bias"}
+    assert all(torch.equal(state[k], model.state_dict()[k]) for k in state)
+    assert load_file(tmp_path / "model.safetensors").keys() == state.keys()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_missing_or_damaged_model_files_are_named(tmp_path):
+    with pytest.raises(UserError, match="no such run directory"):
+        read_model_files(tmp_path / "nowhere", Info)
+    with pytest.raises(UserError, match="no finished model .*--resume"):
+        read_model_files(tmp_path, Info)
+    write_model_files(tmp_path, Parts(), Info("timm/x", [], PRE))
+    with pytest.raises(UserError, match=r"model.json: damaged \(no class list\).*--resume"):
+        read_model_files(tmp_path, Info)
