@@ -8,7 +8,10 @@ are those of the collated batches, counted the same way), the whole job's wall s
 validates and exports; TRL: SFTTrainer construction, `train()` and `save_model()`), and peak memory (CUDA allocations
 on a GPU, else the process's peak resident memory). Each side runs in its own process.
 
-    .venv/bin/python bench/instruct_throughput.py [model] [conversations] [batch]   # default smollm2 256 8
+Each side runs `rounds` times, alternating which goes first (a machine's state drifts between runs); `speedup` is
+the median of the rounds' ratios, each round's beside it.
+
+    .venv/bin/python bench/instruct_throughput.py [model] [conversations] [batch] [rounds]   # default smollm2 256 8 2
     model: smollm2, a Hugging Face folder, or tiny (a random 4-layer, 256-wide Llama with SmolLM2's tokenizer)
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,7 +146,7 @@ def run_trl(folder: str, data: Path, val: Path, batch: int) -> dict:
             "job_seconds": job, "peak_mb": peak_mb()}
 
 
-def main(model: str = "smollm2", conversations: int = 256, batch: int = 8) -> None:
+def main(model: str = "smollm2", conversations: int = 256, batch: int = 8, rounds: int = 2) -> None:
     data = OUT / "instruct"
     fortunes(data)
     source = [line for line in (data / "train.jsonl").read_text().splitlines()
@@ -151,29 +155,36 @@ def main(model: str = "smollm2", conversations: int = 256, batch: int = 8) -> No
     subset.write_text("\n".join(source) + "\n")
     held = [line for line in (data / "test.jsonl").read_text().splitlines() if len(json.loads(line)["prompt"]) <= 500]
     val.write_text("\n".join(held[:8]) + "\n")  # not from train: both sides train on all of `subset`
+    runs: dict[str, list[dict]] = {"sft": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = model_folder(model, Path(tmp))
-        sides = {}
-        for side in ("sft", "trl"):
-            out = subprocess.run([sys.executable, __file__, "--side", side, folder, str(subset), str(val), str(batch)],
-                                 capture_output=True, text=True)
-            if out.returncode:
-                raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
-            sides[side] = json.loads(out.stdout.strip().splitlines()[-1])
-    sft_tps = sides["sft"]["tokens"] / sides["sft"]["seconds"]
-    trl_tps = sides["trl"]["tokens"] / sides["trl"]["seconds"]
-    report({"speedup": round(sft_tps / trl_tps, 3), "sft_tokens_per_second": round(sft_tps, 1),
-            "trl_tokens_per_second": round(trl_tps, 1), "sft_peak_mb": round(sides["sft"]["peak_mb"]),
-            "trl_peak_mb": round(sides["trl"]["peak_mb"]), "model": model, "conversations": len(source),
-            "batch": batch, "max_length": MAX_LENGTH, "sft_steps": sides["sft"]["steps"],
-            "trl_steps": sides["trl"]["steps"], "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "precision": "bf16-mixed" if bf16() else "32", "sft_job_seconds": round(sides["sft"]["job_seconds"], 1),
-            "trl_job_seconds": round(sides["trl"]["job_seconds"], 1)})
+        for r in range(int(rounds)):
+            for side in (("trl", "sft") if r % 2 else ("sft", "trl")):
+                out = subprocess.run([sys.executable, __file__, "--side", side, folder, str(subset), str(val),
+                                      str(batch)], capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
+                runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"round {r} {side}: {tokens_per_second(runs[side][-1]):.1f} tokens/s", flush=True)
+    ratios = [tokens_per_second(s) / tokens_per_second(t) for s, t in zip(runs["sft"], runs["trl"])]
+    sft, trl = runs["sft"][0], runs["trl"][0]
+    report({"speedup": round(statistics.median(ratios), 3), "round_speedups": [round(x, 3) for x in ratios],
+            "sft_tokens_per_second": round(statistics.median(map(tokens_per_second, runs["sft"])), 1),
+            "trl_tokens_per_second": round(statistics.median(map(tokens_per_second, runs["trl"])), 1),
+            "sft_peak_mb": round(max(x["peak_mb"] for x in runs["sft"])),
+            "trl_peak_mb": round(max(x["peak_mb"] for x in runs["trl"])), "model": model,
+            "conversations": len(source), "batch": batch, "max_length": MAX_LENGTH, "rounds": int(rounds),
+            "sft_steps": sft["steps"], "trl_steps": trl["steps"], "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "precision": "bf16-mixed" if bf16() else "32", "threads": torch.get_num_threads(),
+            "sft_job_seconds": round(sft["job_seconds"], 1), "trl_job_seconds": round(trl["job_seconds"], 1)})
 
+
+def tokens_per_second(side: dict) -> float:
+    return side["tokens"] / side["seconds"]
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--side"]:
         side, folder, data, val, batch = sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), int(sys.argv[6])
         print(json.dumps((run_sft if side == "sft" else run_trl)(folder, data, val, batch)))
     else:
-        main(sys.argv[1] if len(sys.argv) > 1 else "smollm2", *(int(a) for a in sys.argv[2:4]))
+        main(sys.argv[1] if len(sys.argv) > 1 else "smollm2", *(int(a) for a in sys.argv[2:5]))

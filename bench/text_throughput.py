@@ -8,17 +8,22 @@ twice: with its defaults and with `train_sampling_strategy="group_by_length"`. `
 with the same grouping (the loops compared); `speedup_over_hf_defaults` is what a user switching with default
 settings gets. The `*_padding_share` figures are the share of padding among the tokens each run computed.
 
-    .venv/bin/python bench/text_throughput.py [steps]
+sft and the grouped Trainer run `rounds` times each, alternating which goes first (a machine's state drifts: caches,
+clocks, other load), and `speedup` is the median of the rounds' ratios, with every round's ratio beside it.
+
+    .venv/bin/python bench/text_throughput.py [steps] [rounds]      # default 60 3
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from common import OUT, report
 from sft import fine_tune, load_recipe
@@ -63,7 +68,7 @@ class LightningClock(L.Callback):
 
 def run_sft(base: list[str], steps: int, tmp: str) -> Clock:
     clock = Clock()
-    recipe = load_recipe(None, base + ["strategy.name=full", "trainer.epochs=1", f"run_dir={tmp}/sft"])
+    recipe = load_recipe(None, base + ["strategy.name=full", "trainer.epochs=1", f"run_dir={tmp}"])
     fine_tune(recipe, callbacks=[LightningClock(clock)])
     return clock
 
@@ -89,7 +94,7 @@ def run_hf_trainer(base: list[str], steps: int, tmp: str, group_by_length: bool)
         def on_step_end(self, args, state, control, **kwargs):
             clock.step_end(masks[-1])
 
-    args = TrainingArguments(output_dir=f"{tmp}/hf", per_device_train_batch_size=BATCH, max_steps=steps,
+    args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=steps,
                              learning_rate=LR, weight_decay=0.01, lr_scheduler_type="cosine",
                              warmup_steps=max(1, steps // 20),
                              save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, logging_steps=10_000,
@@ -99,7 +104,7 @@ def run_hf_trainer(base: list[str], steps: int, tmp: str, group_by_length: bool)
     return clock
 
 
-def main(steps: int = 60) -> None:
+def main(steps: int = 60, rounds: int = 3) -> None:
     data = OUT / "fortunes"
     build(TOPICS.split(","), data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,17 +113,28 @@ def main(steps: int = 60) -> None:
                 f"data.train_limit={int(steps * BATCH / 0.9) + BATCH}", f"data.max_length={MAX_LENGTH}",
                 f"data.batch_size={BATCH}", f"optim.lr={LR}", "trainer.precision=32-true", "trainer.progress=false",
                 f"cache_dir={tmp}/cache"]
-        hf = run_hf_trainer(base, steps, tmp, group_by_length=False)
-        hf_grouped = run_hf_trainer(base, steps, tmp, group_by_length=True)
-        sft = run_sft(base, steps, tmp)
-    report({"steps": steps, "batch_size": BATCH, "max_length": MAX_LENGTH, "precision": "32-true",
+        hf = run_hf_trainer(base, steps, f"{tmp}/hf", group_by_length=False)
+        sfts, grouped = [], []
+        for r in range(rounds):
+            for side in (("sft", "hf") if r % 2 else ("hf", "sft")):
+                if side == "sft":
+                    sfts.append(run_sft(base, steps, f"{tmp}/sft{r}"))
+                else:
+                    grouped.append(run_hf_trainer(base, steps, f"{tmp}/hf{r}", group_by_length=True))
+                print(f"round {r} {side}: {(sfts if side == 'sft' else grouped)[-1].tokens_per_second:.1f} tokens/s",
+                      flush=True)
+    ratios = [s.tokens_per_second / g.tokens_per_second for s, g in zip(sfts, grouped)]
+    sft_tps = statistics.median(c.tokens_per_second for c in sfts)
+    grouped_tps = statistics.median(c.tokens_per_second for c in grouped)
+    report({"steps": steps, "rounds": rounds, "batch_size": BATCH, "max_length": MAX_LENGTH, "precision": "32-true",
+            "threads": torch.get_num_threads(),
             "hf_trainer_tokens_per_second": round(hf.tokens_per_second, 1),
-            "hf_trainer_grouped_tokens_per_second": round(hf_grouped.tokens_per_second, 1),
-            "sft_tokens_per_second": round(sft.tokens_per_second, 1),
-            "speedup": round(sft.tokens_per_second / hf_grouped.tokens_per_second, 3),
-            "speedup_over_hf_defaults": round(sft.tokens_per_second / hf.tokens_per_second, 3),
+            "hf_trainer_grouped_tokens_per_second": round(grouped_tps, 1),
+            "sft_tokens_per_second": round(sft_tps, 1),
+            "speedup": round(statistics.median(ratios), 3), "round_speedups": [round(r, 3) for r in ratios],
+            "speedup_over_hf_defaults": round(sft_tps / hf.tokens_per_second, 3),
             **{f"{name}_padding_share": round(1 - c.real / c.padded, 3)
-               for name, c in (("hf_trainer", hf), ("hf_trainer_grouped", hf_grouped), ("sft", sft))}})
+               for name, c in (("hf_trainer", hf), ("hf_trainer_grouped", grouped[0]), ("sft", sfts[0]))}})
 
 
 if __name__ == "__main__":

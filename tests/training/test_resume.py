@@ -111,7 +111,7 @@ def test_resume_refuses_classes_that_changed_in_the_data(tmp_path, recipe_file):
     result = sft("train", recipe_file, *args, "--resume")
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
-    assert "last.ckpt" in text and "['cat', 'dog'], the data now gives ['cat', 'dog', 'fox']" in text
+    assert "last.ckpt" in text and "['cat', 'dog'], resuming it now would use ['cat', 'dog', 'fox']" in text
 
 
 def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path):

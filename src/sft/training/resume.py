@@ -72,8 +72,8 @@ def check_checkpoint(path: Path, model: nn.Module, facts: dict) -> None:
     saved_facts = ckpt.get("sft", {}) if isinstance(ckpt, dict) else {}
     for key, value in facts.items():
         if key in saved_facts and saved_facts[key] != value:
-            raise UserError(f"{path}: the run was trained with {key} {saved_facts[key]}, the data now gives "
-                            f"{value}; resume with the same data, or train into a new run_dir")
+            raise UserError(f"{path}: the run was trained with {key} {saved_facts[key]}, resuming it now would "
+                            f"use {value}; resume with the same data and model files, or train into a new run_dir")
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a Lightning checkpoint of sft (no state_dict); it cannot be resumed")
