@@ -39,9 +39,20 @@ def test_a_frozen_backbone_trains_its_heads_and_stays_pretrained(frozen_run):
                                                                              for k in weights)
 
 
-def test_eval_and_predict_a_finished_run(frozen_run, detection_set, tmp_path):
+def test_eval_and_predict_a_finished_run(frozen_run, detection_set, tmp_path, monkeypatch):
+    from sft.tasks.detection import task as detection_task
+    calls, load = [], detection_task.load_model
+
+    def counted(run_dir):
+        model, info = load(run_dir)
+        model.register_forward_hook(lambda *_: calls.append(1))
+        return model, info
+    monkeypatch.setattr(detection_task, "load_model", counted)
     result = sft("eval", frozen_run, "--top-losses", "2")
     assert result.exit_code == 0, result.output
+    assert len(calls) == 1  # one batch of 8: the report draws the worst images from that pass, not a second run
+    worst = json.loads((frozen_run / "eval" / "results.json").read_text())["worst"]
+    assert len(worst) == 2 and all("boxes" in row for row in worst)
     metrics = json.loads((frozen_run / "eval" / "metrics.json").read_text())
     trained = json.loads((frozen_run / "metrics.json").read_text())
     assert metrics["samples"] == 8 and abs(metrics["map"] - trained["test_map"]) < 1e-6
@@ -139,20 +150,27 @@ def test_readme_detection_block(tmp_path, monkeypatch):
     assert Image.open("found/img.png").size == (80, 100)
 
 
+class Fixed(torch.nn.Module):
+    """Finds each image's box, with class 0."""
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([0])} for _ in x]
+
+
+def fixed_data() -> list:
+    """Five images whose one box Fixed finds; the odd ones are class 1, so Fixed gets those wrong."""
+    return [(torch.rand(3, 32, 32), {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]),
+                                     "labels": torch.tensor([i % 2])}) for i in range(5)]
+
+
 def test_evaluate_matches_only_when_the_report_needs_it(monkeypatch):
     """final_metrics asks for the mAP alone: no per-image matching; the report's evaluation matches on the CPU."""
     from sft.tasks.detection import task as detection_task
-    class Fixed(torch.nn.Module):  # finds each image's box, with class 0
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            return [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "scores": torch.tensor([0.9]),
-                     "labels": torch.tensor([0])} for _ in x]
-
-    data = [(torch.rand(3, 32, 32), {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]),
-                                     "labels": torch.tensor([i % 2])}) for i in range(5)]
+    data = fixed_data()
     devices = []
     real = detection_task.match
     monkeypatch.setattr(detection_task, "match", lambda p, t, s: devices.append(p["boxes"].device) or real(p, t, s))
@@ -162,3 +180,27 @@ def test_evaluate_matches_only_when_the_report_needs_it(monkeypatch):
     assert full["samples"] == 5 and full["map50"] == brief["map50"] and len(devices) == 5
     assert all(d.type == "cpu" for d in devices) and [w["index"] for w in full["worst"]] == [1, 3]
     assert full["confusion"][0][0] == 3 and full["confusion"][1][0] == 2
+
+
+def test_the_report_draws_the_worst_images_from_the_evaluation_pass(monkeypatch):
+    """`sft eval` runs the model once per batch: the report draws the worst images' boxes kept from that pass."""
+    from types import SimpleNamespace
+    from sft.tasks.detection import task as detection_task
+    from sft.tasks.detection.data import DetectionSamples
+    model, data, calls = Fixed(), fixed_data(), []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    result = detection_task.evaluate(model, data, ["a", "b"], batch_size=2, extended=True, top_n=2)
+    assert len(calls) == 3 and [w["index"] for w in result["worst"]] == [1, 3]
+    assert result["worst"][0] | {"index": 0} == {"index": 0, "errors": 2, "boxes": [[4.0, 4.0, 20.0, 20.0]],
+                                                  "scores": [0.9], "labels": [0]}
+    json.dumps(result)  # results.json holds them
+    drawn, real = [], detection_task.draw
+    monkeypatch.setattr(detection_task, "draw", lambda image, boxes, labels, colour: drawn.append(
+        (colour, boxes.tolist(), labels)) or real(image, boxes, labels, colour))
+    samples = DetectionSamples([f"{i}.png" for i in range(5)], np.zeros(5), ["a", "b"], [str(i) for i in range(5)],
+                               "image", [t["boxes"].numpy() for _, t in data], [t["labels"].numpy() for _, t in data],
+                               [(32, 32)] * 5)
+    page = detection_task.render_report(Path("run"), "data", SimpleNamespace(classes=["a", "b"]), samples, data,
+                                        result)
+    assert len(calls) == 3 and "1.png: 2 errors" in page and "3.png: 2 errors" in page
+    assert [d for d in drawn if d[0] == "red"] == [("red", [[4.0, 4.0, 20.0, 20.0]], ["a 0.90"])] * 2

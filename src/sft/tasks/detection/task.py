@@ -141,7 +141,7 @@ class Detection(TaskBase):
         result["data"] = source.path
         brief = {k: result[k] for k in ("map", "map50", "map75", "recall", "samples")}
         brief["ap"] = dict(zip(info.classes, result["ap"]))
-        report = render_report(run.path, source.path, info, samples, dataset, model, result)
+        report = render_report(run.path, source.path, info, samples, dataset, result)
 
         def write(folder: str) -> None:
             for name, text in (("results.json", json.dumps(result, indent=2)),
@@ -213,7 +213,8 @@ def load_model(run_dir: str | Path) -> tuple[TrainedDetector, DetectionInfo]:
 def evaluate(model: nn.Module, dataset, classes: list[str], *, batch_size: int = 16, top_n: int = 0,
              progress: bool = False, extended: bool = False) -> dict:
     """COCO mAP of the whole split; with `extended`, per-class AP and recall, PR curves, the confusions at IoU 0.5
-    (predictions of at least REPORT_SCORE) and the `top_n` images with the most errors."""
+    (predictions of at least REPORT_SCORE) and the `top_n` images with the most errors, with those predictions
+    (kept from this one pass, for the report to draw)."""
     model.eval()
     device = next(model.parameters()).device
     metric = mean_ap(extended=True).to(device)
@@ -230,7 +231,7 @@ def evaluate(model: nn.Module, dataset, classes: list[str], *, batch_size: int =
             m = match(pred, target, REPORT_SCORE)
             matches.append(m)
             if top_n and m["errors"]:
-                item = (m["errors"], -index)
+                item = (m["errors"], -index, shown(pred))  # (errors, -index) are unique: predictions never compared
                 heapq.heappush(worst, item) if len(worst) < top_n else heapq.heappushpop(worst, item)
             index += 1
     raw = metric.compute()
@@ -238,12 +239,20 @@ def evaluate(model: nn.Module, dataset, classes: list[str], *, batch_size: int =
     result.update(samples=index, classes=classes)
     if extended:
         result.update(pr_curves=pr_curves(raw, classes), confusion=confusion(matches, len(classes)).tolist(),
-                      worst=[{"index": -i, "errors": e} for e, i in sorted(worst, reverse=True)],
+                      worst=[{"index": -i, "errors": e, **p} for e, i, p in sorted(worst, reverse=True)],
                       report_score=REPORT_SCORE)
     return result
 
 
-def render_report(run: Path, data: str, info: DetectionInfo, samples: DetectionSamples, dataset, model,
+def shown(pred: dict) -> dict:
+    """An image's predictions of at least REPORT_SCORE, as JSON (boxes xyxy in the model's input pixels)."""
+    keep = pred["scores"] >= REPORT_SCORE
+    return {"boxes": [[round(float(v), 2) for v in b] for b in pred["boxes"][keep]],
+            "scores": [round(float(v), 4) for v in pred["scores"][keep]],
+            "labels": [int(c) for c in pred["labels"][keep]]}
+
+
+def render_report(run: Path, data: str, info: DetectionInfo, samples: DetectionSamples, dataset,
                   result: dict) -> str:
     """report.html: the scores, per-class AP table, precision-recall curves, confusions at IoU 0.5, worst images."""
     classes = info.classes
@@ -264,14 +273,11 @@ def render_report(run: Path, data: str, info: DetectionInfo, samples: DetectionS
     cards = []
     for row in result["worst"]:
         i = row["index"]
-        x, target = dataset[i]
-        with torch.inference_mode():
-            pred = model(x[None].to(next(model.parameters()).device))[0]
-        keep = pred["scores"] >= result["report_score"]
+        x, target = dataset[i]  # the image again; its predictions are evaluate's, the model does not run here
         truth = draw(x, target["boxes"], [classes[int(c)] for c in target["labels"]], "lime")
-        shown = draw(x, pred["boxes"][keep].cpu(), [f"{classes[int(c)]} {float(s):.2f}" for c, s in
-                                                    zip(pred["labels"][keep], pred["scores"][keep])], "red")
-        cards.append(f"<div class=card>{img(truth, 'truth')}{img(shown, 'prediction')}<br>"
+        found = draw(x, torch.tensor(row["boxes"]).reshape(-1, 4),
+                     [f"{classes[c]} {s:.2f}" for c, s in zip(row["labels"], row["scores"])], "red")
+        cards.append(f"<div class=card>{img(truth, 'truth')}{img(found, 'prediction')}<br>"
                      f"{esc(Path(samples.items[i]).name)}: {row['errors']} errors</div>")
     body = (f"<h1>Detection evaluation of {esc(run)}</h1><p>Data: {esc(data)} ({result['samples']} images, "
             f"{samples.negatives} without boxes). mAP (IoU .50:.95) <b>{result['map']:.4f}</b>, mAP50 "
