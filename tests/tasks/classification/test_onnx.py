@@ -141,18 +141,24 @@ print(json.dumps({"logits": logits.tolist(), "labels": [model.config.id2label[in
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-def test_hf_folder_loads_with_transformers_alone_and_gives_the_run_logits(text_runs, kind):
+def test_hf_folder_loads_with_transformers_alone_and_gives_the_run_logits(text_runs, kind, tmp_path, monkeypatch):
+    """...and the export's own parity check leaves no copy of modeling_sft.py in the user's modules cache."""
+    from transformers import dynamic_module_utils
     from sft.tasks.classification.export import load_model
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "home-modules"))  # read at import
     run = text_runs[kind]
     result = sft("export", run, "--format", "hf")
     assert result.exit_code == 0, result.output
+    assert not (tmp_path / "home-modules").exists()
     folder = run / "export-hf"
     assert json.loads((folder / "parity.json").read_text())["passed"]
     texts = ["My cat sleeps on the keyboard", "Lawyers and judges", "A computer is a fast idiot"]
+    user = tmp_path / "user-modules"  # the user's load goes through trust_remote_code: its copy lands here
     out = subprocess.run([sys.executable, "-c", LOAD_WITH_TRANSFORMERS_ALONE, str(folder), json.dumps(texts)],
-                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                         cwd=folder, timeout=300)
+                         capture_output=True, text=True, cwd=folder, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(user)})
     assert out.returncode == 0, out.stderr[-2000:]
+    assert list(user.rglob("modeling_sft.py"))
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     model, info = load_model(run)
     batch = model.backbone.tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")

@@ -20,6 +20,7 @@ logits.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 from pathlib import Path
 
@@ -80,17 +81,30 @@ class _Logits(nn.Module):
 
 
 def load_hf(folder: str | Path, kind: str = "text") -> nn.Module:
-    """The exported folder through transformers alone (what a user of the folder does)."""
-    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification  # deferred
+    """The exported folder through transformers alone, as its user loads it, except that a text model's class comes
+    straight from the file its config.json's auto_map names: `trust_remote_code` would copy modeling_sft.py into
+    the user's ~/.cache/huggingface/modules (HF_MODULES_CACHE, which transformers reads once, at import) on every
+    export. The folder's own `AutoModelForSequenceClassification` load is tested in a subprocess."""
+    from transformers import AutoModelForImageClassification  # deferred
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of `sft export`'s output
     try:
         if kind == "image":
             return AutoModelForImageClassification.from_pretrained(str(folder)).eval()
-        return AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=True).eval()
+        return remote_class(Path(folder), "AutoModelForSequenceClassification").from_pretrained(str(folder)).eval()
     finally:
         hf_logging.enable_progress_bar()
+
+
+def remote_class(folder: Path, auto: str) -> type:
+    """The class config.json's auto_map gives `auto` ("module.Class", a file of the folder), imported from that file
+    under a private name, not registered in sys.modules."""
+    module_name, _, class_name = json.loads((folder / "config.json").read_text())["auto_map"][auto].rpartition(".")
+    spec = importlib.util.spec_from_file_location(f"_sft_export_{module_name}", folder / f"{module_name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, class_name)
 
 
 def _checked(out: Path, save, task, run: RunDir, model: nn.Module, info, parts: list, force: bool, **facts) -> dict:
