@@ -9,7 +9,7 @@ from PIL import Image
 
 from sft.models.export import session
 from tests.conftest import sft
-from tests.tasks.segmentation.test_task import recipe
+from tests.tasks.segmentation.conftest import recipe
 
 
 def test_export_parity_and_onnx_predict(tmp_path, segmentation_set, monkeypatch):

@@ -11,25 +11,7 @@ from safetensors.torch import load_file
 from sft.models.vision import create_backbone
 from sft.tasks.segmentation.module import DecoderHead
 from tests.conftest import sft
-
-
-def recipe(tmp_path, data, *lines):
-    path = tmp_path / "seg.yaml"
-    path.write_text("\n".join([
-        "task: segmentation", "data:", f"  train: {data / 'train'}", f"  val: {data / 'val'}",
-        f"  test: {data / 'test'}", "  image_size: 64", "  batch_size: 8", "trainer:", "  epochs: 2",
-        "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}", *lines]) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def frozen_run(tmp_path_factory, segmentation_set):
-    """ImageNet MobileNetV2, frozen (linear-probe: only the new Unet decoder trains)."""
-    tmp_path = tmp_path_factory.mktemp("seg-run")
-    result = sft("train", recipe(tmp_path, segmentation_set, "strategy:", "  name: linear-probe", "optim:",
-                                 "  loss: ce+dice"))
-    assert result.exit_code == 0, result.output
-    return tmp_path / "run"
+from tests.tasks.segmentation.conftest import recipe
 
 
 def test_a_frozen_encoder_trains_its_decoder_and_stays_pretrained(frozen_run):
@@ -50,7 +32,14 @@ def test_eval_and_predict_a_finished_run(frozen_run, segmentation_set, tmp_path)
     trained = json.loads((frozen_run / "metrics.json").read_text())
     assert metrics["samples"] == 8 and abs(metrics["miou"] - trained["test_miou"]) < 1e-6
     page = (frozen_run / "eval" / "report.html").read_text()
-    assert 'id=per-class' in page and 'id=confusion' in page and page.count("<img") == 9  # 3 x image|truth|pred
+    assert 'id=per-class' in page and 'id=confusion' in page and 'id=calibration' in page
+    assert page.count("<img") == 1 + 9  # the reliability diagram, 3 x image|truth|pred
+    # per-pixel calibration: the temperature is fitted on validation pixels once and kept in model.json
+    fitted = json.loads((frozen_run / "model.json").read_text())
+    assert fitted["temperature"] == metrics["temperature"] > 0 and 0 <= metrics["ece_calibrated"] <= 1
+    assert fitted["extra"]["temperature_fitted"]["val_images"] == 8
+    results = json.loads((frozen_run / "eval" / "results.json").read_text())
+    assert sum(results["reliability"]["count"]) == sum(results["pixels"]) == 8 * 64 * 64
     images = sorted((segmentation_set / "test" / "images").glob("*.png"))[:2]
     result = sft("predict", frozen_run, *images, "--out", tmp_path / "masks", "--format", "json")
     assert result.exit_code == 0, result.output

@@ -2,12 +2,12 @@
 
 A fine-tuned network's softmax is usually over-confident. One scalar T, fitted by minimising the validation NLL of
 softmax(logits / T), fixes most of it without changing any prediction (Guo et al., 2017). `sft predict` then reports
-softmax(logits / T); `sft eval` reports the ECE before and after.
+softmax(logits / T); `sft eval` reports the ECE before and after. The fit, the bins and the storing are
+`sft.core.calibration`, shared with segmentation's per-pixel calibration.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -17,30 +17,12 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import Dataset
 
-from sft.core.atomic import atomic_write_json
+from sft.core.calibration import fit_temperature, nll, set_temperature
 from sft.core.precision import autocast_for
 from sft.data.loaders import Inputs, eval_batches
 from sft.data.samples import Samples, stratified_subset
-from sft.errors import UserError
 
 MAX_VAL = 20_000  # validation samples whose logits are held for the fit (a stratified subset beyond that)
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
-    """The T > 0 that minimises the NLL of softmax(logits / T): LBFGS on log T (so T stays positive)."""
-    with torch.inference_mode(False), torch.enable_grad():  # also when called under inference mode
-        logits, labels = logits.detach().float().clone(), labels.detach().long().clone()
-        log_t = torch.zeros(1, requires_grad=True)
-        optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-        def closure():
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-    return float(log_t.detach().clamp(-5, 5).exp())
 
 
 def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, n_bins: int = 15) -> float:
@@ -48,22 +30,6 @@ def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, n_
     probs = (logits.float() / temperature).softmax(-1)
     return float(tmf.calibration_error(probs, labels, task="multiclass", num_classes=logits.shape[-1],
                                        n_bins=n_bins))
-
-
-def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
-    return float(nn.functional.cross_entropy(logits.float() / temperature, labels))
-
-
-def set_temperature(run_dir: str | Path, temperature: float, fitted: dict) -> None:
-    """Write the temperature into the run's model.json (atomically), with how it was fitted under
-    extra.temperature_fitted."""
-    path = Path(run_dir) / "model.json"
-    if not path.exists():
-        raise UserError(f"{run_dir}: no model.json; the run did not finish")
-    raw = json.loads(path.read_text())
-    raw["temperature"] = float(temperature)
-    raw.setdefault("extra", {})["temperature_fitted"] = fitted
-    atomic_write_json(path, raw)
 
 
 @torch.inference_mode()

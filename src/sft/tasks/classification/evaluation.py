@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sft.core.atomic import atomic_write_dir
+from sft.core.calibration import N_BINS, ReliabilityBins
 from sft.core.precision import autocast_for
 from sft.core.rundir import RunDir, check_replaceable, mark
 from sft.data.loaders import eval_batches
@@ -30,9 +31,6 @@ from sft.tasks.base import evaluation_target
 from sft.tasks.classification.calibration import calibrate_run
 from sft.tasks.classification.export import load_model
 from sft.tasks.classification.report import build_report, write_report
-
-N_BINS = 15  # calibration bins (ECE and the reliability diagram)
-
 
 class TopLosses:
     """The `n` samples of highest loss seen so far, in a min-heap of size n: O(n) memory for any data size."""
@@ -63,29 +61,6 @@ class TopLosses:
         for row in rows:
             row["index"] = -row["index"]
         return rows
-
-
-class ReliabilityBins:
-    """Counts, confidence and accuracy sums in equal-width confidence bins: the reliability diagram, and the same
-    ECE as torchmetrics' `CalibrationError(norm="l1")`."""
-
-    def __init__(self, n_bins: int = N_BINS):
-        self.count, self.conf, self.correct = (torch.zeros(n_bins, dtype=torch.float64) for _ in range(3))
-
-    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        conf, pred = probs.max(-1)
-        n = len(self.count)
-        bins = torch.clamp(torch.ceil(conf.double() * n).long() - 1, 0, n - 1)  # torchmetrics' right-closed bins
-        self.count += torch.bincount(bins, minlength=n).double().cpu()
-        self.conf += torch.bincount(bins, weights=conf.double(), minlength=n).cpu()
-        self.correct += torch.bincount(bins, weights=(pred == labels).double(), minlength=n).cpu()
-
-    def result(self) -> dict:
-        total = max(float(self.count.sum()), 1.0)
-        safe = self.count.clamp(min=1)
-        ece = float(((self.conf - self.correct).abs()).sum() / total)
-        return {"count": self.count.long().tolist(), "confidence": (self.conf / safe).tolist(),
-                "accuracy": (self.correct / safe).tolist(), "ece": ece}
 
 
 @torch.inference_mode()

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from sft.core.atomic import atomic_write_text
+from sft.core.calibration import reliability_figure
 from sft.core.html import esc, img, page, table
 from sft.tasks.classification.interpret import find_target_layer, grad_cam, token_attributions
 
@@ -55,22 +56,6 @@ def confusion_figure(cm: np.ndarray, classes: list[str]) -> Figure:
             for (i, j), v in np.ndenumerate(data):
                 ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7,
                         color="white" if v > data.max() / 2 else "black")
-    return fig
-
-
-def reliability_figure(before: dict, after: dict, temperature: float) -> Figure:
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    for ax, bins, title in zip(fig.subplots(1, 2), (before, after), ("raw", f"temperature {temperature:.3f}")):
-        n = len(bins["count"])
-        centers = (np.arange(n) + 0.5) / n
-        used = np.array(bins["count"]) > 0
-        ax.bar(centers[used], np.array(bins["accuracy"])[used], width=1 / n, edgecolor="k", alpha=.7, label="accuracy")
-        ax.plot(np.array(bins["confidence"])[used], np.array(bins["accuracy"])[used], "o", color="C1",
-                label="(confidence, accuracy)")
-        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-               title=f"{title}: ECE {bins['ece']:.4f}")
-        ax.legend(loc="upper left", fontsize=8)
     return fig
 
 

@@ -31,6 +31,7 @@ from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
 from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files,
                             write_model_files)
+from sft.tasks.segmentation.calibration import PixelCalibration, calibrate_run, calibration_section
 from sft.tasks.segmentation.data import PairDataset, joint_transforms, palette_lookup, read_pairs
 from sft.tasks.segmentation.metrics import ConfusionMatrix, confusion, scores
 from sft.tasks.segmentation.module import DecoderHead, Segmenter, segment
@@ -119,15 +120,18 @@ class Segmentation(TaskBase):
 
     # -- a finished run ------------------------------------------------------------------------------------------
     def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
-        run, _, source, out = evaluation_target(run_dir, data, out)
+        run, recipe, source, out = evaluation_target(run_dir, data, out)
         model, info = load_model(run.path)
         samples = read_pairs(source.path, source.format, info.classes, info.ignore_index, info.palette)
         check_eval_out(out, source.path, run.path, overwrite)
+        calibration = calibrate_run(run.path, model, lambda: _val_dataset(self, recipe, info), info.ignore_index,
+                                    batch_size=batch_size, seed=recipe.seed, progress=progress)
         dataset = eval_dataset(info, samples)
         result = evaluate(model, dataset, info.classes, info.ignore_index, batch_size=batch_size, top_n=top_n,
-                          progress=progress)
-        result["data"] = source.path
-        summary = {k: result[k] for k in ("miou", "pixel_acc", "mean_dice", "samples")}
+                          progress=progress, temperature=calibration["temperature"])
+        result["data"], result["calibration"] = source.path, calibration
+        summary = {k: result[k] for k in ("miou", "pixel_acc", "mean_dice", "ece", "ece_calibrated", "temperature",
+                                          "samples")}
         summary["iou"] = {c: v for c, v in zip(info.classes, result["iou"])}
         report = render_report(run.path, source.path, info, samples, dataset, model, result)
 
@@ -207,6 +211,11 @@ def load_model(run_dir: str | Path) -> tuple[TrainedSegmenter, SegmentationInfo]
     return model, info
 
 
+def _val_dataset(task: Segmentation, recipe: SegmentationRecipe, info: SegmentationInfo) -> PairDataset | None:
+    val = task.load_splits(recipe).val
+    return eval_dataset(info, val) if val is not None else None
+
+
 def eval_dataset(info: SegmentationInfo, samples: Samples) -> PairDataset:
     _, eval_tf = joint_transforms(info.preprocess, info.image_size, "none", info.ignore_index)
     return PairDataset(samples, eval_tf, palette_lookup(info.palette, info.classes) if info.palette else None)
@@ -214,23 +223,27 @@ def eval_dataset(info: SegmentationInfo, samples: Samples) -> PairDataset:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, dataset, classes: list[str], ignore_index: int, *, batch_size: int = 32,
-             top_n: int = 0, progress: bool = False) -> dict:
-    """Scores of the whole split from one confusion matrix, and the `top_n` images of lowest IoU."""
+             top_n: int = 0, progress: bool = False, temperature: float = 1.0) -> dict:
+    """Scores of the whole split from one confusion matrix, per-pixel calibration (raw and at `temperature`), and
+    the `top_n` images of lowest IoU."""
     model.eval()
     device = next(model.parameters()).device
     total = ConfusionMatrix(len(classes), ignore_index).to(device)
+    calibration = PixelCalibration(ignore_index, temperature)
     worst: list[tuple[float, int]] = []
     index = 0
     for x, y in eval_batches(dataset, batch_size, None, progress, "evaluating"):
         x, y = x.to(device), y.to(device)
-        pred = model(x).float().argmax(1)
+        logits = model(x).float()
+        pred = logits.argmax(1)
         total.update(pred, y)
+        calibration.update(logits, y)
         for p, t in zip(pred, y):
             if top_n:  # this image's own matrix: a bincount, no Metric object per image
                 item = (-scores(confusion(p[None], t[None], len(classes), ignore_index))["miou"], -index)
                 heapq.heappush(worst, item) if len(worst) < top_n else heapq.heappushpop(worst, item)
             index += 1
-    result = scores(total.compute())
+    result = scores(total.compute()) | calibration.result()
     result.update(samples=index, classes=classes, matrix=total.compute().cpu().tolist(),
                   worst=[{"index": -i, "miou": -v} for v, i in sorted(worst, reverse=True)])
     return result
@@ -243,7 +256,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
 
 
 def render_report(run: Path, data: str, info: SegmentationInfo, samples: Samples, dataset, model, result) -> str:
-    """report.html: the scores, per-class IoU and pixels, the confusion matrix (row shares), the worst images."""
+    """report.html: the scores, per-class IoU and pixels, the confusion matrix (row shares), per-pixel calibration,
+    the worst images."""
     classes = info.classes
     per_class = [[c, "-" if iou is None else f"{iou:.4f}", "-" if d is None else f"{d:.4f}", n]
                  for c, iou, d, n in zip(classes, result["iou"], result["dice"], result["pixels"])]
@@ -271,6 +285,7 @@ def render_report(run: Path, data: str, info: SegmentationInfo, samples: Samples
             f"{result['pixel_acc']:.4f}, mean Dice {result['mean_dice']:.4f}.</p>"
             f"<h2 id=per-class>Per class</h2>{table(['class', 'IoU', 'Dice', 'pixels'], per_class)}"
             f"<h2 id=confusion>Confusion matrix (share of each target class's pixels)</h2>{confusion}"
+            f"<h2 id=calibration>Calibration (every pixel not ignored)</h2>{calibration_section(result)}"
             f"<h2 id=worst>Lowest IoU: image | truth | prediction</h2><p>{legend}</p><div class=grid>"
             f"{''.join(cards)}</div>")
     css = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1150px}table{border-collapse:collapse}"
