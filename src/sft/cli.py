@@ -204,14 +204,22 @@ def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbo
                                                    "backbone@weights) whose probe joins the label-issue vote; "
                                                    "repeatable"),
           overwrite: bool = typer.Option(False, help="replace an existing audit")):
-    """Find label issues, duplicates, train/test leakage, outliers and class imbalance in the recipe's data."""
+    """Find label issues, duplicates, train/test leakage, outliers and class imbalance in the recipe's data
+    (segmentation: the masks the recipe's finished run disagrees with)."""
     try:
         from sft.tasks.classification.tools.audit import audit_data
         loaded = load_recipe(recipe, overrides or [])
         out = out or Path(f"{loaded.run_dir}-audit")
-        report = audit_data(_classification(loaded, "audit"), loaded, out, overwrite=overwrite, also=also or [])
+        task = get_task(loaded.task)  # classification's audit is its tools.audit; other tasks', Task.audit
+        summary = None if hasattr(task, "read_split") else task.audit(loaded, out, overwrite=overwrite,
+                                                                      also=also or [])
+        report = audit_data(task, loaded, out, overwrite=overwrite, also=also or []) if summary is None else None
     except UserError as e:
         _fail(e)
+    if summary is not None:
+        _print_metrics(out, summary)
+        console.print(escape(f"suspects.csv and audit.html are in {out}"))
+        return
     kinds: dict[str, int] = {}
     for suspect in report.suspects:
         kinds[suspect.kind] = kinds.get(suspect.kind, 0) + 1

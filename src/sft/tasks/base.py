@@ -54,6 +54,10 @@ class Task(TrainingTask, Protocol):
     def predictor(self, run_dir: Path, engine: str) -> "Predictor":
         """`sft serve`: the run's model behind the calls the server makes, on `engine` (torch, onnx)."""
 
+    def audit(self, recipe: Recipe, out: Path, *, overwrite: bool, also: list[str]) -> dict:
+        """`sft audit` of a task's own labels (classification's is its tools.audit): writes `out`, returns the
+        summary to print."""
+
 
 class Predictor(Protocol):
     """What `sft serve` asks of a task's finished model: decode one request item, run a batch, shape one answer."""
@@ -107,6 +111,10 @@ class TaskBase:
 
     def predictor(self, run_dir, engine):
         raise UserError(f"task {self.name} cannot be served by `sft serve` yet")
+
+    def audit(self, recipe, out, *, overwrite, also):
+        raise UserError(f"task {self.name} has no `sft audit` yet (image and text classification and segmentation "
+                        f"have one)")
 
 
 def evaluation_target(run_dir: str | Path, data: str | Path | None,

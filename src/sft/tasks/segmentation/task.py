@@ -31,6 +31,7 @@ from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
 from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files,
                             write_model_files)
+from sft.tasks.segmentation.audit import audit_masks
 from sft.tasks.segmentation.calibration import PixelCalibration, calibrate_run, calibration_section
 from sft.tasks.segmentation.data import PairDataset, joint_transforms, palette_lookup, read_pairs
 from sft.tasks.segmentation.metrics import ConfusionMatrix, confusion, scores
@@ -142,6 +143,19 @@ class Segmentation(TaskBase):
             mark(Path(folder), "eval")
         atomic_write_dir(out, write)
         return out, summary
+
+    def audit(self, recipe: SegmentationRecipe, out, *, overwrite, also):
+        """`sft audit`: the recipe's validation and test masks scored by its finished run (why: audit.py)."""
+        if also:
+            raise UserError("--also adds backbones to classification's probes; a mask audit scores the masks with "
+                            "the recipe's finished run")
+        run = Path(recipe.run_dir)
+        if not (run / "model.json").is_file():
+            raise UserError(f"{run}: no finished run; a mask audit scores the masks with the run's trained model: "
+                            f"train it first (sft train RECIPE), or set run_dir to a finished run on this data")
+        model, info = load_model(run)
+        return audit_masks(recipe, self.load_splits(recipe), model, info, Path(out), overwrite=overwrite,
+                           eval_dataset=eval_dataset, overlay=overlay, batch_size=recipe.data.batch_size)
 
     def export_model(self, run_dir, format, out, *, force, overwrite):
         if format != "onnx":
