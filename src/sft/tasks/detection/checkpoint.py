@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sft.core.torchfile import load_safetensors, load_torch_file
 from sft.errors import UserError
+from sft.models.checkpoint import fit_whole, read_state_dict
 
 BODY = "backbone.body."
 FPN = "backbone.fpn."
@@ -41,19 +41,7 @@ def read_checkpoint(source: str) -> tuple[str, dict[str, torch.Tensor]]:
     file = Path(source).expanduser()
     if not file.exists() and ENUM.match(source):
         return source, _torchvision_weights(source)
-    if not file.is_file():
-        raise UserError(f"model.checkpoint: {file} not found; {HINT}")
-    if file.suffix == ".safetensors":
-        state = load_safetensors(file, HINT)
-    else:
-        state = load_torch_file(file, HINT)
-        if isinstance(state, dict):
-            state = state.get("model", state.get("state_dict", state))
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise UserError(f"model.checkpoint: {file} holds no state dict (names to tensors, or a {{\"model\": "
-                        f"state}} wrapper); {HINT}")
-    return str(file), state
+    return str(file), read_state_dict(file, HINT)
 
 
 def _torchvision_weights(name: str) -> dict[str, torch.Tensor]:
@@ -117,25 +105,9 @@ def load_detector_checkpoint(trunk: nn.Module, head: nn.Module, source: str, det
 
 def _fit_trunk(own: dict, body: dict, shown: str, backbone: str) -> dict:
     """The file's trunk under the backbone's own names, or a UserError naming the first tensor that differs."""
-    if not body:
-        return {}
-    prefix = max(TRUNK_PREFIXES, key=lambda p: sum(p + k in own for k in body))
-    mapped = {prefix + k: v for k, v in body.items()}
-    missing = [k for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
-    extra = [k for k in mapped if k not in own]
-    shapes = [k for k in mapped if k in own and own[k].shape != mapped[k].shape]
-    if missing or extra or shapes:
-        if shapes:
-            k = shapes[0]
-            example = (f"{BODY}{k[len(prefix):]} is {list(mapped[k].shape)} in the file, {list(own[k].shape)} "
-                       f"here")
-        else:
-            example = (f"{BODY}{extra[0][len(prefix):]} has no counterpart here" if extra else
-                       f"{missing[0]} of {backbone} is not in the file")
-        raise UserError(f"model.checkpoint: {shown}'s backbone does not fit model.backbone {backbone}: "
-                        f"{len(shapes)} tensors of another shape, {len(extra)} unknown, {len(missing)} missing "
-                        f"(e.g. {example}); set model.backbone to the one the checkpoint was trained on")
-    return mapped
+    return fit_whole(own, body, shown=shown, what=f"backbone does not fit model.backbone {backbone}",
+                     fix="set model.backbone to the one the checkpoint was trained on", prefixes=TRUNK_PREFIXES,
+                     file_prefix=BODY)
 
 
 def _check_fpn(own: dict, fpn: dict, shown: str) -> None:

@@ -8,6 +8,8 @@ them. DeepLabV3+ is built for an output stride of 16; a stride-32 encoder gets t
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from segmentation_models_pytorch.base import SegmentationHead
@@ -21,6 +23,7 @@ from torch import nn
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone
+from sft.tasks.segmentation.checkpoint import load_segmentation_checkpoint
 from sft.tasks.segmentation.data import palette_lookup, read_mask
 from sft.tasks.segmentation.metrics import ConfusionMatrix, scores
 from sft.tasks.segmentation.recipe import SegmentationRecipe
@@ -30,6 +33,7 @@ from sft.training.strategies import Schedule
 # The narrowest Unet block (smp's own last width). Halving further starved the classifier: a 128-wide decoder ended
 # in 8 channels, a 64-wide one in 4, for 11 classes, and the bench's runs learned the background and little else.
 UNET_MIN_WIDTH = 16
+log = logging.getLogger("sft")
 
 
 class DecoderHead(nn.Module):
@@ -116,6 +120,11 @@ class Segmenter(FineTuneModule):
         classes, d = splits.classes, recipe.data
         head = DecoderHead(recipe.model.decoder, backbone.channels, backbone.reductions, len(classes),
                            recipe.model.decoder_channels)
+        if recipe.model.checkpoint:
+            c = load_segmentation_checkpoint(backbone.module, head, recipe.model.checkpoint, backbone.name)
+            log.info(f"model.checkpoint {c['source']} ({c['format']}): {c['encoder']} encoder and {c['decoder']} "
+                     f"decoder tensors loaded; the classifier " + ("too" if c["classifier"] else "left as initialised "
+                     "(another class count)") + (f"; not used: {', '.join(c['skipped'][:6])}" if c["skipped"] else ""))
         super().__init__(backbone.module, head, schedule, recipe.optim, recipe.trainer.epochs, channels_last)
         self.classes = classes
         weight = pixel_class_weights(splits, d.ignore_index, d.palette) if d.class_weights == "inverse" else None

@@ -32,6 +32,10 @@ class SegmentationModel(Model):
     decoder_channels: int = Field(256, ge=8, description="width of the decoder: unet's first block (each next one "
                                                          "halves, down to 16), fpn's pyramid, deeplabv3plus's ASPP; "
                                                          "256 as smp")
+    checkpoint: str | None = Field(None, description="a whole model to start from: a finished sft segmentation run's "
+                                                     "model.safetensors or an smp model's state dict with the same "
+                                                     "encoder and decoder; a classifier of another class count stays "
+                                                     "initialised")
 
 
 class SegmentationOptim(Optim):
