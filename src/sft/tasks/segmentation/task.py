@@ -1,6 +1,7 @@
 """Semantic segmentation behind the Task protocol: images with masks, an ImageNet encoder in feature-map mode with a
-new smp decoder, a per-pixel loss, val_miou monitored, and a finished run that evaluates (mIoU, per-class IoU, the
-worst images as overlays) and predicts masks.
+new smp decoder (or a whole model from `model.checkpoint`, checkpoint.py), a per-pixel loss, val_miou monitored, and
+a finished run that evaluates (mIoU, per-class IoU, per-pixel calibration, the worst images as overlays), audits the
+validation and test masks (audit.py) and predicts masks.
 
 The feature cache is not used: a frozen encoder's maps at five scales take about 0.4 MB per 128 px image (a
 thousand times a pooled vector), and random crops and flips change them every epoch, so caching would cost disk and
