@@ -1,7 +1,8 @@
 """The README's picture of detections: test composites of a finished run, each as truth (green) | prediction (red,
-score >= 0.3), tiled into one PNG.
+score >= the threshold, 0.3 unless given), tiled into one PNG.
 
-    .venv/bin/python examples/detection/picture.py bench/out/detection-run-imagenet docs/detection.png
+    .venv/bin/python examples/detection/picture.py RUN OUT.png [count] [score]
+    .venv/bin/python examples/detection/picture.py bench/out/detection-run-imagenet docs/detection.png 6 0.5
 """
 
 from __future__ import annotations
@@ -44,4 +45,4 @@ def main(run: str, out: str, count: int = 6, score: float = 0.3) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], *(float(a) if "." in a else int(a) for a in sys.argv[3:5]))
