@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import built_example
+from tests.conftest import built_example, task_recipe
 
 
 @pytest.fixture(scope="module")
@@ -14,9 +14,5 @@ def detection_set(tmp_path_factory) -> Path:
 
 
 def recipe(tmp_path, data, *lines):
-    path = tmp_path / "det.yaml"
-    path.write_text("\n".join([
-        "task: detection", "data:", f"  train: {data / 'train'}", f"  val: {data / 'val' / 'annotations.json'}",
-        f"  test: {data / 'test'}", "  image_size: 64", "  batch_size: 8", "trainer:", "  epochs: 1",
-        "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}", *lines]) + "\n")
-    return path
+    return task_recipe(tmp_path, "detection", data / "train", data / "val" / "annotations.json", data / "test", 1,
+                       *lines)

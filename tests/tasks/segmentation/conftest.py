@@ -2,16 +2,11 @@
 
 import pytest
 
-from tests.conftest import sft
+from tests.conftest import sft, task_recipe
 
 
 def recipe(tmp_path, data, *lines):
-    path = tmp_path / "seg.yaml"
-    path.write_text("\n".join([
-        "task: segmentation", "data:", f"  train: {data / 'train'}", f"  val: {data / 'val'}",
-        f"  test: {data / 'test'}", "  image_size: 64", "  batch_size: 8", "trainer:", "  epochs: 2",
-        "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}", *lines]) + "\n")
-    return path
+    return task_recipe(tmp_path, "segmentation", data / "train", data / "val", data / "test", 2, *lines)
 
 
 @pytest.fixture(scope="session")
