@@ -8,7 +8,7 @@ from sft.tasks import get_task
 from sft.training.prepare import prepare
 from sft.models.backbone import last_linear
 from sft.training.probe import fit_probe, load_probe
-from tests.conftest import tiny_recipe
+from tests.conftest import tiny_recipe, tiny_text_recipe
 
 
 def blobs(n: int, seed: int, classes: int = 3, dim: int = 8):
@@ -51,9 +51,18 @@ def test_a_head_only_start_loads_the_probe_and_random_does_not(tmp_path, fashion
     assert accuracy == pytest.approx(p.notes["probe"]["val_acc"], abs=1e-6)
     recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage", "strategy.head_init=random")
     assert "probe" not in prepare(get_task(recipe.task), recipe).notes
-    recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage")  # auto: linear-probe runs only
+    recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=two-stage")  # auto: not for a convnet
     assert "probe" not in prepare(get_task(recipe.task), recipe).notes
     recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=linear-probe")
     assert "probe" in prepare(get_task(recipe.task), recipe).notes
     recipe = tiny_recipe(tmp_path, fashion_slice, "strategy.name=full", "strategy.head_init=probe")
+    assert "probe" not in prepare(get_task(recipe.task), recipe).notes
+
+
+def test_auto_starts_a_transformer_from_the_probe(tmp_path, fortunes_slice, tiny_bert):
+    """Its fine-tuning LR (5e-5) would barely move a new head in the head-only epoch."""
+    recipe = tiny_text_recipe(tmp_path, fortunes_slice, tiny_bert, "strategy.name=two-stage")
+    assert "probe" in prepare(get_task(recipe.task), recipe).notes
+    recipe = tiny_text_recipe(tmp_path, fortunes_slice, tiny_bert, "strategy.name=two-stage",
+                              "strategy.head_init=random")
     assert "probe" not in prepare(get_task(recipe.task), recipe).notes

@@ -19,7 +19,7 @@ from sft.models.backbone import Backbone
 from sft.recipe import Recipe
 from sft.training.features import cache_key, cached_features, weights_digest
 from sft.training.module import FineTuneModule
-from sft.training.optim import auto_lr
+from sft.training.optim import auto_lr, is_transformer
 from sft.training.probe import fit_probe, load_probe
 from sft.training.strategies import Schedule
 from sft.training.trainer import Monitor
@@ -90,8 +90,8 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     schedule = Schedule(recipe.strategy, backbone.groups)
     model = task.build_module(recipe, backbone, splits, schedule, channels_last)
     cache = task.uses_feature_cache(recipe) and recipe.strategy.cache != "none"
-    probe = recipe.strategy.head_init == "probe" or (recipe.strategy.head_init == "auto"
-                                                     and recipe.strategy.name == "linear-probe")
+    probe = recipe.strategy.head_init == "probe" or (recipe.strategy.head_init == "auto" and (
+        recipe.strategy.name == "linear-probe" or is_transformer(backbone.module)))
     if cache and schedule.head_only(0) and probe:
         notes["probe"] = start_from_probe(model, splits, inputs, features)
     head_only = (lambda epoch: schedule.head_only(epoch)) if cache else (lambda epoch: False)
