@@ -119,6 +119,7 @@ def test_audit_then_train_without_the_suspects(tmp_path, recipe_file, fashion_sl
     out = tmp_path / "audit"
     result = sft("audit", recipe_file, *tiny_args(tmp_path, fashion_slice), "--out", out)
     assert result.exit_code == 0, result.output
+    assert "train_without_them" in result.output and "data.exclude=" in result.output
     for name in ("audit.json", "suspects.csv", "audit.html"):
         assert (out / name).exists(), name
     assert sft("audit", recipe_file, *tiny_args(tmp_path, fashion_slice), "--out", out).exit_code == 2

@@ -207,26 +207,13 @@ def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbo
     """Find label issues, duplicates, train/test leakage, outliers and class imbalance in the recipe's data
     (segmentation: the masks the recipe's finished run disagrees with)."""
     try:
-        from sft.tasks.classification.tools.audit import audit_data
         loaded = load_recipe(recipe, overrides or [])
         out = out or Path(f"{loaded.run_dir}-audit")
-        task = get_task(loaded.task)  # classification's audit is its tools.audit; other tasks', Task.audit
-        summary = None if hasattr(task, "read_split") else task.audit(loaded, out, overwrite=overwrite,
-                                                                      also=also or [])
-        report = audit_data(task, loaded, out, overwrite=overwrite, also=also or []) if summary is None else None
+        summary = get_task(loaded.task).audit(loaded, out, overwrite=overwrite, also=also or [])
     except UserError as e:
         _fail(e)
-    if summary is not None:
-        _print_metrics(out, summary)
-        console.print(escape(f"suspects.csv and audit.html are in {out}"))
-        return
-    kinds: dict[str, int] = {}
-    for suspect in report.suspects:
-        kinds[suspect.kind] = kinds.get(suspect.kind, 0) + 1
-    _print_metrics(out, {"imbalance_ratio": report.imbalance_ratio, "out_of_fold_accuracy": report.oof_accuracy,
-                         "suspects": kinds, "train_counts": report.counts["train"]})
-    console.print(escape(f"suspects.csv and audit.html are in {out}; train without them: "
-                         f"data.exclude={out}/suspects.csv"))
+    _print_metrics(out, summary)
+    console.print(escape(f"suspects.csv and audit.html are in {out}"))
 
 
 @app.command("lr-find")

@@ -55,8 +55,8 @@ class Task(TrainingTask, Protocol):
         """`sft serve`: the run's model behind the calls the server makes, on `engine` (torch, onnx)."""
 
     def audit(self, recipe: Recipe, out: Path, *, overwrite: bool, also: list[str]) -> dict:
-        """`sft audit` of a task's own labels (classification's is its tools.audit): writes `out`, returns the
-        summary to print."""
+        """`sft audit` of a task's own labels: writes suspects.csv and audit.html to `out`, returns the summary to
+        print."""
 
 
 class Predictor(Protocol):

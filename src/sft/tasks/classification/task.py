@@ -30,6 +30,7 @@ from sft.tasks.classification.module import Classifier
 from sft.tasks.classification.onnx import export_onnx
 from sft.tasks.classification.serving import ClassifierPredictor, load_engine
 from sft.tasks.classification.recipe import TEXT, ClassificationRecipe
+from sft.tasks.classification.tools.audit import audit_data
 from sft.tasks.classification.tools.strategy_auto import choose_strategy
 from sft.tasks.classification.tools.transfer import logme
 from sft.training.prepare import Prepared
@@ -157,6 +158,16 @@ class ImageClassification(TaskBase):
             export = export_hf if self.name == TEXT else export_timm_hf
             return export(self, run_dir, out, force=force, overwrite=overwrite)
         raise UserError(f"--format {format}: classification runs export as onnx or hf")
+
+    def audit(self, recipe: ClassificationRecipe, out, *, overwrite, also):
+        """`sft audit`: label issues, duplicates, leakage, outliers and imbalance of the recipe's data (tools.audit)."""
+        report = audit_data(self, recipe, out, overwrite=overwrite, also=also)
+        kinds: dict[str, int] = {}
+        for suspect in report.suspects:
+            kinds[suspect.kind] = kinds.get(suspect.kind, 0) + 1
+        return {"imbalance_ratio": report.imbalance_ratio, "out_of_fold_accuracy": report.oof_accuracy,
+                "suspects": kinds, "train_counts": report.counts["train"],
+                "train_without_them": f"data.exclude={out}/suspects.csv"}
 
     def predictor(self, run_dir, engine: str) -> ClassifierPredictor:
         return ClassifierPredictor(self, run_dir, engine)
