@@ -135,7 +135,7 @@ class Segmentation(TaskBase):
         summary = {k: result[k] for k in ("miou", "pixel_acc", "mean_dice", "ece", "ece_calibrated", "temperature",
                                           "samples")}
         summary["iou"] = {c: v for c, v in zip(info.classes, result["iou"])}
-        report = render_report(run.path, source.path, info, samples, dataset, model, result)
+        report = render_report(run.path, source.path, info, samples, dataset, result, result.pop("worst_masks"))
 
         def write(folder: str) -> None:
             for name, text in (("results.json", json.dumps(result, indent=2)), ("metrics.json",
@@ -227,7 +227,13 @@ def load_model(run_dir: str | Path) -> tuple[TrainedSegmenter, SegmentationInfo]
 
 
 def _val_dataset(task: Segmentation, recipe: SegmentationRecipe, info: SegmentationInfo) -> PairDataset | None:
-    val = task.load_splits(recipe).val
+    """The run's validation images (its temperature is fitted there): a given data.val is read alone, without
+    reading and checking every training mask; a share held out of train needs the whole split."""
+    d = recipe.data
+    if d.val is None or d.val_limit:
+        val = task.load_splits(recipe).val
+    else:
+        val = read_pairs(d.val.path, d.val.format, info.classes, info.ignore_index, info.palette)
     return eval_dataset(info, val) if val is not None else None
 
 
@@ -246,6 +252,7 @@ def evaluate(model: nn.Module, dataset, classes: list[str], ignore_index: int, *
     total = ConfusionMatrix(len(classes), ignore_index).to(device)
     calibration = PixelCalibration(ignore_index, temperature)
     worst: list[tuple[float, int]] = []
+    kept: dict[int, np.ndarray] = {}  # the worst images' predicted masks, for the report (no second forward pass)
     index = 0
     for x, y in eval_batches(dataset, batch_size, None, progress, "evaluating"):
         x, y = x.to(device), y.to(device)
@@ -256,11 +263,16 @@ def evaluate(model: nn.Module, dataset, classes: list[str], ignore_index: int, *
         for p, t in zip(pred, y):
             if top_n:  # this image's own matrix: a bincount, no Metric object per image
                 item = (-scores(confusion(p[None], t[None], len(classes), ignore_index))["miou"], -index)
-                heapq.heappush(worst, item) if len(worst) < top_n else heapq.heappushpop(worst, item)
+                dropped = heapq.heappush(worst, item) if len(worst) < top_n else heapq.heappushpop(worst, item)
+                if dropped != item:
+                    kept[index] = p.cpu().numpy().astype(np.uint8)
+                    if dropped:
+                        del kept[-dropped[1]]
             index += 1
     result = scores(total.compute()) | calibration.result()
     result.update(samples=index, classes=classes, matrix=total.compute().cpu().tolist(),
                   worst=[{"index": -i, "miou": -v} for v, i in sorted(worst, reverse=True)])
+    result["worst_masks"] = [kept[row["index"]] for row in result["worst"]]  # not for results.json
     return result
 
 
@@ -270,9 +282,10 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return shown.astype(np.uint8)
 
 
-def render_report(run: Path, data: str, info: SegmentationInfo, samples: Samples, dataset, model, result) -> str:
+def render_report(run: Path, data: str, info: SegmentationInfo, samples: Samples, dataset, result,
+                  worst_masks: list[np.ndarray]) -> str:
     """report.html: the scores, per-class IoU and pixels, the confusion matrix (row shares), per-pixel calibration,
-    the worst images."""
+    the worst images with the masks predicted for them during the evaluation."""
     classes = info.classes
     per_class = [[c, "-" if iou is None else f"{iou:.4f}", "-" if d is None else f"{d:.4f}", n]
                  for c, iou, d, n in zip(classes, result["iou"], result["dice"], result["pixels"])]
@@ -281,12 +294,10 @@ def render_report(run: Path, data: str, info: SegmentationInfo, samples: Samples
     confusion = table(["target \\ predicted", *classes],
                       [[c, *(f"{v:.2f}" for v in row)] for c, row in zip(classes, shares)])
     cards = []
-    for row in result["worst"]:
+    for row, pred in zip(result["worst"], worst_masks):
         i = row["index"]
         image_path, _ = samples.items[i]
-        x, y = dataset[i]
-        with torch.inference_mode():
-            pred = model(x[None].to(next(model.parameters()).device)).argmax(1)[0].cpu().numpy()
+        _, y = dataset[i]
         shown = np.asarray(read_image(image_path).resize(pred.shape[::-1]))
         truth = y.numpy().copy()
         truth[truth == info.ignore_index] = 0
