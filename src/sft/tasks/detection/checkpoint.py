@@ -9,9 +9,15 @@ mixture without saying so), the heads load where name and shape fit, and the cla
 count, e.g. COCO's 91) stay as initialised, as in torchvision's fine-tuning tutorial. A file that does not fit the
 recipe (another detector, backbone, FPN width or number of maps) is a UserError naming what differs.
 
-What fits, e.g.: `fcos_resnet50_fpn` / `retinanet_resnet50_fpn` (COCO_V1) with `model.backbone:
-torchvision/resnet50`, `model.fpn_channels: 256`. torchvision's Faster R-CNN FPNs read four ResNet maps or two
-MobileNetV3 maps where sft's reads three, so their FPN is refused (the error says so).
+What fits (COCO_V1 files of these builders, or their weights names online), with `model.fpn_channels: 256`:
+- `fcos_resnet50_fpn`, `retinanet_resnet50_fpn`, `fasterrcnn_resnet50_fpn`: `model.backbone: torchvision/resnet50`;
+- `fasterrcnn_mobilenet_v3_large_fpn` and `..._320_fpn` (the same tensors): `torchvision/mobilenet_v3_large`.
+sft's Faster R-CNN reads the maps, anchors per location and box-head width torchvision's does for these backbones
+(sft.tasks.detection.module), so all but its class-sized box predictor loads. Not `fasterrcnn_resnet50_fpn_v2`
+(BatchNorm in its FPN, a four-conv box head, a two-conv RPN head: refused, naming the file to use instead).
+torchvision's COCO files were trained with frozen BatchNorm: its MobileNetV3 Faster R-CNN with eps 1e-5, which sft's
+Faster R-CNN uses on that backbone too (the classifier's is 1e-3); fasterrcnn_resnet50_fpn's COCO_V1 with eps 0, where
+sft keeps ResNet's 1e-5, a difference only for channels of near-zero variance.
 """
 
 from __future__ import annotations
@@ -81,6 +87,10 @@ def load_detector_checkpoint(trunk: nn.Module, head: nn.Module, source: str, det
     if kind is not None and kind != detector:
         raise UserError(f"model.checkpoint: {shown} holds a {kind} detector; the recipe's model.detector is "
                         f"{detector} (set model.detector: {kind})")
+    if kind == "fasterrcnn" and (FPN + "inner_blocks.0.1.weight" in state or "roi_heads.box_head.0.0.weight" in state):
+        raise UserError(f"model.checkpoint: {shown} is a fasterrcnn_resnet50_fpn_v2 (BatchNorm FPN, four-conv box "
+                        f"head); sft's Faster R-CNN has torchvision's first layout: use fasterrcnn_resnet50_fpn's "
+                        f"(FasterRCNN_ResNet50_FPN_Weights.COCO_V1)")
     trunk_state = _fit_trunk(trunk.state_dict(), {k[len(BODY):]: v for k, v in state.items() if k.startswith(BODY)},
                              shown, backbone)
     own = head.state_dict()
@@ -104,7 +114,11 @@ def load_detector_checkpoint(trunk: nn.Module, head: nn.Module, source: str, det
 
 
 def _fit_trunk(own: dict, body: dict, shown: str, backbone: str) -> dict:
-    """The file's trunk under the backbone's own names, or a UserError naming the first tensor that differs."""
+    """The file's trunk under the backbone's own names, or a UserError naming the first tensor that differs. A body
+    over `features` (names "0.0.weight", ...) holds only those: what follows them (a kept classifier layer) is not
+    asked for."""
+    if body and all(k.split(".")[0].isdigit() for k in body):
+        own = {k: v for k, v in own.items() if k.startswith("model.features.")} or own
     return fit_whole(own, body, shown=shown, what=f"backbone does not fit model.backbone {backbone}",
                      fix="set model.backbone to the one the checkpoint was trained on", prefixes=TRUNK_PREFIXES,
                      file_prefix=BODY)
@@ -122,8 +136,9 @@ def _check_fpn(own: dict, fpn: dict, shown: str) -> None:
 
     if count(fpn) != count(own):
         raise UserError(f"model.checkpoint: {shown}'s FPN reads {count(fpn)} backbone maps, this detector's "
-                        f"{count(own)} (sft's FPN takes the backbone's last three; torchvision's Faster R-CNN FPNs "
-                        f"take four ResNet or two MobileNetV3 maps)")
+                        f"{count(own)} (sft's Faster R-CNN reads torchvision's maps on a ResNet or a torchvision "
+                        f"MobileNetV3, every other detector and backbone the last three; set the backbone the file "
+                        f"was trained on)")
     if width(fpn) != width(own):
         raise UserError(f"model.checkpoint: {shown}'s FPN is {width(fpn)} wide, this one {width(own)} (set "
                         f"model.fpn_channels: {width(fpn)})")

@@ -1,9 +1,19 @@
 """The detector and its LightningModule: sft's backbone in feature-map mode, an FPN on its last three maps
 (torchvision.ops.FeaturePyramidNetwork) and a torchvision detector's heads (FCOS, RetinaNet, Faster R-CNN or SSDLite),
-sized from the classes, monitored by val_map50. SSDLite here is torchvision's SSD with its SSDLite head
-(depthwise-separable convolutions, BatchNorm) on the FPN's four levels, not on torchvision's extra MobileNetV3
-layers: sft's backbones give strides 8-32 (MobileNetV2's stride-8 map has 32 channels, too few to classify from
-alone), and the FPN gives every level the deeper maps' features.
+sized from the classes, monitored by val_map50.
+
+Faster R-CNN reads the maps torchvision's Faster R-CNN reads for that backbone kind, so its COCO files map on by name
+(sft.tasks.detection.checkpoint): a ResNet's four stage outputs (layer1-4, strides 4-32) as `fasterrcnn_resnet50_fpn`;
+a torchvision MobileNetV3's last strided block and its last layer (both stride 32: `features.13` and `features.16` of
+mobilenet_v3_large) as `fasterrcnn_mobilenet_v3_large_fpn`; any other backbone the last three maps as the other
+detectors (no torchvision file constrains them). Its FPN adds a max-pooled level, its anchors per location are
+torchvision's for that kind (ResNet: one size per level; MobileNetV3: five octaves from the level's size, the same on
+each level; others: the three scales below), each with the ratios 0.5, 1, 2, and its box head is torchvision's (two
+layers of 1024) on an FPN of torchvision's width (256) or wider, 256 wide on narrower ones.
+
+SSDLite here is torchvision's SSD with its SSDLite head (depthwise-separable convolutions, BatchNorm) on the FPN's
+four levels, not on torchvision's extra MobileNetV3 layers: sft's backbones give strides 8-32 (MobileNetV2's stride-8
+map has 32 channels, too few to classify from alone), and the FPN gives every level the deeper maps' features.
 
 Three details decide whether a detector learns at all, and each is set here rather than left to torchvision's
 800-px COCO defaults:
@@ -15,7 +25,8 @@ Three details decide whether a detector learns at all, and each is set here rath
 - anchors: `anchor_sizes` auto takes the 2nd percentile of the training boxes' sides (sqrt of the area, after
   resizing to S) as the first level's smallest anchor, rounded down to a power of 2^(1/3); each next FPN level doubles
   it, and each level has three scales (x1, x2^(1/3), x2^(2/3)) and the aspect ratios 0.5, 1, 2 (RetinaNet, Faster
-  R-CNN's RPN), so every box from that percentile up to 2^5 times it has an anchor within a sixth of an octave.
+  R-CNN's RPN), so every box from that percentile up to 2^5 times it has an anchor within a sixth of an octave
+  (Faster R-CNN on a ResNet: one scale per level, an octave apart; on a MobileNetV3: that size on every level).
   FCOS places one point per location whose size sets its scale range (4x-8x) and centre-sampling radius, so its
   sizes stay the levels' strides (its paper's choice), unless given. SSDLite's default boxes per location: the
   level's size and sqrt(2) times it (square), and the size at 1:2 and 2:1.
@@ -34,6 +45,7 @@ from functools import partial
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models import MobileNetV3
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import (
     AnchorGenerator,
@@ -47,7 +59,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from sft.data.splits import Splits
 from sft.errors import UserError
-from sft.models.backbone import Backbone, Preprocess
+from sft.models.backbone import Backbone, FeatureMaps, Preprocess
 from sft.tasks.detection.checkpoint import load_detector_checkpoint
 from sft.tasks.detection.metrics import mean_ap
 from sft.tasks.detection.recipe import DetectionRecipe
@@ -56,61 +68,98 @@ from sft.training.strategies import Schedule
 
 log = logging.getLogger("sft")
 LEVELS = {"fcos": 5, "retinanet": 5, "fasterrcnn": 4, "ssdlite": 4}  # P3-P5 + P6, P7 (or a max-pooled P6)
+RESNET = ["layer1", "layer2", "layer3", "layer4"]
+
+
+def fpn_inputs(kind: str, trunk: nn.Module, channels: list[int]) -> tuple[nn.Module, list[int], str]:
+    """(the module whose last maps the FPN reads, their channels, the anchor layout): Faster R-CNN reads the maps
+    torchvision's does for a ResNet or a torchvision MobileNetV3, every other case the last three (module docstring)."""
+    if len(channels) < 3:
+        raise UserError(f"detection needs a backbone with at least three feature maps; this one gives "
+                        f"{len(channels)}")
+    if kind == "fasterrcnn":
+        if list(getattr(trunk, "stages", []))[-4:] == RESNET:
+            return trunk, list(channels[-4:]), "resnet"
+        model = getattr(trunk, "model", None)
+        if isinstance(model, MobileNetV3):  # torchvision's _mobilenet_extractor, returned_layers [last two stages]
+            last = len(model.features) - 1
+            strided = [i for i, b in enumerate(model.features) if getattr(b, "_is_cn", False) and i < last][-1]
+            maps = FeatureMaps(model, [f"features.{strided}", f"features.{last}"])
+            return maps, [model.features[i].out_channels for i in (strided, last)], "mobilenet_v3"
+    return trunk, list(channels[-3:]), "default"
+
+
+def fpn_levels(kind: str, trunk: nn.Module | None, maps: list) -> tuple[int, str]:
+    """(the number of FPN levels, i.e. of anchor sizes, the anchor layout) of `kind` on the trunk (None: the last
+    three maps' rule) whose maps `maps` lists (their channels or reductions)."""
+    if kind != "fasterrcnn" or trunk is None:
+        return LEVELS[kind], "default"
+    _, channels, layout = fpn_inputs(kind, trunk, maps)
+    return len(channels) + 1, layout
 
 
 class Pyramid(nn.Module):
-    """The backbone's last three maps (strides 8, 16, 32 for the usual backbones) through an FPN: what a torchvision
-    detector takes as its `backbone`. The trunk is held outside the module tree, so the detector's parameters are the
-    FPN and heads only (the optimizer groups the trunk's by the strategy's groups)."""
+    """The trunk's maps (fpn_inputs) through an FPN: what a torchvision detector takes as its `backbone`. The trunk is
+    held outside the module tree, so the detector's parameters are the FPN and heads only (the optimizer groups the
+    trunk's by the strategy's groups)."""
 
     def __init__(self, trunk: nn.Module, channels: list[int], out_channels: int, p6p7: bool,
                  channels_last: bool = False):
         super().__init__()
-        if len(channels) < 3:
-            raise UserError(f"detection needs a backbone with at least three feature maps; this one gives "
-                            f"{len(channels)}")
         self._trunk = [trunk]  # a list, not an attribute: not registered as a submodule
         extra = LastLevelP6P7(out_channels, out_channels) if p6p7 else LastLevelMaxPool()
-        self.fpn = FeaturePyramidNetwork(list(channels[-3:]), out_channels, extra_blocks=extra)
-        self.out_channels, self.channels_last = out_channels, channels_last
+        self.fpn = FeaturePyramidNetwork(list(channels), out_channels, extra_blocks=extra)
+        self.out_channels, self.channels_last, self.count = out_channels, channels_last, len(channels)
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        maps = self._trunk[0](x)[-3:]
+        maps = self._trunk[0](x)[-self.count:]
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
-def auto_anchor_sizes(sides: np.ndarray, detector: str, reductions: list[int]) -> list[float]:
-    """The smallest anchor of each FPN level (see the module docstring)."""
-    levels = LEVELS[detector]
+def auto_anchor_sizes(sides: np.ndarray, detector: str, reductions: list[int],
+                      trunk: nn.Module | None = None) -> list[float]:
+    """The smallest anchor of each FPN level (see the module docstring); Faster R-CNN's levels and layout depend on
+    the `trunk` (the backbone's module; None: the last three maps' rule)."""
+    levels, layout = fpn_levels(detector, trunk, reductions)
     if detector == "fcos":
         first = reductions[-3] if len(reductions) >= 3 else 8
         return [float(first * 2 ** k) for k in range(levels)]
     base = float(np.percentile(sides, 2)) if len(sides) else 32.0
     base = 2 ** (math.floor(3 * math.log2(max(base, 4.0))) / 3)
-    return [round(base * 2 ** k, 2) for k in range(levels)]
+    return [round(base * 2 ** (0 if layout == "mobilenet_v3" else k), 2) for k in range(levels)]
 
 
-def anchor_generator(detector: str, sizes: list[float], image_size: int) -> AnchorGenerator | DefaultBoxGenerator:
+def anchor_generator(detector: str, sizes: list[float], image_size: int,
+                     layout: str = "default") -> AnchorGenerator | DefaultBoxGenerator:
     if detector == "fcos":
         return AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * len(sizes))
     if detector == "ssdlite":  # SSD's default boxes: per level s_k and sqrt(s_k s_k+1) square, s_k at 1:2 and 2:1
         scales = [s / image_size for s in [*sizes, 2 * sizes[-1]]]
         return DefaultBoxGenerator([[2]] * len(sizes), scales=scales)
-    scales = tuple(tuple(s * 2 ** (i / 3) for i in range(3)) for s in sizes)
-    return AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * len(sizes))
+    steps = {"resnet": [1.0], "mobilenet_v3": [2.0 ** i for i in range(5)]}.get(layout,
+                                                                           [2 ** (i / 3) for i in range(3)])
+    return AnchorGenerator(tuple(tuple(s * f for f in steps) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
 
 
 def build_detector(kind: str, trunk: nn.Module, channels: list[int], num_classes: int, *, fpn_channels: int,
                    anchor_sizes: list[float], size: int, preprocess: Preprocess, score_threshold: float,
                    detections: int, channels_last: bool = False) -> nn.Module:
     """A torchvision detector of `num_classes` classes (+ the background) on the trunk's maps."""
-    if len(anchor_sizes) != LEVELS[kind]:
-        raise UserError(f"model.anchor_sizes: {kind} has {LEVELS[kind]} FPN levels, got {len(anchor_sizes)} sizes")
-    pyramid = Pyramid(trunk, channels, fpn_channels, p6p7=kind in ("fcos", "retinanet"), channels_last=channels_last)
+    maps, channels, layout = fpn_inputs(kind, trunk, channels)
+    p6p7 = kind in ("fcos", "retinanet")
+    levels = len(channels) + (2 if p6p7 else 1)
+    if len(anchor_sizes) != levels:
+        raise UserError(f"model.anchor_sizes: {kind} has {levels} FPN levels on this backbone, got "
+                        f"{len(anchor_sizes)} sizes")
+    if layout == "mobilenet_v3":  # torchvision's detector builds it with BatchNorm's eps 1e-5, not the classifier's
+        for m in maps.modules():  # 1e-3: its files' statistics (some variances near 1e-4) are read as trained
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 1e-5
+    pyramid = Pyramid(maps, channels, fpn_channels, p6p7=p6p7, channels_last=channels_last)
     common = dict(min_size=size, max_size=size, image_mean=list(preprocess.mean), image_std=list(preprocess.std))
-    anchors = anchor_generator(kind, anchor_sizes, size)
+    anchors = anchor_generator(kind, anchor_sizes, size, layout)
     if kind == "ssdlite":  # torchvision's SSDLite head (depthwise-separable, BatchNorm) on each FPN level
         head = SSDLiteHead([fpn_channels] * LEVELS[kind], anchors.num_anchors_per_location(), num_classes + 1,
                            partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
@@ -123,8 +172,9 @@ def build_detector(kind: str, trunk: nn.Module, channels: list[int], num_classes
     if kind == "retinanet":
         return RetinaNet(pyramid, num_classes + 1, anchor_generator=anchors, score_thresh=score_threshold,
                          detections_per_img=detections, **common)
-    pool = MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2)
-    width = 256  # torchvision's box head is 1024 wide for 800 px images and 91 classes
+    pool = MultiScaleRoIAlign([str(i) for i in range(len(channels))], output_size=7, sampling_ratio=2)
+    width = 1024 if fpn_channels >= 256 else 256  # torchvision's on its 256-wide FPN (its COCO box head loads);
+    # 256 on narrower ones: at fpn_channels 128 a 512-wide head made a MobileNetV2 step at 96 px 16% slower
     return FasterRCNN(pyramid, rpn_anchor_generator=anchors, box_roi_pool=pool,
                       box_head=TwoMLPHead(fpn_channels * 7 * 7, width),
                       box_predictor=FastRCNNPredictor(width, num_classes + 1), box_score_thresh=score_threshold,
@@ -152,6 +202,10 @@ class Detector(FineTuneModule):
     def __init__(self, backbone: Backbone, splits: Splits, schedule: Schedule, recipe: DetectionRecipe,
                  size: int, anchor_sizes: list[float], channels_last: bool = False):
         m = recipe.model
+        levels, _ = fpn_levels(m.detector, backbone.module, backbone.channels)
+        if m.anchor_sizes == "auto" and len(anchor_sizes) != levels:  # sized without the trunk: Faster R-CNN's vary
+            anchor_sizes = auto_anchor_sizes(splits.train.box_sides(size), m.detector, backbone.reductions,
+                                             backbone.module)
         head = build_detector(m.detector, backbone.module, backbone.channels, len(splits.classes),
                               fpn_channels=m.fpn_channels, anchor_sizes=anchor_sizes, size=size,
                               preprocess=backbone.preprocess, score_threshold=m.score_threshold,

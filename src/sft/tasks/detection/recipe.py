@@ -33,16 +33,20 @@ class DetectionModel(Model):
                             "ssdlite: the lightest heads")
     fpn_channels: int = Field(128, ge=64, multiple_of=32, description="width of the FPN and the heads (torchvision: "
                                                                       "256); FCOS's and RetinaNet's heads use 32 "
-                                                                      "GroupNorm groups")
+                                                                      "GroupNorm groups; Faster R-CNN's box head is "
+                                                                      "1024 wide from 256 up, else 256")
     anchor_sizes: list[float] | Literal["auto"] = Field(
         "auto", description="the smallest anchor of each FPN level, in input pixels (level k: 2**k times the "
-                            "first); auto: from the training boxes (see sft.tasks.detection.module)")
+                            "first; Faster R-CNN on a torchvision MobileNetV3: the same on each level); auto: from "
+                            "the training boxes (see sft.tasks.detection.module)")
     score_threshold: float = Field(0.05, ge=0, lt=1, description="detections below this score are dropped before "
                                                                  "mAP (predict has its own --score)")
     detections_per_image: int = Field(100, ge=1, description="at most this many detections per image")
     checkpoint: str | None = Field(None, description="a torchvision detector's state dict (.pth/.safetensors, e.g. "
                                                      "COCO-pretrained) or, online, its weights name (e.g. "
-                                                     "FCOS_ResNet50_FPN_Weights.COCO_V1), loaded before training: "
+                                                     "FCOS_ResNet50_FPN_Weights.COCO_V1, "
+                                                     "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1), loaded "
+                                                     "before training: "
                                                      "backbone, FPN and heads; class-sized layers stay initialised")
 
 
