@@ -154,7 +154,7 @@ def build_detector(kind: str, trunk: nn.Module, channels: list[int], num_classes
         raise UserError(f"model.anchor_sizes: {kind} has {levels} FPN levels on this backbone, got "
                         f"{len(anchor_sizes)} sizes")
     if layout == "mobilenet_v3":  # torchvision's detector builds it with BatchNorm's eps 1e-5, not the classifier's
-        for m in maps.modules():  # 1e-3: its files' statistics (some variances near 1e-4) are read as trained
+        for m in maps.modules():  # 1e-3: its files' statistics are read with the eps they were trained with
             if isinstance(m, nn.BatchNorm2d):
                 m.eps = 1e-5
     pyramid = Pyramid(maps, channels, fpn_channels, p6p7=p6p7, channels_last=channels_last)
