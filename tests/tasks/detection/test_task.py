@@ -208,8 +208,8 @@ def test_the_report_draws_the_worst_images_from_the_evaluation_pass(monkeypatch)
 
 def test_faster_rcnn_reads_torchvision_maps_per_backbone_kind():
     """ResNet: layer1-4 + pool, one anchor size per level; torchvision's MobileNetV3: its two stride-32 maps + pool,
-    five octaves per level; others: the last three maps + pool, three scales. The Detector sizes auto anchors by the
-    trunk even when given the trunk-blind sizes; FCOS's stay its strides."""
+    five octaves per level; others: the last three maps + pool, three scales. Auto anchors are sized by the trunk;
+    FCOS's stay its strides."""
     from types import SimpleNamespace
 
     from sft.tasks.detection.module import Detector
@@ -220,11 +220,12 @@ def test_faster_rcnn_reads_torchvision_maps_per_backbone_kind():
              "torchvision/mobilenet_v3_large": ([10.08] * 3, 15), "timm/test_efficientnet": (None, 9)}
     for name, (sizes, per_location) in cases.items():
         backbone = create_backbone(name, None, out="maps")
-        blind = auto_anchor_sizes(sides, "fasterrcnn", backbone.reductions)  # what the task computes
+        sized = auto_anchor_sizes(sides, "fasterrcnn", backbone.reductions, backbone.module)  # as the task does
+        blind = auto_anchor_sizes(sides, "fasterrcnn", backbone.reductions)  # the last three maps' rule
         assert auto_anchor_sizes(sides, "fcos", backbone.reductions, backbone.module) == [8.0, 16, 32, 64, 128]
         recipe = DetectionRecipe(model={"backbone": name, "weights": "none", "detector": "fasterrcnn"})
         splits = SimpleNamespace(classes=["a", "b"], train=SimpleNamespace(box_sides=lambda size: sides))
-        detector = Detector(backbone, splits, Schedule(recipe.strategy, backbone.groups), recipe, 64, blind)
-        assert detector.anchor_sizes == (sizes or blind) and len(blind) == 4
+        detector = Detector(backbone, splits, Schedule(recipe.strategy, backbone.groups), recipe, 64, sized)
+        assert detector.anchor_sizes == sized == (sizes or blind) and len(blind) == 4
         assert detector.head.rpn.anchor_generator.num_anchors_per_location()[0] == per_location
         assert len(detector.head.backbone(torch.rand(1, 3, 64, 64))) == len(detector.anchor_sizes)

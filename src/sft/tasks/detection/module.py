@@ -202,10 +202,6 @@ class Detector(FineTuneModule):
     def __init__(self, backbone: Backbone, splits: Splits, schedule: Schedule, recipe: DetectionRecipe,
                  size: int, anchor_sizes: list[float], channels_last: bool = False):
         m = recipe.model
-        levels, _ = fpn_levels(m.detector, backbone.module, backbone.channels)
-        if m.anchor_sizes == "auto" and len(anchor_sizes) != levels:  # sized without the trunk: Faster R-CNN's vary
-            anchor_sizes = auto_anchor_sizes(splits.train.box_sides(size), m.detector, backbone.reductions,
-                                             backbone.module)
         head = build_detector(m.detector, backbone.module, backbone.channels, len(splits.classes),
                               fpn_channels=m.fpn_channels, anchor_sizes=anchor_sizes, size=size,
                               preprocess=backbone.preprocess, score_threshold=m.score_threshold,

@@ -102,7 +102,8 @@ class Detection(TaskBase):
         size = recipe.data.image_size or backbone.preprocess.input_size[0]
         anchors = recipe.model.anchor_sizes
         if anchors == "auto":
-            anchors = auto_anchor_sizes(splits.train.box_sides(size), recipe.model.detector, backbone.reductions)
+            anchors = auto_anchor_sizes(splits.train.box_sides(size), recipe.model.detector, backbone.reductions,
+                                        backbone.module)
         return Detector(backbone, splits, schedule, recipe, size, anchors, channels_last)
 
     def export(self, run: RunDir, p: Prepared) -> None:
