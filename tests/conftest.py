@@ -146,8 +146,8 @@ def built_example(kind: str, tmp_path_factory, **sizes) -> Path:
 
 @pytest.fixture(scope="session")
 def segmentation_set(tmp_path_factory) -> Path:
-    """examples/segmentation/build.py's composites: 24 train, 8 val, 8 test at 64 px."""
-    return built_example("segmentation", tmp_path_factory, train=24, val=8, test=8, size=64)
+    """examples/segmentation/build.py's composites: 24 train, 8 val, 8 test at 64 px, garments of 20-40 px."""
+    return built_example("segmentation", tmp_path_factory, train=24, val=8, test=8, size=64, side=(20, 40))
 
 
 @pytest.fixture(scope="session")
