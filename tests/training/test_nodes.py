@@ -1,6 +1,6 @@
 """Several processes and machines: two processes (gloo) train as one does with the same global batch and share one
 feature cache; two nodes of one process each, on loopback as torchrun or SLURM would start them on two hosts, train
-exactly as one node of two processes does; and their checkpoint resumes in one process and back."""
+exactly as one node of two processes does; and their checkpoint resumes in one process."""
 
 import json
 import os
@@ -63,8 +63,6 @@ def test_processes_and_nodes_train_as_one_and_resume_across_them(tmp_path, fashi
     run(command(tmp_path, fashion_slice, "nodes", "trainer.num_nodes=2", "trainer.devices=1"), nodes=2)
     assert not same_weights(tmp_path / "nodes", tmp_path / "processes")  # the same global batches, bit for bit
 
+    # a 2-process checkpoint resumed by one process (one resumed by two: tests/training/test_ddp.py)
     run(command(tmp_path, fashion_slice, "nodes", "trainer.epochs=4", "trainer.strategy=auto", "--resume"))
     assert metrics("nodes")["epochs"] == 4
-    run(command(tmp_path, fashion_slice, "nodes", "trainer.epochs=5", "trainer.num_nodes=2", "trainer.devices=1",
-                "--resume"), nodes=2)
-    assert metrics("nodes")["epochs"] == 5
