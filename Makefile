@@ -35,7 +35,7 @@ demo: install data
 
 test: install data browser
 	.venv/bin/lint-imports --no-cache  # the layers of docs/architecture.md (contracts in pyproject.toml)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile  # two workers of one torch thread each (tests/conftest.py); a file stays on one worker
 
 bench: install data
 	$(PY) -m pip install -q 'trl>=1.0'  # bench/instruct_throughput.py's baseline (pyproject's bench extra)

@@ -191,7 +191,7 @@ def serve(run_dir: Path = typer.Argument(..., help="a run directory"),
         limits = Limits(max_batch, max_wait_ms, max_items, int(max_body_mb * 2**20))
         run_server(run_dir, engine.value, host, port, limits,
                    announce=lambda url: console.print(f"serving {escape(str(run_dir))} on {url} (API docs: "
-                                                      f"{url}/docs)"))
+                                                      f"{url}/docs)", soft_wrap=True))  # one line: logs keep the URL whole
     except UserError as e:
         _fail(e)
 
