@@ -95,11 +95,11 @@ def test_evaluate_keeps_the_masks_it_predicted_for_the_worst_images():
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 4, 3, padding=1)
     data = [(torch.rand(3, 16, 16), torch.randint(0, 4, (16, 16))) for _ in range(7)]
-    result = evaluate(model, data, ["a", "b", "c", "d"], 255, batch_size=3, top_n=3)
-    assert len(result["worst"]) == len(result["worst_masks"]) == 3
-    everyone = [evaluate(model, [item], ["a", "b", "c", "d"], 255)["miou"] for item in data]
+    result, worst_masks = evaluate(model, data, ["a", "b", "c", "d"], 255, batch_size=3, top_n=3)
+    assert len(result["worst"]) == len(worst_masks) == 3
+    everyone = [evaluate(model, [item], ["a", "b", "c", "d"], 255)[0]["miou"] for item in data]
     assert [row["miou"] for row in result["worst"]] == pytest.approx(sorted(everyone)[:3])
-    for row, mask in zip(result["worst"], result["worst_masks"]):
+    for row, mask in zip(result["worst"], worst_masks):
         with torch.inference_mode():
             expected = model(data[row["index"]][0][None]).argmax(1)[0].numpy()
         assert np.array_equal(mask, expected)

@@ -6,6 +6,7 @@ batches; the two classes below are those differences."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import torch
@@ -162,11 +163,8 @@ class ImageClassification(TaskBase):
     def audit(self, recipe: ClassificationRecipe, out, *, overwrite, also):
         """`sft audit`: label issues, duplicates, leakage, outliers and imbalance of the recipe's data (tools.audit)."""
         report = audit_data(self, recipe, out, overwrite=overwrite, also=also)
-        kinds: dict[str, int] = {}
-        for suspect in report.suspects:
-            kinds[suspect.kind] = kinds.get(suspect.kind, 0) + 1
         return {"imbalance_ratio": report.imbalance_ratio, "out_of_fold_accuracy": report.oof_accuracy,
-                "suspects": kinds, "train_counts": report.counts["train"],
+                "suspects": dict(Counter(s.kind for s in report.suspects)), "train_counts": report.counts["train"],
                 "train_without_them": f"data.exclude={out}/suspects.csv"}
 
     def predictor(self, run_dir, engine: str) -> ClassifierPredictor:

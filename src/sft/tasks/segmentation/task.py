@@ -113,7 +113,7 @@ class Segmentation(TaskBase):
         metrics = {}
         for split in ("val", "test"):
             if getattr(p.splits, split) is not None:
-                s = evaluate(p.model, p.data.eval_dataset(split, False), p.splits.classes,
+                s, _ = evaluate(p.model, p.data.eval_dataset(split, False), p.splits.classes,
                              p.recipe.data.ignore_index, batch_size=p.recipe.data.batch_size)
                 metrics.update({f"{split}_miou": s["miou"], f"{split}_pixel_acc": s["pixel_acc"],
                                 f"{split}_mean_dice": s["mean_dice"],
@@ -129,13 +129,14 @@ class Segmentation(TaskBase):
         calibration = calibrate_run(run.path, model, lambda: _val_dataset(self, recipe, info), info.ignore_index,
                                     batch_size=batch_size, seed=recipe.seed, progress=progress)
         dataset = eval_dataset(info, samples)
-        result = evaluate(model, dataset, info.classes, info.ignore_index, batch_size=batch_size, top_n=top_n,
+        result, worst_masks = evaluate(model, dataset, info.classes, info.ignore_index, batch_size=batch_size,
+                                       top_n=top_n,
                           progress=progress, temperature=calibration["temperature"])
         result["data"], result["calibration"] = source.path, calibration
         summary = {k: result[k] for k in ("miou", "pixel_acc", "mean_dice", "ece", "ece_calibrated", "temperature",
                                           "samples")}
         summary["iou"] = {c: v for c, v in zip(info.classes, result["iou"])}
-        report = render_report(run.path, source.path, info, samples, dataset, result, result.pop("worst_masks"))
+        report = render_report(run.path, source.path, info, samples, dataset, result, worst_masks)
 
         def write(folder: str) -> None:
             for name, text in (("results.json", json.dumps(result, indent=2)), ("metrics.json",
@@ -244,9 +245,9 @@ def eval_dataset(info: SegmentationInfo, samples: Samples) -> PairDataset:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, dataset, classes: list[str], ignore_index: int, *, batch_size: int = 32,
-             top_n: int = 0, progress: bool = False, temperature: float = 1.0) -> dict:
+             top_n: int = 0, progress: bool = False, temperature: float = 1.0) -> tuple[dict, list[np.ndarray]]:
     """Scores of the whole split from one confusion matrix, per-pixel calibration (raw and at `temperature`), and
-    the `top_n` images of lowest IoU."""
+    the `top_n` images of lowest IoU (in the scores), with the masks predicted for them (the second value)."""
     model.eval()
     device = next(model.parameters()).device
     total = ConfusionMatrix(len(classes), ignore_index).to(device)
@@ -272,8 +273,7 @@ def evaluate(model: nn.Module, dataset, classes: list[str], ignore_index: int, *
     result = scores(total.compute()) | calibration.result()
     result.update(samples=index, classes=classes, matrix=total.compute().cpu().tolist(),
                   worst=[{"index": -i, "miou": -v} for v, i in sorted(worst, reverse=True)])
-    result["worst_masks"] = [kept[row["index"]] for row in result["worst"]]  # not for results.json
-    return result
+    return result, [kept[row["index"]] for row in result["worst"]]
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
