@@ -19,6 +19,7 @@ clocks, other load), and `speedup` is the median of the rounds' ratios, with eve
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import tempfile
@@ -103,6 +104,7 @@ def run_hf_trainer(base: list[str], steps: int, tmp: str, group_by_length: bool)
         def on_step_end(self, args, state, control, **kwargs):
             clock.step_end(masks[-1])
 
+    steps = math.ceil(len(train.items) / BATCH)  # one epoch of sft's training split, as sft's run: the same steps
     args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=steps,
                              learning_rate=LR, weight_decay=0.01, lr_scheduler_type="cosine",
                              warmup_steps=max(1, steps // 20),
@@ -117,7 +119,7 @@ def main(steps: int = 60, rounds: int = 3) -> None:
     data = OUT / "fortunes"
     build(TOPICS.split(","), data)
     with tempfile.TemporaryDirectory() as tmp:
-        # one epoch of sft is `steps` steps (val takes a tenth); the Trainer draws from the same texts
+        # one epoch of sft is about `steps` steps (val takes a tenth); the Trainer runs as many on the same texts
         base = ["task=text-classification", f"data.train={data}/train.csv",
                 f"data.train_limit={int(steps * BATCH / 0.9) + BATCH}", f"data.max_length={MAX_LENGTH}",
                 f"data.batch_size={BATCH}", f"optim.lr={LR}", "trainer.precision=32-true", "trainer.progress=false",
