@@ -9,12 +9,12 @@ import pytest
 
 from sft import load_recipe
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: the cores are shared out, one thread per worker and child
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     torch.set_num_threads(1)
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 

@@ -114,7 +114,7 @@ class Segmentation(TaskBase):
         for split in ("val", "test"):
             if getattr(p.splits, split) is not None:
                 s, _ = evaluate(p.model, p.data.eval_dataset(split, False), p.splits.classes,
-                             p.recipe.data.ignore_index, batch_size=p.recipe.data.batch_size)
+                                p.recipe.data.ignore_index, batch_size=p.recipe.data.batch_size)
                 metrics.update({f"{split}_miou": s["miou"], f"{split}_pixel_acc": s["pixel_acc"],
                                 f"{split}_mean_dice": s["mean_dice"],
                                 f"{split}_iou": dict(zip(p.splits.classes, s["iou"]))})
@@ -130,8 +130,7 @@ class Segmentation(TaskBase):
                                     batch_size=batch_size, seed=recipe.seed, progress=progress)
         dataset = eval_dataset(info, samples)
         result, worst_masks = evaluate(model, dataset, info.classes, info.ignore_index, batch_size=batch_size,
-                                       top_n=top_n,
-                          progress=progress, temperature=calibration["temperature"])
+                                       top_n=top_n, progress=progress, temperature=calibration["temperature"])
         result["data"], result["calibration"] = source.path, calibration
         summary = {k: result[k] for k in ("miou", "pixel_acc", "mean_dice", "ece", "ece_calibrated", "temperature",
                                           "samples")}
