@@ -75,14 +75,14 @@ class LightningClock(L.Callback):
         self.clock.step_end(batch[0]["attention_mask"])
 
 
-def run_sft(base: list[str], steps: int, tmp: str) -> Clock:
+def run_sft(base: list[str], tmp: str) -> Clock:
     clock = Clock()
     recipe = load_recipe(None, base + ["strategy.name=full", "trainer.epochs=1", f"run_dir={tmp}"])
     fine_tune(recipe, callbacks=[LightningClock(clock)])
     return clock.returned()
 
 
-def run_hf_trainer(base: list[str], steps: int, tmp: str, group_by_length: bool) -> Clock:
+def run_hf_trainer(base: list[str], tmp: str, group_by_length: bool) -> Clock:
     clock = Clock()
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback,
                               TrainingArguments)
@@ -124,21 +124,22 @@ def main(steps: int = 60, rounds: int = 3) -> None:
                 f"data.train_limit={int(steps * BATCH / 0.9) + BATCH}", f"data.max_length={MAX_LENGTH}",
                 f"data.batch_size={BATCH}", f"optim.lr={LR}", "trainer.precision=32-true", "trainer.progress=false",
                 f"cache_dir={tmp}/cache"]
-        hf = run_hf_trainer(base, steps, f"{tmp}/hf", group_by_length=False)
+        hf = run_hf_trainer(base, f"{tmp}/hf", group_by_length=False)
         sfts, grouped = [], []
         for r in range(rounds):
             for side in (("sft", "hf") if r % 2 else ("hf", "sft")):
                 if side == "sft":
-                    sfts.append(run_sft(base, steps, f"{tmp}/sft{r}"))
+                    sfts.append(run_sft(base, f"{tmp}/sft{r}"))
                 else:
-                    grouped.append(run_hf_trainer(base, steps, f"{tmp}/hf{r}", group_by_length=True))
+                    grouped.append(run_hf_trainer(base, f"{tmp}/hf{r}", group_by_length=True))
                 last = (sfts if side == "sft" else grouped)[-1]
                 print(f"round {r} {side}: {last.tokens_per_second:.1f} tokens/s, job {last.job_seconds:.1f} s",
                       flush=True)
     ratios = [s.tokens_per_second / g.tokens_per_second for s, g in zip(sfts, grouped)]
     sft_tps = statistics.median(c.tokens_per_second for c in sfts)
     grouped_tps = statistics.median(c.tokens_per_second for c in grouped)
-    report({"steps": steps, "rounds": rounds, "batch_size": BATCH, "max_length": MAX_LENGTH, "precision": "32-true",
+    report({"steps": sfts[0].steps, "rounds": rounds, "batch_size": BATCH, "max_length": MAX_LENGTH,
+            "precision": "32-true",
             "threads": torch.get_num_threads(),
             "hf_trainer_tokens_per_second": round(hf.tokens_per_second, 1),
             "hf_trainer_grouped_tokens_per_second": round(grouped_tps, 1),
