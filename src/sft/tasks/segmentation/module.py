@@ -17,13 +17,13 @@ from segmentation_models_pytorch.base.initialization import initialize_decoder, 
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
-from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
 from torch import nn
 
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.tasks.segmentation.checkpoint import load_segmentation_checkpoint
+from sft.tasks.segmentation.losses import PixelLoss
 from sft.tasks.segmentation.data import palette_lookup, read_mask
 from sft.tasks.segmentation.metrics import ConfusionMatrix, scores
 from sft.tasks.segmentation.recipe import SegmentationRecipe
@@ -92,26 +92,6 @@ def pixel_class_weights(splits: Splits, ignore_index: int, palette) -> torch.Ten
         counts += np.bincount(values[values != ignore_index].ravel(), minlength=n)[:n]
     weights = np.where(counts > 0, counts.sum() / (n * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
-
-
-class PixelLoss(nn.Module):
-    """cross-entropy, dice, focal or ce+dice over the pixels that are not ignore_index."""
-
-    def __init__(self, kind: str, ignore_index: int, weight: torch.Tensor | None = None):
-        super().__init__()
-        self.kind = kind
-        self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
-        self.dice = DiceLoss("multiclass", ignore_index=ignore_index)
-        self.focal = FocalLoss("multiclass", ignore_index=ignore_index)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.kind == "dice":
-            return self.dice(logits, target)
-        if self.kind == "focal":
-            return self.focal(logits, target)
-        if self.kind == "ce+dice":
-            return self.ce(logits, target) + self.dice(logits, target)
-        return self.ce(logits, target)
 
 
 class Segmenter(FineTuneModule):
