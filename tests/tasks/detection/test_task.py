@@ -98,9 +98,13 @@ def test_detectors_train_on_empty_and_full_targets_and_return_zero_based_classes
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     detector.eval()
+    images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        found = from_detector(detector(list(torch.rand(2, 3, 64, 64))))
+        found = from_detector(detector(images))
+        listed = from_detector(detector(list(images)))  # torchvision's own input transform
     assert all(((f["labels"] >= 0) & (f["labels"] < 3)).all() for f in found)
+    for f, g in zip(found, listed):
+        assert f.keys() == g.keys() and all(torch.allclose(f[k], g[k], atol=1e-5) for k in f)
     assert detector.transform.min_size == (64,) and detector.transform.max_size == 64  # not torchvision's 800 px
 
 

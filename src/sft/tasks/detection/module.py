@@ -63,6 +63,7 @@ from sft.models.backbone import Backbone, FeatureMaps, Preprocess
 from sft.tasks.detection.checkpoint import load_detector_checkpoint
 from sft.tasks.detection.metrics import mean_ap
 from sft.tasks.detection.recipe import DetectionRecipe
+from sft.tasks.detection.transform import square_batches
 from sft.training.module import FineTuneModule
 from sft.training.strategies import Schedule
 
@@ -146,7 +147,8 @@ def anchor_generator(detector: str, sizes: list[float], image_size: int,
 def build_detector(kind: str, trunk: nn.Module, channels: list[int], num_classes: int, *, fpn_channels: int,
                    anchor_sizes: list[float], size: int, preprocess: Preprocess, score_threshold: float,
                    detections: int, channels_last: bool = False) -> nn.Module:
-    """A torchvision detector of `num_classes` classes (+ the background) on the trunk's maps."""
+    """A torchvision detector of `num_classes` classes (+ the background) on the trunk's maps, taking a stacked
+    batch of S x S images as it is (sft.tasks.detection.transform) or torchvision's list of images."""
     maps, channels, layout = fpn_inputs(kind, trunk, channels)
     p6p7 = kind in ("fcos", "retinanet")
     levels = len(channels) + (2 if p6p7 else 1)
@@ -163,24 +165,24 @@ def build_detector(kind: str, trunk: nn.Module, channels: list[int], num_classes
     if kind == "ssdlite":  # torchvision's SSDLite head (depthwise-separable, BatchNorm) on each FPN level
         head = SSDLiteHead([fpn_channels] * LEVELS[kind], anchors.num_anchors_per_location(), num_classes + 1,
                            partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
-        return SSD(pyramid, anchors, (size, size), num_classes + 1, image_mean=list(preprocess.mean),
-                   image_std=list(preprocess.std), head=head, score_thresh=score_threshold,
-                   detections_per_img=detections, nms_thresh=0.55, topk_candidates=300)
+        return square_batches(SSD(
+            pyramid, anchors, (size, size), num_classes + 1, image_mean=list(preprocess.mean),
+            image_std=list(preprocess.std), head=head, score_thresh=score_threshold, detections_per_img=detections,
+            nms_thresh=0.55, topk_candidates=300))
     if kind == "fcos":
-        return FCOS(pyramid, num_classes + 1, anchor_generator=anchors, score_thresh=score_threshold,
-                    detections_per_img=detections, **common)
+        return square_batches(FCOS(pyramid, num_classes + 1, anchor_generator=anchors, score_thresh=score_threshold,
+                                   detections_per_img=detections, **common))
     if kind == "retinanet":
-        return RetinaNet(pyramid, num_classes + 1, anchor_generator=anchors, score_thresh=score_threshold,
-                         detections_per_img=detections, **common)
+        return square_batches(RetinaNet(pyramid, num_classes + 1, anchor_generator=anchors,
+                                        score_thresh=score_threshold, detections_per_img=detections, **common))
     pool = MultiScaleRoIAlign([str(i) for i in range(len(channels))], output_size=7, sampling_ratio=2)
     width = 1024 if fpn_channels >= 256 else 256  # torchvision's on its 256-wide FPN (its COCO box head loads);
     # 256 on narrower ones: at fpn_channels 128 a 512-wide head made a MobileNetV2 step at 96 px 16% slower
-    return FasterRCNN(pyramid, rpn_anchor_generator=anchors, box_roi_pool=pool,
-                      box_head=TwoMLPHead(fpn_channels * 7 * 7, width),
-                      box_predictor=FastRCNNPredictor(width, num_classes + 1), box_score_thresh=score_threshold,
-                      box_detections_per_img=detections, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
-                      rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150, box_batch_size_per_image=128,
-                      **common)
+    return square_batches(FasterRCNN(
+        pyramid, rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=TwoMLPHead(fpn_channels * 7 * 7, width),
+        box_predictor=FastRCNNPredictor(width, num_classes + 1), box_score_thresh=score_threshold,
+        box_detections_per_img=detections, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150, box_batch_size_per_image=128, **common))
 
 
 def to_detector(targets: list[dict]) -> list[dict]:
@@ -218,11 +220,11 @@ class Detector(FineTuneModule):
 
     def forward(self, x: torch.Tensor) -> list[dict]:
         """Detections (0-based classes) of a batch of S x S images in 0..1."""
-        return from_detector(self.head(list(x)))
+        return from_detector(self.head(x))
 
     def training_step(self, batch, batch_idx):
         x, targets = batch
-        losses = self.head(list(x), to_detector(targets))
+        losses = self.head(x, to_detector(targets))
         loss = self.check_finite(sum(v.float() for v in losses.values()))
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         for name, value in losses.items():

@@ -66,7 +66,7 @@ class TrainedDetector(nn.Module):
         self.backbone, self.head = backbone, head
 
     def forward(self, x: torch.Tensor) -> list[dict]:
-        return from_detector(self.head(list(x)))
+        return from_detector(self.head(x))
 
 
 class Detection(TaskBase):
