@@ -154,8 +154,10 @@ class FirstEpoch(Callback):
 def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extra: list[Callback]):
     t = recipe.trainer
     callbacks: list[Callback] = [
+        # the weights alone: a run resumes from last.ckpt, and best.ckpt only gives the final model its weights
+        # (without AdamW's two moments a third of the size, written faster)
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor.name, mode=monitor.mode,
-                        enable_version_counter=False),
+                        save_weights_only=True, enable_version_counter=False),
         # every epoch, improved or not: Lightning's save_last only writes when a monitored checkpoint is saved,
         # which would resume a run from its best epoch instead of its latest
         ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
