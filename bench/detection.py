@@ -23,9 +23,9 @@ under that load), from random weights with that recipe 0.085 (a gap of 0.38). Au
 and 0.666. On the quiet 2-core machine (2000 images): 8 epochs, light augmentation, batch 8, lr 1e-3 gave 0.7135
 in 16.0 minutes (pretrained run); 6 epochs without augmentation 0.7156 in 13.3 (15.4 img/s); the same with batches
 of 16 at lr 2e-3 (the defaults) 0.7028 in 9.0 (22.9 img/s: two threads split a batch of 8 poorly).
-Session 10: a 7th epoch gave 0.7050 (random 0.2504) but the bench took 26.2 minutes (18.8 img/s: that day's full-phase
-steps ran 16 % slower than the 6-epoch run's), over the 25; 10 epochs on one thread gave 0.7282 (validation mAP50 flat
-at 0.71 from the 6th epoch), so the defaults stay at 6.
+Session 10: a 7th epoch gave 0.7050 (random 0.2504) but the bench took 26.2 minutes (the pretrained run 18.8 img/s
+against the 6-epoch run's 22.9: a slower machine that day, or the full-phase epoch added), over the 25; 10 epochs on
+one thread gave 0.7282 (validation mAP50 flat at 0.71 from the 6th epoch), so the defaults stay at 6.
 
     .venv/bin/python bench/detection.py [train_images] [epochs] [image_size] [detector] [fpn_channels] [lr]
         [strategy] [augment]
