@@ -165,24 +165,26 @@ def build_detector(kind: str, trunk: nn.Module, channels: list[int], num_classes
     if kind == "ssdlite":  # torchvision's SSDLite head (depthwise-separable, BatchNorm) on each FPN level
         head = SSDLiteHead([fpn_channels] * LEVELS[kind], anchors.num_anchors_per_location(), num_classes + 1,
                            partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
-        return square_batches(SSD(
-            pyramid, anchors, (size, size), num_classes + 1, image_mean=list(preprocess.mean),
-            image_std=list(preprocess.std), head=head, score_thresh=score_threshold, detections_per_img=detections,
-            nms_thresh=0.55, topk_candidates=300))
-    if kind == "fcos":
-        return square_batches(FCOS(pyramid, num_classes + 1, anchor_generator=anchors, score_thresh=score_threshold,
-                                   detections_per_img=detections, **common))
-    if kind == "retinanet":
-        return square_batches(RetinaNet(pyramid, num_classes + 1, anchor_generator=anchors,
-                                        score_thresh=score_threshold, detections_per_img=detections, **common))
-    pool = MultiScaleRoIAlign([str(i) for i in range(len(channels))], output_size=7, sampling_ratio=2)
-    width = 1024 if fpn_channels >= 256 else 256  # torchvision's on its 256-wide FPN (its COCO box head loads);
-    # 256 on narrower ones: at fpn_channels 128 a 512-wide head made a MobileNetV2 step at 96 px 16% slower
-    return square_batches(FasterRCNN(
-        pyramid, rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=TwoMLPHead(fpn_channels * 7 * 7, width),
-        box_predictor=FastRCNNPredictor(width, num_classes + 1), box_score_thresh=score_threshold,
-        box_detections_per_img=detections, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
-        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150, box_batch_size_per_image=128, **common))
+        detector = SSD(pyramid, anchors, (size, size), num_classes + 1, image_mean=list(preprocess.mean),
+                       image_std=list(preprocess.std), head=head, score_thresh=score_threshold,
+                       detections_per_img=detections, nms_thresh=0.55, topk_candidates=300)
+    elif kind == "fcos":
+        detector = FCOS(pyramid, num_classes + 1, anchor_generator=anchors, score_thresh=score_threshold,
+                        detections_per_img=detections, **common)
+    elif kind == "retinanet":
+        detector = RetinaNet(pyramid, num_classes + 1, anchor_generator=anchors, score_thresh=score_threshold,
+                             detections_per_img=detections, **common)
+    else:
+        pool = MultiScaleRoIAlign([str(i) for i in range(len(channels))], output_size=7, sampling_ratio=2)
+        width = 1024 if fpn_channels >= 256 else 256  # torchvision's on its 256-wide FPN (its COCO box head loads);
+        # 256 on narrower ones: at fpn_channels 128 a 512-wide head made a MobileNetV2 step at 96 px 16% slower
+        detector = FasterRCNN(pyramid, rpn_anchor_generator=anchors, box_roi_pool=pool,
+                              box_head=TwoMLPHead(fpn_channels * 7 * 7, width),
+                              box_predictor=FastRCNNPredictor(width, num_classes + 1),
+                              box_score_thresh=score_threshold, box_detections_per_img=detections,
+                              rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+                              rpn_post_nms_top_n_test=150, box_batch_size_per_image=128, **common)
+    return square_batches(detector)
 
 
 def to_detector(targets: list[dict]) -> list[dict]:

@@ -16,10 +16,16 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
 class SquareBatchTransform(GeneralizedRCNNTransform):
+    def as_is(self, images) -> bool:
+        """Whether torchvision's steps would give `images` back unchanged but normalised: one stacked batch at the
+        one size this transform resizes to, which its batching does not pad, and no ONNX tracing."""
+        size = tuple(self.fixed_size or (self.min_size[-1], self.max_size))
+        return (isinstance(images, torch.Tensor) and images.dim() == 4 and tuple(images.shape[-2:]) == size
+                and size[0] == size[1] and len(self.min_size) == 1 and size[0] % self.size_divisible == 0
+                and not torchvision._is_tracing())
+
     def forward(self, images, targets=None):
-        size = self.fixed_size or (self.min_size[-1], self.max_size)
-        if (not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[-2:]) != tuple(size)
-                or size[0] != size[1] or len(self.min_size) != 1 or size[0] % self.size_divisible or torchvision._is_tracing()):
+        if not self.as_is(images):
             return super().forward(list(images), targets)
         mean = torch.as_tensor(self.image_mean, dtype=images.dtype, device=images.device)[:, None, None]
         std = torch.as_tensor(self.image_std, dtype=images.dtype, device=images.device)[:, None, None]

@@ -23,8 +23,8 @@ from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.tasks.segmentation.checkpoint import load_segmentation_checkpoint
-from sft.tasks.segmentation.losses import PixelLoss
 from sft.tasks.segmentation.data import palette_lookup, read_mask
+from sft.tasks.segmentation.losses import PixelLoss
 from sft.tasks.segmentation.metrics import ConfusionMatrix, scores
 from sft.tasks.segmentation.recipe import SegmentationRecipe
 from sft.training.module import FineTuneModule
