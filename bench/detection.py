@@ -26,6 +26,10 @@ of 16 at lr 2e-3 (the defaults) 0.7028 in 9.0 (22.9 img/s: two threads split a b
 Session 10: a 7th epoch gave 0.7050 (random 0.2504) but the bench took 26.2 minutes (the pretrained run 18.8 img/s
 against the 6-epoch run's 22.9: a slower machine that day, or the full-phase epoch added), over the 25; 10 epochs on
 one thread gave 0.7282 (validation mAP50 flat at 0.71 from the 6th epoch), so the defaults stay at 6.
+Session 11 (one thread per run, the bench's recipe): more distinct composites at about the same steps do not help
+(4000 x 3 epochs 0.6865, 6000 x 2 0.6592, against 2000 x 6's 0.7028), and neither does a larger input at the same
+time: on 1000 composites, 6 epochs at 128 px 0.5678 (452 s), 12 epochs at 128 px 0.6743 (945 s), 6 epochs at 192 px
+0.6689 (908 s; mAP 0.485 against 0.467). mAP50 follows the compute spent; 0.80 wants a GPU's budget.
 
     .venv/bin/python bench/detection.py [train_images] [epochs] [image_size] [detector] [fpn_channels] [lr]
         [strategy] [augment]

@@ -10,7 +10,8 @@ from torch import nn
 
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
-from sft.tasks.base import read_model_files, write_model_files
+from sft.core.rundir import folder_kind
+from sft.tasks.base import read_model_files, write_evaluation, write_model_files
 
 PRE = Preprocess((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 1.0)
 
@@ -50,3 +51,15 @@ def test_missing_or_damaged_model_files_are_named(tmp_path):
     write_model_files(tmp_path, Parts(), Info("timm/x", [], PRE))
     with pytest.raises(UserError, match=r"model.json: damaged \(no class list\).*--resume"):
         read_model_files(tmp_path, Info)
+
+
+def test_an_evaluation_folder_is_replaced_whole_and_marked(tmp_path):
+    out = tmp_path / "eval"
+    write_evaluation(out, {"data": "a", "miou": 0.5}, {"miou": 0.5}, "<html>first</html>")
+    (out / "worst.png").write_bytes(b"old")  # something only the first evaluation wrote
+    write_evaluation(out, {"data": "b", "miou": 0.6}, {"miou": 0.6}, "<html>second</html>")
+    assert json.loads((out / "results.json").read_text()) == {"data": "b", "miou": 0.6}
+    assert json.loads((out / "metrics.json").read_text()) == {"miou": 0.6}
+    assert (out / "report.html").read_text() == "<html>second</html>\n"
+    assert not (out / "worst.png").exists() and folder_kind(out) == "eval"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no temporary folder left beside it

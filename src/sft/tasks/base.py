@@ -21,8 +21,8 @@ from sft.data.loaders import Inputs
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
-from sft.core.atomic import atomic_write, atomic_write_json
-from sft.core.rundir import RunDir, check_replaceable, folder_kind
+from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json
+from sft.core.rundir import RunDir, check_replaceable, folder_kind, mark
 from sft.core.torchfile import load_safetensors
 from sft.recipe import Recipe, Source
 from sft.tasks import load_recipe
@@ -144,6 +144,17 @@ def check_eval_out(out: Path, source_path: str, run_path: Path, overwrite: bool)
         if not same and not overwrite:
             raise UserError(f"{out} holds {what}; pass --overwrite to replace it or --out another folder")
     check_replaceable(out, "eval", overwrite=overwrite or same, keep=(source_path, run_path))
+
+
+def write_evaluation(out: Path, results: dict, summary: dict, report: str) -> None:
+    """An evaluation folder as every task writes it: results.json, metrics.json and report.html, swapped in whole
+    (the old evaluation or the complete new one, never a mix) and marked as an evaluation."""
+    def write(folder: str) -> None:
+        for name, text in (("results.json", json.dumps(results, indent=2) + "\n"),
+                           ("metrics.json", json.dumps(summary, indent=2) + "\n"), ("report.html", report + "\n")):
+            (Path(folder) / name).write_text(text, encoding="utf-8")
+        mark(Path(folder), "eval")
+    atomic_write_dir(out, write)
 
 
 def default_eval_dir(run_dir: str | Path, data: str | Path | None) -> Path:

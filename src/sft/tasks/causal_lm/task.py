@@ -8,14 +8,12 @@ There is no head and no feature cache: the whole output of the model is what is 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
-from sft.core.atomic import atomic_write_dir
 from sft.core.html import esc, page, table
-from sft.core.rundir import RunDir, mark
+from sft.core.rundir import RunDir
 from sft.data.chat import ChatCollate, ChatDataset, final_answers, label_set, read_chats
 from sft.data.loaders import Inputs
 from sft.data.splits import Splits, load_splits
@@ -23,7 +21,7 @@ from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.causal_lm import create_causal_lm, model_folder
 from sft.tasks import load_recipe
-from sft.tasks.base import TaskBase, check_eval_out, evaluation_target
+from sft.tasks.base import TaskBase, check_eval_out, evaluation_target, write_evaluation
 from sft.tasks.causal_lm.generation import (ChatInfo, export_run, generate, held_out_loss, label_scores, load_base,
                                             load_run, prompt_of)
 from sft.tasks.causal_lm.module import ChatLM
@@ -133,13 +131,7 @@ class CausalLM(TaskBase):
                  "before": before[i] if before else None, "after": after[i]} for i in range(shown)]
         result = {"data": source.path, **summary, "labels": info.labels, "generations": rows}
         report = _report(run.path, source.path, summary, rows)
-
-        def write(folder: str) -> None:
-            for name, text in (("results.json", json.dumps(result, indent=2)),
-                               ("metrics.json", json.dumps(summary, indent=2)), ("report.html", report)):
-                (Path(folder) / name).write_text(text + "\n")
-            mark(Path(folder), "eval")
-        atomic_write_dir(out, write)
+        write_evaluation(out, result, summary, report)
         return out, summary
 
     def predict(self, run_dir, files, texts, top_k, out=None, *, max_new_tokens=None, temperature=None, top_p=None,

@@ -19,15 +19,14 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import Dataset
 
-from sft.core.atomic import atomic_write_dir
 from sft.core.calibration import N_BINS, ReliabilityBins
 from sft.core.precision import autocast_for
-from sft.core.rundir import RunDir, check_replaceable, mark
+from sft.core.rundir import RunDir, check_replaceable
 from sft.data.loaders import eval_batches
 from sft.errors import UserError
 from sft.recipe import Source
 from sft.tasks import load_recipe
-from sft.tasks.base import evaluation_target
+from sft.tasks.base import evaluation_target, write_evaluation
 from sft.tasks.classification.calibration import calibrate_run
 from sft.tasks.classification.export import load_model
 from sft.tasks.classification.report import build_report, write_report
@@ -184,12 +183,7 @@ def evaluate_run(task, run_dir: str | Path, data: str | Path | None = None, out:
                "class_samples": class_samples(samples.labels, len(info.classes), per_class)}
     summary = summarize(results)
     page = build_report(results, model.cpu(), info, samples, dataset, collate_fn, progress=progress)
-
-    def write(folder: str) -> None:
-        for name, text in (("results.json", _json(results)), ("metrics.json", _json(summary)), ("report.html", page)):
-            (Path(folder) / name).write_text(text)
-        mark(Path(folder), "eval")
-    atomic_write_dir(out, write)  # the folder is swapped in whole: the old evaluation or the complete new one
+    write_evaluation(out, results, summary, page)
     return out, summary
 
 
@@ -226,10 +220,6 @@ def class_samples(labels: np.ndarray, num_classes: int, per_class: int, max_clas
     """The first `per_class` samples of each of the first `max_classes` classes (the report's Grad-CAM gallery)."""
     labels = np.asarray(labels)
     return [int(i) for c in range(min(num_classes, max_classes)) for i in np.flatnonzero(labels == c)[:per_class]]
-
-
-def _json(data) -> str:
-    return json.dumps(data, indent=2) + "\n"
 
 
 def _check_out(out: Path, identity: dict, overwrite: bool, run: Path, data: str) -> None:

@@ -10,7 +10,6 @@ what looks wrong (sft.tasks.detection.diagnosis), in the log and in metrics.json
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.utils import draw_bounding_boxes
 
-from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json
+from sft.core.atomic import atomic_write, atomic_write_json
 from sft.core.html import esc, img, page, table
 from sft.core.rundir import RunDir, check_replaceable, mark
 from sft.data.loaders import Inputs, eval_batches
@@ -30,7 +29,7 @@ from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
 from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files,
-                            write_model_files)
+                            write_evaluation, write_model_files)
 from sft.tasks.detection.data import (BoxDataset, DetectionSamples, box_transforms, collate, load_image,
                                       read_detection, transform_image)
 from sft.tasks.detection.diagnosis import CHECKS, diagnose
@@ -143,13 +142,7 @@ class Detection(TaskBase):
         brief = {k: result[k] for k in ("map", "map50", "map75", "recall", "samples")}
         brief["ap"] = dict(zip(info.classes, result["ap"]))
         report = render_report(run.path, source.path, info, samples, dataset, result)
-
-        def write(folder: str) -> None:
-            for name, text in (("results.json", json.dumps(result, indent=2)),
-                               ("metrics.json", json.dumps(brief, indent=2)), ("report.html", report)):
-                (Path(folder) / name).write_text(text + "\n")
-            mark(Path(folder), "eval")
-        atomic_write_dir(out, write)
+        write_evaluation(out, result, brief, report)
         return out, brief
 
     def predict(self, run_dir, files, texts, top_k, out=None, score: float = 0.3):

@@ -11,7 +11,6 @@ memory to save only the encoder's forward pass, while the decoder still trains o
 from __future__ import annotations
 
 import heapq
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 
-from sft.core.atomic import atomic_write, atomic_write_dir
+from sft.core.atomic import atomic_write
 from sft.core.html import esc, img, page, table
 from sft.core.rundir import RunDir, check_replaceable, mark
 from sft.data.loaders import Inputs, eval_batches
@@ -31,7 +30,7 @@ from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
 from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files,
-                            write_model_files)
+                            write_evaluation, write_model_files)
 from sft.tasks.segmentation.audit import audit_masks
 from sft.tasks.segmentation.calibration import PixelCalibration, calibrate_run, calibration_section
 from sft.tasks.segmentation.data import PairDataset, joint_transforms, palette_lookup, read_pairs
@@ -136,13 +135,7 @@ class Segmentation(TaskBase):
                                           "samples")}
         summary["iou"] = {c: v for c, v in zip(info.classes, result["iou"])}
         report = render_report(run.path, source.path, info, samples, dataset, result, worst_masks)
-
-        def write(folder: str) -> None:
-            for name, text in (("results.json", json.dumps(result, indent=2)), ("metrics.json",
-                               json.dumps(summary, indent=2)), ("report.html", report)):
-                (Path(folder) / name).write_text(text + "\n")
-            mark(Path(folder), "eval")
-        atomic_write_dir(out, write)
+        write_evaluation(out, result, summary, report)
         return out, summary
 
     def audit(self, recipe: SegmentationRecipe, out, *, overwrite, also):
