@@ -10,6 +10,7 @@ report, and prediction. `TaskBase` gives the defaults a new task can keep.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -131,19 +132,23 @@ def evaluation_target(run_dir: str | Path, data: str | Path | None,
     return run, recipe, source, Path(out) if out else default_eval_dir(run.path, data)
 
 
-def check_eval_out(out: Path, source_path: str, run_path: Path, overwrite: bool) -> None:
+def check_eval_out(out: Path, source_path: str, run_path: Path, overwrite: bool,
+                   same: Callable[[object], bool] | None = None) -> None:
     """Whether `sft eval` may write `out`: an evaluation of the same data is replaced, one of other data only with
-    --overwrite (as for classification); anything else goes to check_replaceable, which says what is there."""
-    previous, same = out / "results.json", False
+    --overwrite; anything else goes to check_replaceable, which says what is there. `same(data)`: whether the "data"
+    of the results.json there is this evaluation's (default: equal to `source_path`)."""
+    if out.resolve() == run_path.resolve() or out.resolve() in run_path.resolve().parents:
+        raise UserError(f"--out {out}: would replace the run directory itself; choose a folder for the evaluation")
+    previous, is_same = out / "results.json", False
     if folder_kind(out) == "eval" and previous.is_file():
         try:
-            data, what = json.loads(previous.read_text(encoding="utf-8")).get("data"), "the evaluation of other data"
-        except (OSError, ValueError, AttributeError):  # unreadable or not a JSON object: not known to be the same
-            data, what = None, "an evaluation whose results.json cannot be read"
-        same = data == source_path
-        if not same and not overwrite:
+            data, what = json.loads(previous.read_text(encoding="utf-8"))["data"], "the evaluation of other data"
+            is_same = same(data) if same else data == source_path
+        except (OSError, ValueError, LookupError, TypeError):  # unreadable, or not what sft writes: not the same
+            what = "an evaluation whose results.json cannot be read"
+        if not is_same and not overwrite:
             raise UserError(f"{out} holds {what}; pass --overwrite to replace it or --out another folder")
-    check_replaceable(out, "eval", overwrite=overwrite or same, keep=(source_path, run_path))
+    check_replaceable(out, "eval", overwrite=overwrite or is_same, keep=(source_path, run_path))
 
 
 def write_evaluation(out: Path, results: dict, summary: dict, report: str) -> None:

@@ -75,6 +75,18 @@ def test_eval_again_keeps_the_temperature_and_refuses_other_data(run, fashion_sl
     assert json.loads((other / "metrics.json").read_text())["samples"] == 240
     assert sft("eval", run, "--data", fashion_slice["train"], "--top-losses", 0).exit_code == 0
     assert (run / "eval-train" / "report.html").exists()  # other data's default folder, beside eval/
+    (other / "results.json").write_text("{not json")  # a damaged evaluation: a message, not a traceback
+    result = sft("eval", run, "--out", other)
+    assert result.exit_code == 2 and "results.json cannot be read" in result.output
+    foreign = tmp_path / "foreign"  # not sft's: its results.json is not read, and the folder is left untouched
+    foreign.mkdir()
+    (foreign / "results.json").write_text("[1, 2]")
+    result = sft("eval", run, "--out", foreign, "--overwrite")
+    assert result.exit_code == 2 and "not written by sft" in result.output
+    assert (foreign / "results.json").read_text() == "[1, 2]"
+    for folder in (run, run.parent):
+        result = sft("eval", run, "--out", folder, "--overwrite")
+        assert result.exit_code == 2 and "run directory itself" in result.output
 
 
 def test_predict_returns_calibrated_probabilities(run, tmp_path):

@@ -21,12 +21,12 @@ from torch.utils.data import Dataset
 
 from sft.core.calibration import N_BINS, ReliabilityBins
 from sft.core.precision import autocast_for
-from sft.core.rundir import RunDir, check_replaceable
+from sft.core.rundir import RunDir
 from sft.data.loaders import eval_batches
 from sft.errors import UserError
 from sft.recipe import Source
 from sft.tasks import load_recipe
-from sft.tasks.base import evaluation_target, write_evaluation
+from sft.tasks.base import check_eval_out, evaluation_target, write_evaluation
 from sft.tasks.classification.calibration import calibrate_run
 from sft.tasks.classification.export import load_model
 from sft.tasks.classification.report import build_report, write_report
@@ -168,7 +168,8 @@ def evaluate_run(task, run_dir: str | Path, data: str | Path | None = None, out:
     model, info = load_model(run.path)
     samples, dataset, collate_fn = eval_inputs(task, model, info, recipe, source)
     identity = {"source": source.model_dump(), "fingerprint": samples.fingerprint(), "samples": len(samples)}
-    _check_out(out, identity, overwrite, run.path, source.path)
+    this = (identity["source"], identity["fingerprint"])  # the same data again (say after retraining): replaced
+    check_eval_out(out, source.path, run.path, overwrite, lambda data: (data["source"], data["fingerprint"]) == this)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     calibration = calibrate_run(run.path, model, info, lambda: val_samples(task, recipe),
@@ -220,17 +221,3 @@ def class_samples(labels: np.ndarray, num_classes: int, per_class: int, max_clas
     """The first `per_class` samples of each of the first `max_classes` classes (the report's Grad-CAM gallery)."""
     labels = np.asarray(labels)
     return [int(i) for c in range(min(num_classes, max_classes)) for i in np.flatnonzero(labels == c)[:per_class]]
-
-
-def _check_out(out: Path, identity: dict, overwrite: bool, run: Path, data: str) -> None:
-    if out.resolve() == run.resolve() or out.resolve() in run.resolve().parents or (out / "model.json").exists():
-        raise UserError(f"--out {out}: would replace the run directory itself; choose a folder for the evaluation")
-    previous = out / "results.json"
-    if previous.exists() and not overwrite:
-        old = json.loads(previous.read_text()).get("data", {})
-        if (old.get("source"), old.get("fingerprint")) == (identity["source"], identity["fingerprint"]):
-            overwrite = True  # the same evaluation again (after retraining or recalibrating): replaced
-        else:
-            raise UserError(f"{out} holds the evaluation of other data ({old.get('source', {}).get('path')}); pass "
-                            f"--overwrite to replace it or --out another folder")
-    check_replaceable(out, "eval", overwrite=overwrite, keep=(data, run))
