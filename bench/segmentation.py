@@ -85,7 +85,8 @@ def main() -> None:
     report({"miou_pretrained": round(pretrained["test_miou"], 4), "miou_random": round(random["test_miou"], 4),
             "pixel_acc": round(pretrained["test_pixel_acc"], 4), "minutes": round(sum(minutes.values()), 2),
             "minutes_pretrained": round(minutes["imagenet"], 2), "minutes_random": round(minutes["none"], 2),
-            "train_images": train, "epochs": epochs, "image_size": size, "object_sides": list(SIDE), "decoder": "fpn",
+            "train_images": train, "epochs": epochs, "canvas": CANVAS, "image_size": size, "object_sides": list(SIDE),
+            "decoder": "fpn",
             "iou_pretrained": {k: None if v is None else round(v, 3) for k, v in pretrained["test_iou"].items()},
             "train_images_per_second": pretrained["samples_per_second"], "precision": pretrained["precision"],
             "threads": torch.get_num_threads()})

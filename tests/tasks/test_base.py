@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from sft.core.rundir import folder_kind
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
-from sft.core.rundir import folder_kind
 from sft.tasks.base import read_model_files, write_evaluation, write_model_files
 
 PRE = Preprocess((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 1.0)

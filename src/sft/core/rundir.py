@@ -10,7 +10,7 @@ The run directory's layout (the task adds its model files):
 
     .sft-run               {"kind": "run", "task": ...}
     recipe.yaml            the resolved recipe
-    checkpoints/           best.ckpt, last.ckpt (Lightning; resume from last)
+    checkpoints/           best.ckpt (weights only), last.ckpt (Lightning; resume from last)
     logs/                  metrics.csv (CSV logger), tensorboard/
     metrics.json           validation/test metrics, train seconds, samples/s
 """

@@ -16,7 +16,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
 class SquareBatchTransform(GeneralizedRCNNTransform):
-    def as_is(self, images) -> bool:
+    """torchvision's transform, with one normalisation of the whole batch where that is all its steps would do."""
+
+    def only_normalises(self, images) -> bool:
         """Whether torchvision's steps would give `images` back unchanged but normalised: one stacked batch at the
         one size this transform resizes to, which its batching does not pad, and no ONNX tracing."""
         size = tuple(self.fixed_size or (self.min_size[-1], self.max_size))
@@ -25,7 +27,7 @@ class SquareBatchTransform(GeneralizedRCNNTransform):
                 and not torchvision._is_tracing())
 
     def forward(self, images, targets=None):
-        if not self.as_is(images):
+        if not self.only_normalises(images):
             return super().forward(list(images), targets)
         mean = torch.as_tensor(self.image_mean, dtype=images.dtype, device=images.device)[:, None, None]
         std = torch.as_tensor(self.image_std, dtype=images.dtype, device=images.device)[:, None, None]
