@@ -42,12 +42,14 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML"),
     """Fine-tune as RECIPE says; writes a run directory."""
     try:
         from sft.training.fit import fine_tune  # deferred here and below: `sft --help` stays instant
+        from sft.training.resume import check_own_run
         loaded = load_recipe(recipe, overrides or [])
+        check_own_run(recipe, loaded, resume)
         result = fine_tune(get_task(loaded.task), loaded, overwrite=overwrite, resume=resume,
-                           keep=_data_paths(loaded))
+                           keep=(*_data_paths(loaded), recipe))
     except UserError as e:
         _fail(e)
-    if result.metrics:
+    if result.metrics and not result.finished_before:
         _print_metrics(result.dir, result.metrics)
 
 

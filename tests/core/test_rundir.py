@@ -38,7 +38,7 @@ def test_the_data_and_the_current_directory_are_never_removed(tmp_path, recipe_f
     data = {"train": run / "train.npz", "test": fashion_slice["test"]}  # the user keeps data inside a run
     data["train"].write_bytes(fashion_slice["train"].read_bytes())
     result = sft("train", recipe_file, *tiny_args(tmp_path, data, run), "--overwrite")
-    assert result.exit_code == 2 and "the data" in result.output and data["train"].exists()
+    assert result.exit_code == 2 and "which this command reads" in result.output and data["train"].exists()
     monkeypatch.chdir(run)
     result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, "."), "--overwrite")
     assert result.exit_code == 2 and "current directory" in result.output and (run / "model.json").exists()
@@ -121,3 +121,76 @@ def test_every_launcher_s_other_processes_are_children(monkeypatch, variable):
     assert not is_child_process()  # rank 0 of torchrun, SLURM, ... checks, locks and writes the run directory
     monkeypatch.setenv(variable, "3")
     assert is_child_process()
+
+
+def snapshot(folder) -> dict:
+    """Every file under `folder`, byte for byte."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_unmarked_folder_that_looks_like_a_run_keeps_every_file_of_the_user(tmp_path, recipe_file, fashion_slice):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "recipe.yaml").write_text(recipe_file.read_text())
+    (proj / "model.json").write_text("{}")
+    (proj / "notes.txt").write_text("notes")
+    before = snapshot(proj)
+    result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, proj), "--overwrite")
+    assert result.exit_code == 2 and "notes.txt" in result.output and "earlier sft" in result.output, result.output
+    assert snapshot(proj) == before
+    (proj / "notes.txt").unlink()  # an earlier sft's run holding only what sft writes is replaced
+    (proj / "checkpoints").mkdir()
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, proj), "--overwrite").exit_code == 0
+    assert folder_kind(proj) == "run" and (proj / ".sft-run").is_file()
+
+
+def test_an_unmarked_folder_that_looks_like_an_evaluation_keeps_the_user_s_files(tmp_path, recipe_file,
+                                                                                 fashion_slice):
+    run = tmp_path / "run"
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run)).exit_code == 0
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, text in (("results.json", "{}"), ("metrics.json", "{}"), ("paper.tex", "draft")):
+        (results / name).write_text(text)
+    before = snapshot(results)
+    result = sft("eval", run, "--out", results, "--overwrite", "--top-losses", "0")
+    assert result.exit_code == 2 and "paper.tex" in result.output, result.output
+    assert snapshot(results) == before
+
+
+def test_a_recipe_inside_the_folder_being_replaced_is_refused_up_front(tmp_path, recipe_file, fashion_slice):
+    run = tmp_path / "run"
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, run)).exit_code == 0
+    mine = run / "my_recipe.yaml"
+    mine.write_text(recipe_file.read_text())
+    before = snapshot(run)
+    result = sft("train", mine, *tiny_args(tmp_path, fashion_slice, run), "--overwrite")
+    assert result.exit_code == 2 and "my_recipe.yaml, which this command reads" in " ".join(result.output.split())
+    assert snapshot(run) == before
+    result = sft("train", run / "recipe.yaml", "--overwrite")  # the run's own recipe, replacing its own run
+    assert result.exit_code == 2 and "recipe.yaml, which this command reads" in " ".join(result.output.split())
+    assert snapshot(run) == before
+
+
+def test_locks_are_keyed_by_the_resolved_folder_and_left_nowhere(tmp_path, recipe_file, fashion_slice, monkeypatch):
+    from sft.core.lock import FolderLock
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (tmp_path / "link").symlink_to(runs)
+    lock = FolderLock(runs / "a")
+    assert lock.acquire()
+    try:  # the same folder through a symlink takes the same lock
+        result = sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, tmp_path / "link" / "a"))
+        assert result.exit_code == 2 and "another sft process is training into this folder" in result.output
+    finally:
+        lock.release()
+    assert not lock.path.exists()
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, runs / "a")).exit_code == 0
+    assert sft("eval", runs / "a", "--top-losses", "0").exit_code == 0
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice, ".")).exit_code == 0
+    assert sorted(p.name for p in runs.iterdir()) == ["a"]
+    assert [p for p in tmp_path.rglob("*lock*")] == []  # nothing beside or inside the runs, nothing in the user's folder
+    assert not FolderLock(runs / "a").path.exists() and not FolderLock(here).path.exists()  # released and removed

@@ -245,3 +245,40 @@ def test_the_resume_check_reads_the_checkpoint_memory_mapped(tmp_path):
     ckpt = load_checkpoint(path)
     assert str(path) in Path("/proc/self/maps").read_text()  # mapped, not read into memory
     assert torch.equal(ckpt["state_dict"]["weight"], torch.load(path, weights_only=True)["state_dict"]["weight"])
+
+
+def test_a_run_s_own_recipe_resumes_that_run_wherever_it_lies(tmp_path, fashion_slice, recipe_file, monkeypatch):
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, fashion_slice, "runs/a")  # stored as given: relative to where the run started
+    assert sft("train", recipe_file, *args).exit_code == 0
+    shutil.copytree("runs/a", "runs/b")
+    a_files = {p.name: p.read_bytes() for p in (tmp_path / "runs" / "a").iterdir() if p.is_file()}
+    result = sft("train", "runs/b/recipe.yaml", "trainer.epochs=2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "runs" / "b" / "metrics.json").read_text())["epochs"] == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs" / "a").iterdir() if p.is_file()} == a_files
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # from another directory: the recipe's folder, not ./runs/b
+    result = sft("train", "../runs/b/recipe.yaml", "trainer.epochs=3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "runs" / "b" / "metrics.json").read_text())["epochs"] == 3
+    assert not (elsewhere / "runs").exists()
+    result = sft("train", "../runs/b/recipe.yaml", "run_dir=../runs/a", "trainer.epochs=3", "--resume")
+    assert result.exit_code == 2 and "names another folder" in " ".join(result.output.split()), result.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs" / "a").iterdir() if p.is_file()} == a_files
+
+
+def test_resuming_a_finished_run_says_so_and_rebuilds_only_its_model_files(tmp_path, fashion_slice, recipe_file,
+                                                                           caplog):
+    run = tmp_path / "run"
+    assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice)).exit_code == 0
+    metrics = (run / "metrics.json").read_bytes()
+    (run / "model.json").unlink()
+    with caplog.at_level("WARNING", logger="sft"):
+        result = sft("train", run / "recipe.yaml", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "is finished: its 1 epochs are trained" in caplog.text and "trainer.epochs above 1" in caplog.text
+    assert "test_acc" not in result.output  # no table of old metrics as if it had just trained
+    assert (run / "metrics.json").read_bytes() == metrics and (run / "model.json").is_file()

@@ -2,9 +2,9 @@
 inside, one lock while a run trains.
 
 A folder sft made carries `.sft-run`, a small JSON file naming its kind. `--overwrite` only ever replaces a folder
-that carries the marker of the same kind (or a run directory of an earlier sft version: recipe.yaml beside
-checkpoints/ or model.json); anything else is refused with a message that says what is there. A folder that is, or
-lies above, the current directory, the home directory or the data being used is never removed.
+that carries the marker of the same kind, or an unmarked run or evaluation of an earlier sft version when everything
+in it is something sft writes there; anything else is refused with a message that lists what is there. A folder
+that is, or holds, the current directory, the home directory, the data or the recipe being used is never removed.
 
 The run directory's layout (the task adds its model files):
 
@@ -17,15 +17,16 @@ The run directory's layout (the task adds its model files):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from sft.core.atomic import atomic_write_json
+from sft.core.lock import FolderLock
 from sft.errors import UserError
 
 MARKER = ".sft-run"
@@ -45,6 +46,15 @@ def is_child_process() -> bool:
     return any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES)
 
 
+# what sft writes at the top of a run or an evaluation: an unmarked folder (written before markers existed) is taken
+# for one only when it holds nothing else
+WRITES = {
+    "run": ("recipe.yaml", "checkpoints", "logs", "metrics.json", "model.json", "model.safetensors", "classes.txt",
+            "backbone", "adapter", "model", "lr-find", "export", "export-*", "eval", "eval-*", ".*.tmp", ".*.old"),
+    "eval": ("results.json", "metrics.json", "report.html", ".*.tmp", ".*.old"),
+}
+
+
 def folder_kind(path: Path) -> str | None:
     """The kind of sft folder `path` is ("run", "eval", ...), or None when sft did not write it."""
     marker = path / MARKER
@@ -53,11 +63,28 @@ def folder_kind(path: Path) -> str | None:
             return str(json.loads(marker.read_text()).get("kind"))
         except (OSError, ValueError, AttributeError):
             return None
+    legacy = _legacy_kind(path)
+    return legacy if legacy and not foreign_entries(path, legacy) else None
+
+
+def _legacy_kind(path: Path) -> str | None:
+    """What an unmarked folder looks like sft wrote, from the files sft writes there (None: nothing alike)."""
     if (path / "recipe.yaml").is_file() and ((path / "checkpoints").is_dir() or (path / "model.json").is_file()):
-        return "run"  # written before markers existed
+        return "run"
     if (path / "results.json").is_file() and (path / "metrics.json").is_file() and not (path / "recipe.yaml").exists():
         return "eval"
     return None
+
+
+def foreign_entries(path: Path, kind: str) -> list[str]:
+    """The names at the top of `path` that sft never writes into a `kind` folder."""
+    return sorted(p.name for p in path.iterdir() if not any(fnmatch(p.name, w) for w in WRITES.get(kind, ("*",))))
+
+
+def run_of_recipe(path: str | Path) -> Path | None:
+    """The run directory whose own recipe `path` is (RUN/recipe.yaml, written by `sft train`), else None."""
+    path = Path(path)
+    return path.parent if path.name == "recipe.yaml" and folder_kind(path.parent) == "run" else None
 
 
 def mark(path: Path, kind: str, **facts) -> None:
@@ -81,12 +108,19 @@ def check_replaceable(path: str | Path, kind: str, *, overwrite: bool, keep: tup
         return True
     if found == kind:
         raise UserError(f"{path} already holds {state or what}; {hint}, or choose another folder")
-    entries = sorted(p.name for p in path.iterdir())
-    listing = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
     if what:
         raise UserError(f"{path} holds {what}, not {KIND_NAMES.get(kind, kind)}; choose another folder")
-    raise UserError(f"{path} is not empty and was not written by sft ({listing}); it is left untouched, even with "
-                    f"--overwrite: choose an empty or new folder")
+    legacy = _legacy_kind(path)
+    if legacy:  # an earlier sft's folder, with files of the user's in it
+        raise UserError(f"{path} looks like {KIND_NAMES[legacy]} of an earlier sft but also holds files sft does not "
+                        f"write ({_listing(foreign_entries(path, legacy))}); it is left untouched, even with "
+                        f"--overwrite: move those files out, or choose an empty or new folder")
+    raise UserError(f"{path} is not empty and was not written by sft ({_listing(sorted(p.name for p in path.iterdir()))})"
+                    f"; it is left untouched, even with --overwrite: choose an empty or new folder")
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
 
 
 def replace_folder(path: str | Path, kind: str, keep: tuple = (), **facts) -> None:
@@ -100,12 +134,16 @@ def replace_folder(path: str | Path, kind: str, keep: tuple = (), **facts) -> No
 
 
 def _check_not_protected(path: Path, keep: tuple) -> None:
+    """`keep`: what the command reads (the data, the recipe file): never inside a folder it removes."""
     target = path.resolve()
-    for name, other in (("the current directory", Path.cwd()), ("your home directory", Path.home()),
-                        *(("the data", Path(k)) for k in keep)):
-        other = Path(other).expanduser().resolve()
-        if target == other or target in other.parents:
+    for name, other in (("the current directory", Path.cwd()), ("your home directory", Path.home())):
+        if target == other.resolve() or target in other.resolve().parents:
             raise UserError(f"{path} is {name} or holds it; sft never removes it: choose another folder")
+    for k in keep:
+        other = Path(k).expanduser().resolve()
+        if target == other or target in other.parents:
+            raise UserError(f"{path} holds {k}, which this command reads; sft never removes it: choose another "
+                            f"folder, or move {k} out of it first")
 
 
 @dataclass
@@ -152,11 +190,9 @@ class RunDir:
             shutil.rmtree(self.path, ignore_errors=True)
         self.created = False
 
-    def lock(self) -> FileLock:
-        """Held from the check to the end of training: a second `sft train` into the same folder is refused. The
-        lock file lies beside the folder, so replacing the folder keeps it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.path.parent / f".{self.path.name}.lock"), timeout=0)
+    def lock(self) -> FolderLock:
+        """Held from the check to the end of training: a second `sft train` into the same folder is refused."""
+        return FolderLock(self.path)
 
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_json(self.metrics, metrics)
@@ -165,17 +201,21 @@ class RunDir:
         return json.loads(self.metrics.read_text()) if self.metrics.exists() else {}
 
 
-def locked(run: RunDir) -> FileLock:
-    """The run's lock, acquired, or a UserError naming the folder another process is training into."""
+@contextlib.contextmanager
+def locked(run: RunDir):
+    """The run's lock, held for the block, or a UserError naming the folder another process is training into."""
+    lock = run.lock()
     try:
-        lock = run.lock()
-        lock.acquire()
-    except Timeout:
-        raise UserError(f"{run.path}: another sft process is training into this folder; wait for it to finish or "
-                        f"choose another run_dir") from None
+        taken = lock.acquire()
     except OSError as e:
-        raise unwritable(run.path, e) from None
-    return lock
+        raise UserError(f"{lock.path}: cannot take the lock of {run.path} ({e.strerror or e})") from None
+    if not taken:
+        raise UserError(f"{run.path}: another sft process is training into this folder; wait for it to finish or "
+                        f"choose another run_dir")
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def unwritable(path: Path, error: OSError) -> UserError:

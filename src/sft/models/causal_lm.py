@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from torch import nn
 
 from sft.core.atomic import atomic_write, atomic_write_dir
+from sft.core.lock import holding
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.lora import add_lora
@@ -79,7 +79,7 @@ def shipped_gguf(name: str, cache_dir: str | Path | None = None) -> Path:
     folder = Path(cache_dir if cache_dir is not None else ".").expanduser() / "causal-lm"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / ship.file
-    with FileLock(str(target) + ".lock"):
+    with holding(target):
         if not target.is_file():
             atomic_write(target, lambda tmp: importlib.import_module(ship.package).assemble(tmp, overwrite=True))
     return target
@@ -97,7 +97,7 @@ def converted_gguf(gguf: Path, cache_dir: str | Path, shipped: Shipped | None = 
     if (folder / MARKER).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
+    with holding(folder):
         if not (folder / MARKER).is_file():  # another process may have converted it while we waited
             atomic_write_dir(folder, lambda tmp: _convert(gguf, digest, Path(tmp), shipped))
     return folder

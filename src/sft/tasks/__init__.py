@@ -14,6 +14,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from sft.core.rundir import run_of_recipe
 from sft.errors import UserError
 from sft.recipe import Recipe, read_raw, unknown_value, validate
 
@@ -59,12 +60,17 @@ def get_task(name: str):
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe (or the defaults), apply `dotted.key=value` overrides, and validate it with the recipe
-    class of its `task:`."""
+    class of its `task:`. A run's own recipe (RUN/recipe.yaml) names RUN as its run_dir wherever the run folder now
+    lies and whatever the current directory, unless an override says `run_dir=`."""
     raw, text = read_raw(path, overrides)
     name = raw.get("task", DEFAULT)
     if not isinstance(name, str) or name not in names():
         raise unknown_value(path, text, ["task"], name, names())
-    return validate(raw, get_task(name).recipe, path, text)
+    recipe = validate(raw, get_task(name).recipe, path, text)
+    own = run_of_recipe(path) if path is not None else None
+    if own is not None and not any(item.partition("=")[0].strip() == "run_dir" for item in overrides):
+        recipe.run_dir = str(own)
+    return recipe
 
 
 def task_of_run(run_dir: str | Path):

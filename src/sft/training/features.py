@@ -13,13 +13,13 @@ import logging
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.utils.data import DataLoader, Dataset
 
 from sft.core.atomic import atomic_write
+from sft.core.lock import holding
 from sft.core.precision import autocast_for
 from sft.core.torchfile import load_torch_file
 from sft.errors import UserError
@@ -49,7 +49,7 @@ def cached_features(key: str, backbone: nn.Module, dataset: Dataset, *, mode: st
         return compute()
     path = Path(cache_dir).expanduser() / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with holding(path):
         if path.exists():
             try:
                 features = load_torch_file(path, "")

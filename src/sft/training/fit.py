@@ -39,6 +39,7 @@ class Run:
     """A finished run: its directory and its metrics."""
     dir: Path
     metrics: dict
+    finished_before: bool = False  # resumed after it had finished: nothing was trained
 
 
 def fine_tune(task: TrainingTask, recipe: Recipe, *, overwrite: bool = False, resume: bool = False,
@@ -79,6 +80,8 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
     recipe = p.recipe  # resolved: strategy auto -> the chosen one
     if resume:  # the same classes and tensors, before Lightning meets the file
         check_checkpoint(run.last_checkpoint, p.model, p.model.checkpoint_facts())
+        if (done := _epochs_finished(run)) is not None and done >= recipe.trainer.epochs:
+            return _rebuild(task, run, p, done)
     trainer = _trainer(recipe, run, p.precision, task.monitor, callbacks)  # before the folder: bad settings leave none
     if not is_child_process():
         run.start(overwrite=overwrite, resume=resume, task=task.name, keep=keep)
@@ -104,10 +107,7 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
     if trainer.interrupted or not run.best_checkpoint.exists():
         return Run(run.path, {"interrupted": True, "epochs_done": trainer.current_epoch})
 
-    best = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
-    p.model.load_state_dict(best["state_dict"])
-    p.model.to("cpu").eval()
-    task.export(run, p)
+    best = _export_best(task, run, p)
     # a backbone that never trained is the cached one: its val/test features come from (and go to) the cache
     cached = (task.uses_feature_cache(recipe) and recipe.strategy.cache != "none"
               and not p.schedule.ever_trains_backbone(recipe.trainer.epochs))
@@ -132,6 +132,36 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
     metrics.update(weights=p.backbone.weights_id, **p.notes)
     run.write_metrics(metrics)
     return Run(run.path, metrics)
+
+
+def _export_best(task, run: RunDir, p) -> dict:
+    """The model files of the run's best checkpoint (the model is left on the CPU with its weights)."""
+    best = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
+    p.model.load_state_dict(best["state_dict"])
+    p.model.to("cpu").eval()
+    task.export(run, p)
+    return best
+
+
+def _epochs_finished(run: RunDir) -> int | None:
+    """The epochs of a run that finished (its metrics.json is written at the end), None for an unfinished one."""
+    try:
+        done = run.read_metrics().get("epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return done if isinstance(done, int) else None
+
+
+def _rebuild(task, run: RunDir, p, done: int) -> Run:
+    """`--resume` of a finished run: nothing to train; its model files are written again from its best checkpoint,
+    its metrics stay as they are."""
+    if not run.best_checkpoint.exists():
+        raise UserError(f"{run.path} is finished but has no {run.best_checkpoint}: its model cannot be rebuilt")
+    log.warning(f"{run.path} is finished: its {done} epochs are trained, trainer.epochs is {p.recipe.trainer.epochs}"
+                f"; nothing to train. Its model files are written again from {run.best_checkpoint}, its metrics.json "
+                f"is unchanged. To train longer, resume with trainer.epochs above {done}.")
+    _export_best(task, run, p)
+    return Run(run.path, run.read_metrics(), finished_before=True)
 
 
 class MidEpochCheckpoint(ModelCheckpoint):

@@ -3,7 +3,8 @@ accumulation), write checkpoints/last.ckpt there and stop with 128 + the signal'
 
 The checkpoint is the same kind as the periodic mid-epoch ones (weights, optimizer, schedule, RNG states, the
 epoch's position in the data), so `sft train RUN_DIR/recipe.yaml --resume` continues exactly where the run stopped.
-A second signal, or one before or after training, stops at once with what is on disk.
+A second signal, or one before or after training, stops at once with what is on disk. Loader workers ignore the
+signals (Ctrl-C in a terminal reaches them too): the training process shuts them down as it stops.
 
 With DDP (processes Lightning launches itself) every process handles the signals, and at each step's end they
 agree whether any got one, so all of them stop after the same step, whichever the signal reached (Ctrl-C reaches
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -38,7 +40,7 @@ VOTE_EVERY = 25  # steps between the DDP processes' votes on stopping, on a GPU 
 class StopOnSignal(Callback):
     def __init__(self, run: RunDir):
         self.run, self.signum, self.training, self.saving, self.trainer = run, None, False, False, None
-        self.handling = False
+        self.handling, self.pid = False, os.getpid()
 
     @contextlib.contextmanager
     def installed(self):
@@ -46,6 +48,7 @@ class StopOnSignal(Callback):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        self.pid = os.getpid()
         previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         self.handling = True
         try:
@@ -56,6 +59,8 @@ class StopOnSignal(Callback):
                 signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:  # a loader worker (forked with this handler): the training process stops it
+            return
         if self.saving:  # the checkpoint being written is finished first
             return
         if self.training and self.signum is None:

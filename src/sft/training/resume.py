@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from sft.core.rundir import run_of_recipe
 from sft.core.torchfile import load_torch_file
 from sft.errors import UserError
 from sft.recipe import Recipe
@@ -56,6 +57,16 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
         log.warning("resuming with these settings changed: " + "; ".join(kept) + note)
     return recipe.model_copy(update={"optim": done.optim,
                                      "strategy": done.strategy.model_copy(update={"cache": recipe.strategy.cache})})
+
+
+def check_own_run(recipe_file: str | Path, recipe: Recipe, resume: bool) -> None:
+    """`--resume` with a run's own recipe (RUN/recipe.yaml) continues RUN: a run_dir naming another folder is
+    refused rather than guessed at."""
+    own = run_of_recipe(recipe_file)
+    if resume and own is not None and Path(recipe.run_dir).resolve() != own.resolve():
+        raise UserError(f"{recipe_file} is the recipe of the run in {own}, and run_dir={recipe.run_dir} names another "
+                        f"folder: --resume continues the run the recipe belongs to. Leave out run_dir= to resume "
+                        f"{own}, or resume {recipe.run_dir} with its own recipe.yaml")
 
 
 def load_checkpoint(path: Path) -> dict:
