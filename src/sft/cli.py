@@ -306,10 +306,9 @@ def _data_paths(recipe) -> tuple:
 
 
 def _text_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file of texts")
-    from sft.core.textfile import read_utf8
-    return [line for line in read_utf8(path).splitlines() if line.strip()]
+    from sft.core.textfile import need_file, read_utf8
+    return [line for line in read_utf8(need_file(path, "a text file with one text per line")).splitlines()
+            if line.strip()]
 
 
 def _print_metrics(run_dir, metrics: dict) -> None:

@@ -19,7 +19,7 @@ from sft.errors import UserError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # NaN passes every check
 
 
 class Source(Section):
@@ -160,6 +160,9 @@ def read_raw(path: str | Path | None = None, overrides: list[str] = ()) -> tuple
     text = ""
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            inside = f" (it holds {path / 'recipe.yaml'}: give that)" if (path / "recipe.yaml").is_file() else ""
+            raise UserError(f"{path}: is a folder; expected a recipe YAML file{inside}")
         if not path.is_file():
             raise UserError(f"{path}: recipe file not found")
         text = path.read_text()

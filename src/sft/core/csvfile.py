@@ -18,6 +18,8 @@ def read_rows(path: Path, need: list) -> tuple[list[str], list[tuple[int, dict]]
             rows = [(reader.line_num, r) for r in reader]
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; expected a CSV file with a header line") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: cannot read CSV ({e})") from None
     missing = [c if isinstance(c, str) else " (or ".join(c) + ")" for c in need

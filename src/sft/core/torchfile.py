@@ -8,6 +8,7 @@ plain unpickle. PyTorch's own refusal advises loading the file unsafely; that ad
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,11 @@ def load_torch_file(path: str | Path, hint: str, mmap: bool = False) -> Any:
             raise UserError(f"{path}: damaged or not a PyTorch file ({_unsafe_reason(e)}); {hint}") from None
         raise UserError(f"{path}: refused: {_unsafe_reason(e)}. sft reads PyTorch files weights-only (tensors and "
                         f"plain values), so code inside a file never runs; {hint}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise UserError(f"{path}: damaged or not a PyTorch file ({_first_line(e)}); {hint}") from None
+    except (IndexError, KeyError, TypeError, AttributeError, struct.error):  # other bytes (text) read as a pickle
+        raise UserError(f"{path}: damaged or not a PyTorch file (neither PyTorch's zip format nor a pickle); "
+                        f"{hint}") from None
 
 
 def load_safetensors(path: str | Path, hint: str) -> dict[str, torch.Tensor]:

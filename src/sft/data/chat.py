@@ -12,12 +12,12 @@ model stops (trl 976); when a template ends answers with no special token, the t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sft.core.textfile import need_file
 from sft.data.samples import Samples
 from sft.data.texts import jsonl_rows, table_rows
 from sft.errors import UserError
@@ -32,9 +32,8 @@ def read_chats(path, *, format: str = "auto", prompt_column: str = "prompt",
     """Conversations from a JSONL file (`messages`: [{role, content}, ...], or `prompt` + `completion` keys) or a
     CSV/TSV file (the prompt and completion columns, or its only two columns); ids are `file:line`. Items are lists
     of {role, content} messages; labels are all 0 (one "class": splits are plain seeded shuffles)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: chat data file not found")
+    path = need_file(path, "a JSONL file of conversations (`messages`, or `prompt` and `completion`) or a CSV/TSV "
+                           "file with prompt and completion columns")
     if format == "auto":
         format = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower(), "")
     if format not in CHAT_FORMATS:

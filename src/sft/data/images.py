@@ -20,6 +20,7 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
+from sft.data.loaders import worker_safe
 from sft.data.samples import IMAGE_EXTS, EpochSeeded, Samples
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
@@ -252,6 +253,9 @@ class ImageDataset(EpochSeeded, Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        image = self.samples.image(i)
+        try:
+            image = self.samples.image(i)
+        except UserError as e:  # also read by the feature cache's loader workers
+            raise worker_safe(e) from None
         with self.seeded(i):
             return self.transform(image), int(self.samples.labels[i])

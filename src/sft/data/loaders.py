@@ -5,6 +5,7 @@ on one process or several. Every checkpoint records how many batches of its epoc
 state in Lightning's checkpoint), so a run resumed from the middle of an epoch continues with the next batch.
 A loader lives as long as its phase (head-only on features, or whole inputs): its worker processes persist across
 epochs, and each index carries its epoch to them so that augmentations still follow (seed, epoch, sample).
+A UserError raised in a worker (an image that cannot be decoded) reaches the user as its one-line message.
 """
 
 from __future__ import annotations
@@ -20,6 +21,23 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, T
 from sft.data.samples import EpochSeeded, Samples
 from sft.data.sampling import SAMPLER_MODES, BalancedSampler, ResumableBatches
 from sft.data.splits import Splits
+from sft.errors import UserError
+
+
+class WorkerError(UserError):
+    """A UserError raised in a DataLoader worker. PyTorch re-raises a worker's exception in the main process as
+    `type(e)("Caught ... Original Traceback ... <type>: <message>")`; this type keeps the message alone."""
+
+    def __init__(self, message: str):
+        marker = f"{WorkerError.__module__}.{WorkerError.__qualname__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.partition(marker)[2].rstrip()
+        super().__init__(message)
+
+
+def worker_safe(error: UserError) -> WorkerError:
+    """`error` as a WorkerError, to raise where a loader worker may run (a dataset's __getitem__)."""
+    return error if isinstance(error, WorkerError) else WorkerError(str(error))
 
 
 @dataclass
@@ -61,7 +79,10 @@ class EpochItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         self.dataset.epoch, index = key
-        return self.dataset[index]
+        try:
+            return self.dataset[index]
+        except UserError as e:
+            raise worker_safe(e) from None
 
 
 class RunData(L.LightningDataModule):

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sft.data.samples import Samples
-from sft.core.textfile import read_utf8
+from sft.core.textfile import need_file, read_utf8
 from sft.errors import UserError
 
 TEXT_FORMATS = ("csv", "tsv", "jsonl")
@@ -21,9 +21,7 @@ TEXT_FORMATS = ("csv", "tsv", "jsonl")
 def read_texts(path, *, format: str = "auto", text_column: str = "text", pair_column: str | None = None,
                label_column: str = "label", classes: list[str] | None = None) -> Samples:
     """Labelled texts (or text pairs) from a CSV, TSV or JSONL file; sample ids are `file:line`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: text data file not found")
+    path = need_file(path, "a CSV, TSV or JSONL file of texts and labels")
     if format == "auto":
         format = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
             path.suffix.lower(), "")

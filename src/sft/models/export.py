@@ -2,6 +2,9 @@
 converted model against the PyTorch one on real samples, and the export folder (written whole, marked, never over
 something else).
 
+An ONNX export's model.json records the sha256 of its model.onnx (`onnx_id`), and the file is checked against it
+before onnxruntime loads it: a model.onnx copied in from another export, or cut short, is refused rather than served.
+
 The TorchScript-based exporter (`dynamo=False`) is used: on this CPU it converts a small timm model in 2 s where the
 torch.export-based one takes 27 s, and it has handled dynamic batch and sequence axes for years. Whichever exporter
 is used, nothing is trusted without the parity check (peft 670: a merged LoRA exported to ONNX can give degraded
@@ -53,7 +56,13 @@ def session(path: str | Path):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: alternating
     # with torch's own threads (the parity check) or sharing the CPU, spinning ones slow everything down
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base class but Exception
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        detail = first.rsplit("failed:", 1)[-1].strip().rstrip(".")  # after "Load model from PATH failed:"
+        raise UserError(f"{path}: not an ONNX model onnxruntime can load ({detail}); export again with "
+                        f"`sft export RUN --format onnx --overwrite`") from None
 
 
 class OnnxModule(nn.Module):
@@ -205,8 +214,8 @@ def export_onnx_checked(out: Path, *, graph: nn.Module, example: tuple, inputs: 
         to_onnx(graph, example, folder / "model.onnx", inputs, ["logits"], dynamic)
         axes = {name: {str(a): n for a, n in v.items()} for name, v in dynamic.items()}
         (folder / "model.json").write_text(json.dumps(meta | {"format": "onnx", "inputs": inputs, "outputs": [
-            "logits"], "dynamic_axes": axes, "probabilities": "softmax(logits / temperature) over axis 1"},
-            indent=2) + "\n")
+            "logits"], "dynamic_axes": axes, "probabilities": "softmax(logits / temperature) over axis 1",
+            "onnx_id": file_id(folder / "model.onnx")}, indent=2) + "\n")
         if extra is not None:
             extra(folder)
         return OnnxModule(folder / "model.onnx")
@@ -215,19 +224,26 @@ def export_onnx_checked(out: Path, *, graph: nn.Module, example: tuple, inputs: 
                           force=force, facts=facts, format="onnx", task=meta.get("task"))
 
 
-def check_export_weights(folder: Path, weights: Path, run_dir) -> dict:
-    """An export's model.json, refused when the run's weights changed since it was written (retrained)."""
-    if not (folder / "model.onnx").is_file():
-        raise UserError(f"{run_dir}: no ONNX export ({folder}/model.onnx); write it with `sft export {run_dir} "
-                        f"--format onnx`")
+def check_export(folder: Path, weights: Path, run_dir) -> dict:
+    """An ONNX export's model.json, refused when its model.onnx is not the file the export wrote (swapped in from
+    another export, cut short) or the run's weights changed since (retrained)."""
+    again = f"export again with `sft export {run_dir} --format onnx --overwrite`"
+    model = folder / "model.onnx"
+    if not model.is_file():
+        raise UserError(f"{run_dir}: no ONNX export ({model}); write it with `sft export {run_dir} --format onnx`")
     try:
         meta = json.loads((folder / "model.json").read_text())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:  # missing, unreadable, or not JSON (json's errors are ValueErrors)
-        raise UserError(f"{folder / 'model.json'}: missing or damaged ({e}); export again with `sft export "
-                        f"{run_dir} --format onnx --overwrite`") from None
-    if weights.is_file() and meta.get("weights_id") != file_id(weights):  # file_id is cached: serving asks again
+        raise UserError(f"{folder / 'model.json'}: missing or damaged ({e}); {again}") from None
+    if "onnx_id" not in meta:
+        raise UserError(f"{folder / 'model.json'}: records no sha256 of model.onnx, so the file cannot be checked; "
+                        f"{again}")
+    if meta["onnx_id"] != file_id(model):  # file_id is cached: serving asks again
+        raise UserError(f"{model}: not the file this export wrote (its sha256 differs from the one in model.json: "
+                        f"copied from another export, or damaged); {again}")
+    if weights.is_file() and meta.get("weights_id") != file_id(weights):
         raise UserError(f"{folder}: exported from other weights than the run's model.safetensors (retrained?); "
-                        f"export again with `sft export {run_dir} --format onnx --overwrite`")
+                        f"{again}")
     return meta

@@ -22,7 +22,7 @@ from sft.data.loaders import Inputs
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
-from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json
+from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json, check_writable
 from sft.core.rundir import RunDir, check_replaceable, folder_kind, mark
 from sft.core.torchfile import load_safetensors
 from sft.recipe import Recipe, Source
@@ -149,6 +149,7 @@ def check_eval_out(out: Path, source_path: str, run_path: Path, overwrite: bool,
         if not is_same and not overwrite:
             raise UserError(f"{out} holds {what}; pass --overwrite to replace it or --out another folder")
     check_replaceable(out, "eval", overwrite=overwrite or is_same, keep=(source_path, run_path))
+    check_writable(out.parent, f"the evaluation goes to {out}: pass --out a folder you can write to")
 
 
 def write_evaluation(out: Path, results: dict, summary: dict, report: str) -> None:

@@ -3,7 +3,9 @@ default; full, partial, gradual and layer-wise LR decay act on the transformer l
 monitored (val_loss, min), the merged model exported as a Hugging Face folder, and a finished run that evaluates
 (loss, perplexity, generations before and after, exact match when answers are labels) and generates.
 
-There is no head and no feature cache: the whole output of the model is what is trained.
+There is no head and no feature cache: the whole output of the model is what is trained. Every data file is read
+and checked (each line, each key) before the model loads, since loading takes up to a minute and a bad line should
+not wait for it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class CausalLM(TaskBase):
         if s.name not in STRATEGIES:
             raise UserError(f"strategy {s.name} is not available for causal-lm (it has no new head to train alone); "
                             f"choose one of {', '.join(STRATEGIES)}")
+        self.load_splits(recipe)  # the data checked before the slow load; reading it again later takes a moment
         return create_causal_lm(m.backbone, m.weights, d.max_length, d.pack is not False, recipe.cache_dir,
                                 lora=s if s.name == "lora" else None)
 
@@ -103,10 +106,10 @@ class CausalLM(TaskBase):
     def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
         run, recipe, source, out = evaluation_target(run_dir, data, out)
         d, gen = recipe.data, recipe.generation
-        model, tokenizer, info = load_run(run.path)
         samples = read_chats(source.path, format=source.format, prompt_column=d.prompt_column,
                              completion_column=d.completion_column)
         check_eval_out(out, source.path, run.path, overwrite)
+        model, tokenizer, info = load_run(run.path)
         batch_size = min(batch_size, 16)
         summary = {"samples": len(samples), **held_out_loss(model, tokenizer, samples, info.max_length, batch_size,
                                                            progress)}

@@ -19,6 +19,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import Dataset
 
+from sft.core.atomic import check_writable
 from sft.core.calibration import N_BINS, ReliabilityBins
 from sft.core.precision import autocast_for
 from sft.core.rundir import RunDir
@@ -170,6 +171,9 @@ def evaluate_run(task, run_dir: str | Path, data: str | Path | None = None, out:
     identity = {"source": source.model_dump(), "fingerprint": samples.fingerprint(), "samples": len(samples)}
     this = (identity["source"], identity["fingerprint"])  # the same data again (say after retraining): replaced
     check_eval_out(out, source.path, run.path, overwrite, lambda data: (data["source"], data["fingerprint"]) == this)
+    if not info.extra.get("temperature_fitted"):  # fitted below and stored in model.json
+        check_writable(run.path, f"`sft eval` stores the temperature it fits in {run.path / 'model.json'}; make the "
+                                 f"run folder writable (chmod -R u+w {run.path}) or evaluate a writable copy of it")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     calibration = calibrate_run(run.path, model, info, lambda: val_samples(task, recipe),

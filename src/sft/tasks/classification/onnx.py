@@ -6,7 +6,8 @@
       model.onnx           images: input (B, 3, H, W) float; texts: the tokenizer's tensors (B, T) int64;
                            output logits (B, classes); B (and T) are dynamic axes
       model.json           the run's model.json (classes, preprocessing, temperature) + the graph's names and axes,
-                           the eval transform, and the id of the weights it was exported from
+                           the eval transform, the id of the weights it was exported from and the sha256 of
+                           model.onnx (onnx_id: checked before the file is loaded)
       parity.json          onnxruntime against PyTorch on the run's own validation/test samples, batch 1 and N
       tokenizer files      texts: what turns a text into the model's inputs
 
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from sft.core.rundir import RunDir
 from sft.data.samples import Samples
-from sft.models.export import (OnnxModule, check_export_dir, check_export_weights, default_folder, export_onnx_checked,
+from sft.models.export import (OnnxModule, check_export, check_export_dir, default_folder, export_onnx_checked,
                                file_id, input_batches, parity_parts)
 from sft.tasks import load_recipe
 from sft.tasks.classification.export import ModelInfo, load_model, model_files, read_info
@@ -61,9 +62,10 @@ class OnnxClassifier(OnnxModule):
 
 
 def load_onnx(run_dir: str | Path) -> tuple[OnnxClassifier, ModelInfo]:
-    """The run's ONNX export (RUN/export) and its info; refused when the run's weights changed since."""
+    """The run's ONNX export (RUN/export) and its info; refused when its model.onnx is not the file the export
+    wrote or the run's weights changed since."""
     folder = default_folder(run_dir, "onnx")
-    check_export_weights(folder, model_files(RunDir(run_dir))[0], run_dir)
+    check_export(folder, model_files(RunDir(run_dir))[0], run_dir)
     info = read_info(folder / "model.json")
     return OnnxClassifier(folder, info), info
 

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from sft.data.images import build_transforms
 from sft.errors import UserError
@@ -33,8 +33,10 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("RGB")
-    except Exception as e:  # PIL raises many types for bytes that are not an image it can read
-        raise UserError(f"not an image ({type(e).__name__}: {str(e)[:120]})") from None
+    except UnidentifiedImageError:  # its message holds the repr of our BytesIO, which means nothing to a client
+        raise UserError("not an image that can be read (no image format recognised)") from None
+    except Exception as e:  # PIL raises many types for damaged images
+        raise UserError(f"not an image that can be read ({str(e)[:120] or type(e).__name__})") from None
 
 
 class ClassifierPredictor:

@@ -2,9 +2,10 @@
 `class cx cy w h`). Images without boxes are negatives: kept, and counted.
 
 Every annotation is checked when the split is read, so a box outside its image or of non-positive size, an unknown
-category, a label file without an image, an empty split, or a box written in the other convention (xyxy where COCO
-wants xywh, xyxy or pixels where YOLO wants normalised cx cy w h) stops the run before training, naming the file and
-the annotation id or line. Images and boxes are transformed together (torchvision.transforms.v2 with
+category, a label file without an image, an empty split, a coordinate that is not a finite number (NaN passes every
+comparison, so it would slip past the other checks and train to the end), or a box written in the other convention
+(xyxy where COCO wants xywh, xyxy or pixels where YOLO wants normalised cx cy w h) stops the run before training,
+naming the file and the annotation id or line. Images and boxes are transformed together (torchvision.transforms.v2 with
 `tv_tensors.BoundingBoxes`), and in training boxes that a crop leaves empty are dropped with their labels
 (SanitizeBoundingBoxes); evaluation keeps them all.
 """
@@ -114,15 +115,16 @@ def read_coco(path: Path, classes: list[str] | None):
     for n, entry in enumerate(data["images"]):
         if not isinstance(entry, dict) or "id" not in entry:
             raise UserError(f"{path}: image entry {n} ({entry!r:.80}) has no \"id\"")
-        file = _find_image(path.parent, str(entry.get("file_name", "")), f"{path}: image id {entry.get('id')}")
+        where = f"{path}: image id {entry.get('id')}"
+        file = _find_image(path.parent, str(entry.get("file_name", "")), where)
         images[entry["id"]] = file
-        sizes[entry["id"]] = (entry.get("width"), entry.get("height"))
+        sizes[entry["id"]] = _coco_size(entry, where)
         order.append(entry["id"])
     found = {i: ([], []) for i in order}
     for n, ann in enumerate(data.get("annotations") or []):
         if not isinstance(ann, dict):
             raise UserError(f"{path}: annotation {n} is not an object ({ann!r:.80})")
-        where = f"{path}: annotation id {ann.get('id')}"
+        where = f"{path}: annotation id {ann['id']}" if "id" in ann else f"{path}: annotation {n} (no id)"
         if ann.get("image_id") not in images:
             raise UserError(f"{where}: image_id {ann.get('image_id')} is not in \"images\"")
         if ann.get("category_id") not in index_of:
@@ -137,6 +139,7 @@ def read_coco(path: Path, classes: list[str] | None):
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{where}: expected \"bbox\": [x, y, width, height] (4 numbers), got "
                             f"{ann.get('bbox')!r:.80}") from None
+        check_finite([x, y, bw, bh], where, f"bbox {ann['bbox']}")
         box = check_box([x, y, x + bw, y + bh], w, h, where, f"bbox {ann['bbox']}",
                         xyxy_hint=bw > x and bh > y and bw <= w + TOLERANCE and bh <= h + TOLERANCE,
                         hint="it looks like [x1, y1, x2, y2] (xyxy); COCO's bbox is [x, y, width, height]")
@@ -175,6 +178,7 @@ def read_yolo(root: Path, classes: list[str] | None):
                 cls = None
             if cls is None or len(parts) != 5:
                 raise UserError(f"{where}: expected `class cx cy w h` (5 numbers), got {text.strip()!r}")
+            check_finite([cx, cy, bw, bh], where, f"box {text.strip()!r}")
             if not 0 <= cls < len(classes):
                 raise UserError(f"{where}: class {cls} is not one of 0..{len(classes) - 1} ({len(classes)} classes)")
             values = [cx, cy, bw, bh]
@@ -187,6 +191,23 @@ def read_yolo(root: Path, classes: list[str] | None):
             found[stem][0].append(box)
             found[stem][1].append(cls)
     return _columns(images, found, sizes, list(images), classes)
+
+
+def check_finite(values: list[float], where: str, shown: str) -> None:
+    """A UserError unless every coordinate is a finite number: NaN fails no comparison in check_box."""
+    if not all(np.isfinite(values)):
+        raise UserError(f"{where}: {shown} has a coordinate that is not a finite number (NaN or infinity); fix or "
+                        f"remove this box")
+
+
+def _coco_size(entry: dict, where: str) -> tuple:
+    """An image entry's (width, height); absent or 0 ones are read from the image file later."""
+    w, h = entry.get("width"), entry.get("height")
+    if not all(v in (None, 0) or (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0)
+               for v in (w, h)):
+        raise UserError(f"{where}: \"width\" and \"height\" must be positive numbers of pixels, got {w!r} and {h!r}; "
+                        f"fix them or remove both (the image file is then read)")
+    return w, h
 
 
 def check_box(box: list[float], w: float, h: float, where: str, shown: str, xyxy_hint: bool, hint: str) -> list:

@@ -4,7 +4,8 @@ precision-recall curves, class confusions at IoU 0.5, the worst images drawn) an
 
 The feature cache is not used (as for segmentation): a frozen backbone's maps are large, and the box-aware crops and
 flips change them every epoch. When the validation mAP50 stays near 0, the run says what it checked in the data and
-what looks wrong (sft.tasks.detection.diagnosis), in the log and in metrics.json.
+what looks wrong (sft.tasks.detection.diagnosis), in the log and in metrics.json; the checks that need no model (no
+box at all, boxes normalised where pixels are wanted) run when the splits are read, before any training.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_pa
                             write_evaluation, write_model_files)
 from sft.tasks.detection.data import (BoxDataset, DetectionSamples, box_transforms, collate, load_image,
                                       read_detection, transform_image)
-from sft.tasks.detection.diagnosis import CHECKS, diagnose
+from sft.tasks.detection.diagnosis import CHECKS, check_before_training, diagnose
 from sft.tasks.detection.metrics import confusion, match, mean_ap, pr_curves, summary
 from sft.tasks.detection.module import Detector, auto_anchor_sizes, build_detector, from_detector
 from sft.tasks.detection.recipe import DetectionRecipe
@@ -76,8 +77,13 @@ class Detection(TaskBase):
 
     # -- training ------------------------------------------------------------------------------------------------
     def load_splits(self, recipe: DetectionRecipe) -> Splits:
-        return load_splits(recipe.data, recipe.seed, lambda source, classes: read_detection(
-            source.path, source.format, classes))
+        d = recipe.data
+        splits = load_splits(d, recipe.seed, lambda source, classes: read_detection(source.path, source.format,
+                                                                                   classes))
+        where = {name: s.path if s is not None else f"held out of {d.train.path}"
+                 for name, s in (("train", d.train), ("val", d.val), ("test", d.test))}
+        check_before_training({"train": splits.train, "val": splits.val, "test": splits.test}, where)
+        return splits
 
     def build_backbone(self, recipe: DetectionRecipe) -> Backbone:
         if recipe.strategy.name in ("lora", "auto"):

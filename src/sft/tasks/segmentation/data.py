@@ -51,11 +51,35 @@ def read_pairs(path: str | Path, format: str, classes: list[str], ignore_index: 
     return Samples(pairs, np.zeros(len(pairs), dtype=np.int64), list(classes), ids, kind="segmentation")
 
 
+def check_layout(path: str | Path, format: str = "auto") -> None:
+    """A UserError unless `path` is laid out as a segmentation split (a folder with images/ and masks/, or a CSV
+    manifest), saying what was found: a classification folder or an empty one is a wrong layout, not missing names."""
+    path = Path(path)
+    if not path.exists() or format == "csv" or (format == "auto" and path.suffix.lower() == ".csv"):
+        return  # read_pairs names a missing path; read_rows checks a manifest
+    expected = ("expected the subfolders images/ and masks/ (the pictures, and for each a mask of class indices with "
+                "the same name) or a CSV manifest `image,mask`")
+    if not path.is_dir():
+        raise UserError(f"{path}: is a file; {expected}")
+    entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
+    folders = [p for p in entries if p.is_dir()]
+    if {"images", "masks"} <= {p.name for p in folders}:
+        if any(p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") for p in (path / "images").iterdir()):
+            return
+        found = f"no images in {path / 'images'} ({', '.join(sorted(IMAGE_EXTS))})"
+    elif folders:
+        classes = [p.name for p in folders if any(f.suffix.lower() in IMAGE_EXTS for f in p.iterdir())]
+        found = f"the subfolders {', '.join(p.name + '/' for p in folders[:6])}" + (
+            " holding images, the layout of image classification (a folder per class)" if classes else "")
+    else:
+        pictures = sum(p.suffix.lower() in IMAGE_EXTS for p in entries)
+        found = f"{pictures} images and no subfolders" if pictures else f"no subfolders ({len(entries)} files)"
+    raise UserError(f"{path}: {expected}; found {found}")
+
+
 def _folder_pairs(root: Path) -> list[tuple[str, str]]:
     images, masks = root / "images", root / "masks"
-    for folder in (images, masks):
-        if not folder.is_dir():
-            raise UserError(f"{root}: expected the subfolders images/ and masks/ (no {folder.name}/)")
+    check_layout(root, "folder")
     found = {p.stem: str(p) for p in sorted(masks.iterdir()) if p.suffix.lower() in MASK_EXTS}
     pairs = []
     for image in sorted(images.iterdir()):
@@ -64,6 +88,11 @@ def _folder_pairs(root: Path) -> list[tuple[str, str]]:
         if image.stem not in found:
             raise UserError(f"{image}: no mask for this image (expected {masks}/{image.stem}.png)")
         pairs.append((os.path.abspath(image), os.path.abspath(found[image.stem])))
+    paired = {Path(image).stem for image, _ in pairs}
+    orphans = [file for stem, file in found.items() if stem not in paired and not Path(file).name.startswith(".")]
+    if orphans:  # refused as detection refuses a label without an image: a pair was meant and one half is missing
+        raise UserError(f"{orphans[0]}: a mask without an image (no {images}/{Path(orphans[0]).stem}.*; "
+                        f"{len(orphans)} such mask(s)); add the image or remove the mask")
     return pairs
 
 
@@ -96,10 +125,16 @@ def read_mask(path: str, lookup: dict[tuple, int] | None, image: str | None = No
     except Exception as e:  # PIL raises many types for corrupt files
         raise UserError(f"{path}: cannot read mask ({e})") from None
     if image is not None:
-        with Image.open(image) as im:
-            if im.size != size:
-                raise UserError(f"{path}: mask is {size[0]}x{size[1]} but its image {image} is "
-                                f"{im.size[0]}x{im.size[1]}")
+        try:
+            with Image.open(image) as im:
+                image_size = im.size
+        except Exception as e:  # PIL raises many types for files that are no image it can read
+            reason = "an empty file" if os.path.getsize(image) == 0 else f"{type(e).__name__}: {e}"
+            raise UserError(f"{image}: not a readable image ({reason}); replace or remove it (and its mask)") \
+                from None
+        if image_size != size:
+            raise UserError(f"{path}: mask is {size[0]}x{size[1]} but its image {image} is "
+                            f"{image_size[0]}x{image_size[1]}")
     if array.ndim == 2:
         return array.astype(np.uint8)
     if lookup is None:

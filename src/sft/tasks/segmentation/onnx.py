@@ -3,7 +3,8 @@
     RUN/export/            (or --out)
       model.onnx           input (B, 3, S, S) float, the run's eval transform applied; output logits (B, classes, S, S);
                            B is a dynamic axis (S is the run's image size: the decoders' skips fix it)
-      model.json           the run's model.json (classes, image size, mean/std, palette) + the graph's names and axes
+      model.json           the run's model.json (classes, image size, mean/std, palette) + the graph's names and axes,
+                           the weights' id and model.onnx's sha256 (both checked before the file is loaded)
       parity.json          onnxruntime against PyTorch per pixel (probabilities and top-1 class), batch 1 and N, on the
                            run's own validation and test images
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from sft.core.rundir import RunDir
 from sft.data.loaders import eval_batches
-from sft.models.export import (OnnxModule, check_export_dir, check_export_weights, default_folder, export_onnx_checked,
+from sft.models.export import (OnnxModule, check_export, check_export_dir, default_folder, export_onnx_checked,
                                file_id, input_batches, parity_parts)
 from sft.tasks import load_recipe
 
@@ -24,9 +25,10 @@ PARITY_BATCH = 8
 
 
 def load_onnx(run_dir: str | Path) -> OnnxModule:
-    """The run's ONNX export through onnxruntime; refused when the run's weights changed since."""
+    """The run's ONNX export through onnxruntime; refused when its model.onnx is not the file the export
+    wrote or the run's weights changed since."""
     folder = default_folder(run_dir)
-    check_export_weights(folder, Path(run_dir) / "model.safetensors", run_dir)
+    check_export(folder, Path(run_dir) / "model.safetensors", run_dir)
     return OnnxModule(folder / "model.onnx")
 
 

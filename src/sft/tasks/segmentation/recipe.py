@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from sft.recipe import Data, Model, Optim, Recipe
 
@@ -30,12 +30,21 @@ class SegmentationModel(Model):
     decoder: Literal["unet", "fpn", "deeplabv3plus"] = Field(
         "unet", description="segmentation_models_pytorch decoder on the backbone's feature maps")
     decoder_channels: int = Field(256, ge=8, description="width of the decoder: unet's first block (each next one "
-                                                         "halves, down to 16), fpn's pyramid, deeplabv3plus's ASPP; "
-                                                         "256 as smp")
+                                                         "halves, down to 16), fpn's pyramid (a multiple of 64), "
+                                                         "deeplabv3plus's ASPP; 256 as smp")
     checkpoint: str | None = Field(None, description="a whole model to start from: a finished sft segmentation run's "
                                                      "model.safetensors or an smp model's state dict with the same "
                                                      "encoder and decoder; a classifier of another class count stays "
                                                      "initialised")
+
+    @field_validator("decoder_channels")
+    @classmethod
+    def _fpn_groups(cls, value: int, info: ValidationInfo) -> int:
+        """smp's FPN normalises its segmentation blocks (half the pyramid's width) in 32 GroupNorm groups."""
+        if info.data.get("decoder") == "fpn" and value % 64:
+            raise ValueError("the fpn decoder needs a multiple of 64 (its segmentation blocks are half as wide, in 32 "
+                             "GroupNorm groups): 64, 128 or 256")
+        return value
 
 
 class SegmentationOptim(Optim):

@@ -33,7 +33,7 @@ from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_pa
                             write_evaluation, write_model_files)
 from sft.tasks.segmentation.audit import audit_masks
 from sft.tasks.segmentation.calibration import PixelCalibration, calibrate_run, calibration_section
-from sft.tasks.segmentation.data import PairDataset, joint_transforms, palette_lookup, read_pairs
+from sft.tasks.segmentation.data import PairDataset, check_layout, joint_transforms, palette_lookup, read_pairs
 from sft.tasks.segmentation.metrics import ConfusionMatrix, confusion, scores
 from sft.tasks.segmentation.module import DecoderHead, Segmenter, segment
 from sft.tasks.segmentation.onnx import export_onnx, load_onnx
@@ -79,6 +79,8 @@ class Segmentation(TaskBase):
     # -- training ------------------------------------------------------------------------------------------------
     def load_splits(self, recipe: SegmentationRecipe) -> Splits:
         d = recipe.data
+        if not d.classes:  # a wrong layout is the mistake to name, not the class names it has no file for
+            check_layout(d.train.path, d.train.format)
         classes = d.classes or _classes_file(d.train.path)
         read = lambda source, _: read_pairs(source.path, source.format, classes, d.ignore_index, d.palette)  # noqa
         return load_splits(d, recipe.seed, read)
