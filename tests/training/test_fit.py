@@ -43,7 +43,9 @@ def test_linear_probe_run_directory_and_cache(tmp_path, fashion_slice):
         assert metrics[key] is not None, key
     assert metrics["test_acc"] > 0.4  # 4 classes, random backbone features: well above chance (0.25)
     cached = sorted((tmp_path / "cache").glob("*.pt"))
-    assert len(cached) == 3  # train, val and test features, each computed once for all epochs and the metrics
+    # train, val and test features, each computed once for all epochs and the metrics; under bf16 (a CPU with
+    # AVX512-BF16 or AMX, a GPU) the test split is scored in fp32 from the images instead
+    assert len(cached) == (3 if metrics["precision"] == "32-true" else 2)
 
 
 def test_frozen_backbone_does_not_change_at_all(tmp_path, fashion_slice):
