@@ -1,38 +1,21 @@
 """Object detection on real composites: a detector on ImageNet MobileNetV2 against the same detector from random
-weights, the same recipe and budget, scored by COCO mAP on the held-out test composites; wall-clock minutes of each
-run on this machine (minutes_pretrained, minutes_random; `minutes` stays their total, as earlier reports gave it).
+weights, the same recipe and budget, scored by COCO mAP on the held-out test composites, with the wall-clock minutes
+of each run on this machine.
 
 The composites are examples/detection/build.py's: Fashion-MNIST garments (1-6 per 160 px canvas, 20-72 px, about one
 canvas in ten empty, tight boxes of the visible pixels) in 10 classes; 2000 train, 300 val, 300 test canvases by
-default. The model sees them resized to 128 px (garments of 16-58 px: the 28 px originals are not enlarged much).
-Both runs: batches of 16, AdamW at 2e-3, cosine decay with warm-up, fp32 (detectors are slower under CPU bf16
-autocast), anchors from the training boxes, and the two-stage strategy (one epoch of FPN and heads on the frozen
-backbone, then all of it with discriminative LRs), the usual recipe for a pretrained backbone; the random run gets the
-same recipe, which spends its first epoch on frozen random features (`full` as the 7th argument gives both runs the
-plain fine-tune; the 8th is data.augment, `none` by default).
-
-Why these defaults (profiled on the shared 2-core CPU, one thread, load about 6; one training step of 8 images at
-96 px, fp32): MobileNetV2's forward and backward take 0.32 s; FCOS with a 64-wide FPN adds 0.15 s, with a 128-wide
-one 0.42 s (four 3x3 convolutions per branch on every level outweigh the backbone), RetinaNet about the same as
-FCOS, SSDLite 0.07 s but its first epoch learned nothing (mAP50 0.001; SSD's matching and hard-negative mining are
-slow to converge), Faster R-CNN about 4x FCOS's time. Shortened runs (1000 train images, 4 epochs, FCOS, FPN 64):
-test mAP50 0.371 at 96 px (lr 1e-3), 0.350 at 96 px (lr 3e-3), 0.409 at 128 px (1.1x the time), and two-stage at
-128 px 0.466 (validation after each epoch 0.212, 0.311, 0.449, 0.466; 1.2x the time of full at 128 px
-under that load), from random weights with that recipe 0.085 (a gap of 0.38). Augmentation slows runs this short
-(1000 images, two-stage, one thread): 4 epochs mAP50 0.466 with light augmentation, 0.540 without; 8 epochs 0.633
-and 0.666. On the quiet 2-core machine (2000 images): 8 epochs, light augmentation, batch 8, lr 1e-3 gave 0.7135
-in 16.0 minutes (pretrained run); 6 epochs without augmentation 0.7156 in 13.3 (15.4 img/s); the same with batches
-of 16 at lr 2e-3 (the defaults) 0.7028 in 9.0 (22.9 img/s: two threads split a batch of 8 poorly).
-Session 10: a 7th epoch gave 0.7050 (random 0.2504) but the bench took 26.2 minutes (the pretrained run 18.8 img/s
-against the 6-epoch run's 22.9: a slower machine that day, or the full-phase epoch added), over the 25; 10 epochs on
-one thread gave 0.7282 (validation mAP50 flat at 0.71 from the 6th epoch), so the defaults stay at 6.
-Session 11 (one thread per run, the bench's recipe): more distinct composites at about the same steps do not help
-(4000 x 3 epochs 0.6865, 6000 x 2 0.6592, against 2000 x 6's 0.7028), and neither does a larger input at the same
-time: on 1000 composites, 6 epochs at 128 px 0.5678 (452 s), 12 epochs at 128 px 0.6743 (945 s), 6 epochs at 192 px
-0.6689 (908 s; mAP 0.485 against 0.467). mAP50 follows the compute spent; 0.80 wants a GPU's budget.
+default. The model sees them resized to 128 px. Both runs follow examples/detection/detection.yaml: FCOS with a
+64-wide FPN, batches of 16, AdamW at 2e-3, cosine decay with warm-up, fp32, anchors from the training boxes, 6
+epochs, and the two-stage strategy (one epoch of FPN and heads on the frozen backbone, then all of it with
+discriminative LRs); the random run gets the same recipe. `full` as the 7th argument gives both runs the plain
+fine-tune; the 8th is data.augment (`none` by default). docs/detection.md says why these defaults, and
+docs/benchmarks.md holds the results.
 
     .venv/bin/python bench/detection.py [train_images] [epochs] [image_size] [detector] [fpn_channels] [lr]
         [strategy] [augment]
+
+Last line: JSON with map50_pretrained, map_pretrained, map50_random, map_random, minutes_pretrained,
+minutes_random, minutes (their total), train_images and val_and_test_images.
 """
 
 from __future__ import annotations

@@ -2,15 +2,14 @@
 topic is this quote from? Answer with one word from: ..."), LoRA as examples/instruct/fortunes.yaml says: exact-match
 accuracy and the share of answers inside the 10 topics, before and after, on a seeded subset of the test split.
 
-Quotes longer than 300 characters are left out (their answer would not fit data.max_length on a CPU budget); the
-subsets are the first N of the builder's seeded order, so every run sees the same conversations.
+The subsets are the first N of the builder's seeded order (quotes of at most 300 characters), so every run sees the
+same conversations.
 
     .venv/bin/python bench/instruct.py [train] [test] [epochs]     # default 256 200 1
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -25,12 +24,9 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "instruct"))
 from build import fortunes  # noqa: E402
 
-MAX_CHARS = 300
-
 
 def subset(source: Path, target: Path, n: int) -> int:
-    rows = [line for line in source.read_text(encoding="utf-8").splitlines()
-            if len(json.loads(line)["prompt"].split("Quote: ", 1)[1]) <= MAX_CHARS][:n]
+    rows = source.read_text(encoding="utf-8").splitlines()[:n]
     target.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return len(rows)
 
@@ -48,7 +44,8 @@ def main(train: int = 256, test: int = 200, epochs: int = 1) -> None:
         started = time.perf_counter()
         run = fine_tune(task, recipe)
         trained = time.perf_counter()
-        _, summary = task.evaluate(run.dir, None, None, overwrite=False, batch_size=16, top_n=8, progress=False)
+        _, summary = task.evaluate(run.dir, None, None, task.options["eval"](top_losses=8), overwrite=False,
+                                   batch_size=16, progress=False)
         done = time.perf_counter()
     report({"accuracy_before": summary.get("exact_match_before"), "accuracy_after": summary["exact_match"],
             "in_set_before": summary.get("in_label_set_before"), "in_set_after": summary["in_label_set"],

@@ -8,12 +8,9 @@ out for validation), tested on all 10,000 official test images:
 - probe: a linear probe on cached frozen features, 15 epochs, AdamW 3e-3; gives `kendall_tau_<score>_probe`.
 
 Kendall tau between each score and the test accuracy (1 = the same order). The ranking's sample is the whole
-training split, so its features are the probe's (computed once, cached).
-
-The probe of randomly initialised MobileNetV2 learns nothing (test accuracy 0.10): in eval mode (fresh BatchNorm
-statistics) its features are about 1e-9 and sft's probe does not normalise its input, while every score is
-scale-invariant (`sft rank` warns about such features). That is a fault of the probe recipe, not of the features,
-and it costs the `_probe` figures; fine-tuning every layer does not have it.
+training split, so its features are the probe's (computed once, cached). A randomly initialised MobileNetV2 gives
+features near zero in eval mode, which the unnormalised probe cannot use while every score is scale-invariant, so
+the `_probe` figures are the weaker comparison (docs/benchmarks.md).
 
     .venv/bin/python bench/rank.py [train images, default 2000]
 """

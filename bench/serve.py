@@ -141,7 +141,8 @@ def limit(run: Path, engine: str, images: list[bytes], seconds: float, max_batch
     run in batches of `max_batch`, what the server does minus HTTP, JSON and the batcher. The model runs on one
     worker thread, as the server's batcher runs it: torch's intra-op threading differs off the main thread (here,
     3x faster on the main thread's busy 2-core CPU), so the main thread would not be a like-for-like ceiling."""
-    predictor = task_of_run(run).predictor(run, engine)
+    task = task_of_run(run)
+    predictor = task.predictor(run, task.options["serve"](engine=engine))
     batches = [images[i:i + max_batch] for i in range(0, len(images), max_batch)]
 
     def measure_here() -> float:

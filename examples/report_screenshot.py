@@ -38,7 +38,9 @@ def main() -> None:
     png = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/report.png")
     page = run / "eval" / "report.html"
     if not page.exists():
-        task_of_run(run).evaluate(run, None, None, overwrite=False, batch_size=128, top_n=16, progress=False)
+        task = task_of_run(run)
+        task.evaluate(run, None, None, task.options["eval"](top_losses=16), overwrite=False, batch_size=128,
+                      progress=False)
     screenshot(page, png)
     print(f"{png}: screenshot of {page}")
 

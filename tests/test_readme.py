@@ -1,4 +1,7 @@
-"""The README's examples, run as written on the real assets (MobileNetV2 ImageNet weights, Fashion-MNIST)."""
+"""The commands of README.md and docs/*.md, run as written on the real assets (shipped weights, Fashion-MNIST,
+fortunes). Every ```bash block that holds an `sft` line is run by a test here, its trainings shortened (RUN_BY);
+a docs/ block that cannot run here (a server) names the test that covers it instead (NOT_RUN). The first test
+checks that no block is left out, so a command added to the docs without a test fails."""
 
 import json
 import re
@@ -17,7 +20,63 @@ import sft.training.fit  # noqa: F401  (Lightning's log handler binds to the rea
 from sft.cli import app
 
 ROOT = Path(__file__).parents[1]
-README = (ROOT / "README.md").read_text()
+FASHION = "/usr/share/datasets/fashion-mnist"
+FORTUNES = "/usr/share/games/fortunes/computers"
+
+RUN_BY = {  # (document, how the block's first line starts): the test below that runs that block
+    ("README.md", ". .venv/bin/activate"): "test_recipe_blocks",
+    ("docs/recipe.md", "sft recipe > my.yaml"): "test_recipe_blocks",
+    ("README.md", "sft train examples/fashion_mnist.yaml"): "test_image_classification_blocks",
+    ("docs/evaluation.md", "sft report runs/fashion_mnist"): "test_image_classification_blocks",
+    ("docs/deploy.md", "sft export runs/fashion_mnist"): "test_image_classification_blocks",
+    ("docs/image-classification.md", "sft audit examples/fashion_mnist.yaml"): "test_audit_block",
+    ("docs/recipe.md", "sft lr-find"): "test_lr_find_rank_auto_block",
+    ("README.md", "python examples/fortunes/build.py"): "test_text_classification_blocks",
+    ("docs/text-classification.md", "sft train examples/fortunes/fortunes.yaml"): "test_text_classification_blocks",
+    ("README.md", "python examples/segmentation/build.py"): "test_segmentation_blocks",
+    ("docs/segmentation.md", "sft audit examples/segmentation/segmentation.yaml"): "test_segmentation_blocks",
+    ("README.md", "python examples/detection/build.py"): "test_detection_block",
+    ("README.md", "python examples/instruct/build.py"): "test_instruction_tuning_block",
+}
+NOT_RUN = {  # docs/ blocks (never README.md's) that no test here runs, and what covers them
+    ("docs/deploy.md", "sft serve runs/fashion_mnist"): "a server that runs until stopped: tests/serve/test_server.py "
+                                                        "starts `sft serve` and talks HTTP to it",
+}
+
+
+def documents() -> list[str]:
+    return ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+
+
+def bash_blocks(doc: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", (ROOT / doc).read_text(), re.S)
+
+
+def block(doc: str, first: str) -> str:
+    """The ```bash block of `doc` whose first line starts with `first`."""
+    found = [b for b in bash_blocks(doc) if b.startswith(first)]
+    assert len(found) == 1, f"{doc}: {len(found)} bash blocks start with {first!r}"
+    return found[0]
+
+
+def command(line: str) -> str:
+    return line.split("  #")[0].strip()
+
+
+def test_every_command_in_the_docs_is_run_by_a_test():
+    for key, test in RUN_BY.items():
+        block(*key)  # each names exactly one block
+        assert test.startswith("test_") and callable(globals().get(test)), f"{key}: no test {test}"
+    for key in NOT_RUN:
+        assert key[0] != "README.md", f"{key}: every command of README.md is run by a test"
+        block(*key)
+    for doc in documents():
+        for text in bash_blocks(doc):
+            if not any(command(line).startswith("sft ") for line in text.splitlines()):
+                continue
+            keys = [k for k in (*RUN_BY, *NOT_RUN) if k[0] == doc and text.startswith(k[1])]
+            assert len(keys) == 1, f"{doc}: no test runs the block\n{text}"
+    assert len(re.findall(r"```python\n", (ROOT / "README.md").read_text())) == 1  # the one the image test runs
 
 
 def in_a_copy(tmp_path, monkeypatch, needs: str) -> None:
@@ -28,92 +87,135 @@ def in_a_copy(tmp_path, monkeypatch, needs: str) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def run_block(block: str, script_args: list[str], train_args: list[str]):
-    """Each line of a bash block as written: `python` scripts with `script_args`, `sft train` with `train_args`
-    (shorter runs), other `sft` commands as they are; returns the last command's result."""
+def run_block(text: str, script_args: list[str] = (), extra: dict[str, list[str]] | None = None):
+    """Each line of a bash block as written: `python` scripts with `script_args` appended, `sft COMMAND ...` with
+    `extra[COMMAND]` appended (shorter trainings), `> FILE` writing the output; returns the last command's result."""
     result = None
-    for line in block.splitlines():
-        line = line.split("  #")[0].strip()
-        if line.startswith("python "):
-            subprocess.run([sys.executable, *shlex.split(line)[1:], *script_args], check=True)
+    for line in text.splitlines():
+        line = command(line)
+        if not line or line.startswith(". "):  # activating the venv: the test already runs in it
             continue
-        args = shlex.split(line)[1:]
-        if args[0] == "train":
-            args += train_args
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, (line, result.output)
+        words = shlex.split(line)
+        out = None
+        if ">" in words:
+            words, out = words[:words.index(">")], words[words.index(">") + 1]
+        if words[0] == "python":
+            subprocess.run([sys.executable, *words[1:], *script_args], check=True)
+            continue
+        assert words[0] == "sft", f"not a command this test runs: {line}"
+        result = CliRunner().invoke(app, [*words[1:], *(extra or {}).get(words[1], [])])
+        assert result.exit_code == 0 and "Traceback" not in result.output, (line, result.output)
+        if out:
+            Path(out).write_text(result.output)
     return result
 
 
-@pytest.mark.slow
-def test_readme_python_block_and_cli_lines(tmp_path, monkeypatch):
-    if not Path("/usr/share/datasets/fashion-mnist").exists():
-        pytest.skip("dataset-fashion-mnist is not installed")
-    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+def test_recipe_blocks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    block = re.search(r"```python\n(.*?)```", README, re.S).group(1)
-    scope: dict = {}
-    exec(block, scope)
-    run = scope["run"]
-    assert run.metrics["test_acc"] > 0.75  # one head-only epoch on real ImageNet features
+    run_block(block("README.md", ". .venv/bin/activate"))
+    assert "task: segmentation" in Path("my.yaml").read_text()
+    result = run_block(block("docs/recipe.md", "sft recipe > my.yaml"))
+    assert "task: image-classification" in Path("my.yaml").read_text()
+    assert "task: causal-lm" in result.output and "generation:" in result.output
+
+
+@pytest.mark.slow
+def test_image_classification_blocks(tmp_path, monkeypatch):
+    """README's image block and Python block, then the evaluation and export pages' blocks on the same run; the
+    trainings are one head-only epoch on ImageNet features of the real data."""
+    in_a_copy(tmp_path, monkeypatch, FASHION)
     for name, value in (("shoe.png", 0), ("coat.png", 255)):
         Image.fromarray(np.full((28, 28), value, np.uint8)).save(name)
-    for line in re.findall(r"^sft (eval|predict) runs/fashion_mnist(.*?)(?:\s+#.*)?$", README, re.M):
-        command, rest = line
-        result = CliRunner().invoke(app, [command, str(run.dir), *rest.split()])
-        assert result.exit_code == 0, result.output
-    # the imbalanced/noisy-data block: audit as written, then the two trainings shortened to their first epoch
-    block = re.search(r"```bash\n(sft audit.*?)```", README, re.S).group(1)
-    for line in block.splitlines():
-        args = line.split("#")[0].split()[1:]
-        args.append("data.test_limit=2000")  # as in the python block: a slice of the 10k test images
-        if args[0] == "train":
-            args.append("trainer.epochs=1")
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, (line, result.output)
+    shorter = {"train": ["trainer.epochs=1", "data.test_limit=2000"]}
+    run_block(block("README.md", "sft train examples/fashion_mnist.yaml"), extra=shorter)
+    assert Path("runs/fashion_mnist/eval/report.html").exists() and Path("runs/probe/metrics.json").exists()
+
+    scope: dict = {}
+    exec(re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1), scope)
+    assert scope["run"].metrics["test_acc"] > 0.75
+
+    run_block(block("docs/evaluation.md", "sft report runs/fashion_mnist"))
+    assert Path("compare.html").exists()
+    run_block(block("docs/deploy.md", "sft export runs/fashion_mnist"))
+    assert json.loads(Path("runs/fashion_mnist/export/parity.json").read_text())
+
+
+@pytest.mark.slow
+def test_audit_block(tmp_path, monkeypatch):
+    """The imbalanced/noisy-data block: the audit as written, the two trainings shortened to their first epoch."""
+    in_a_copy(tmp_path, monkeypatch, FASHION)
+    limit = ["data.test_limit=2000"]  # a slice of the 10k test images
+    run_block(block("docs/image-classification.md", "sft audit examples/fashion_mnist.yaml"),
+              extra={"audit": limit, "train": [*limit, "trainer.epochs=1"]})
     assert Path("runs/fashion_mnist-audit/audit.html").exists()
     assert Path("runs/cleaned/metrics.json").exists() and Path("runs/balanced/metrics.json").exists()
 
 
 @pytest.mark.slow
-def test_readme_text_block(tmp_path, monkeypatch):
-    """The text-classification block as written, with the real MiniLM and fortunes; the trainings are shortened
-    (a head-only epoch on a slice) so the test takes seconds, not the recipe's minutes."""
-    if not Path("/usr/share/games/fortunes/computers").exists():
-        pytest.skip("fortunes is not installed")
-    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("data"))
-    monkeypatch.chdir(tmp_path)
-    block = re.search(r"```bash\n(python examples/fortunes/build.py.*?)```", README, re.S).group(1)
-    shorter = ["strategy.name=linear-probe", "trainer.epochs=1", "data.train_limit=200", "data.test_limit=60",
-               f"cache_dir={tmp_path / 'cache'}"]
-    result = run_block(block, [], shorter)
-    assert Path("examples/fortunes/data/train.csv").exists()
-    assert "pets" in result.output and "law" in result.output  # the predict line's table
-    assert Path("runs/fortunes-lora/metrics.json").exists()
-
-
-@pytest.mark.slow
-def test_readme_lr_find_rank_auto_block(tmp_path, monkeypatch):
-    in_a_copy(tmp_path, monkeypatch, "/usr/share/datasets/fashion-mnist")
-    block = re.search(r"```bash\n(sft lr-find.*?)```", README, re.S).group(1)
-    for line in block.splitlines():
-        args = shlex.split(line.split("  #")[0])[1:]
-        if args[0] == "train":
-            args += ["trainer.epochs=1", "data.test_limit=2000"]  # the choice is what is tested, not the training
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, (line, result.output)
-    assert Path("runs/fashion_mnist-lr-find/lr_find.png").exists() and Path("runs/fashion_mnist-rank/rank.json").exists()
+def test_lr_find_rank_auto_block(tmp_path, monkeypatch):
+    in_a_copy(tmp_path, monkeypatch, FASHION)
+    run_block(block("docs/recipe.md", "sft lr-find"),  # the choice is what is tested, not the training
+              extra={"train": ["trainer.epochs=1", "data.test_limit=2000"]})
+    assert Path("runs/fashion_mnist-lr-find/lr_find.png").exists()
+    assert Path("runs/fashion_mnist-rank/rank.json").exists()
     metrics = json.loads(Path("runs/auto/metrics.json").read_text())
     assert metrics["strategy_auto"]["chosen"] == metrics["strategy"] and metrics["lr_find"]["suggestion"] > 0
 
 
 @pytest.mark.slow
-def test_readme_segmentation_block(tmp_path, monkeypatch):
-    """The segmentation block as written: a smaller composite set and one short epoch, the same commands."""
-    in_a_copy(tmp_path, monkeypatch, "/usr/share/datasets/fashion-mnist")
+def test_text_classification_blocks(tmp_path, monkeypatch):
+    """README's text block with the real MiniLM and fortunes, then the text page's LoRA run and Hugging Face
+    export; the trainings are shortened (one epoch on a slice; README's run a head-only one) to take seconds."""
+    in_a_copy(tmp_path, monkeypatch, FORTUNES)
+    shorter = ["trainer.epochs=1", "data.test_limit=60", f"cache_dir={tmp_path / 'cache'}"]
+    result = run_block(block("README.md", "python examples/fortunes/build.py"),
+                       extra={"train": ["strategy.name=linear-probe", "data.train_limit=200", *shorter]})
+    assert Path("examples/fortunes/data/train.csv").exists()
+    assert "pets" in result.output and "law" in result.output  # the predict line's table
+    run_block(block("docs/text-classification.md", "sft train examples/fortunes/fortunes.yaml"),
+              extra={"train": ["data.train_limit=100", *shorter]})
+    assert json.loads(Path("runs/fortunes-lora/metrics.json").read_text())["strategy"] == "lora"
+    assert Path("runs/fortunes/export-hf/config.json").exists()
+
+
+@pytest.mark.slow
+def test_segmentation_blocks(tmp_path, monkeypatch):
+    """README's segmentation block and the segmentation page's audit: a smaller composite set and one short epoch."""
+    in_a_copy(tmp_path, monkeypatch, FASHION)
     Image.fromarray(np.full((100, 80, 3), 60, np.uint8)).save("img.png")
-    block = re.search(r"```bash\n(python examples/segmentation/build.py.*?)```", README, re.S).group(1)
-    run_block(block, ["--train", "32", "--val", "8", "--test", "8"],
-              ["trainer.epochs=1", "data.image_size=64", f"cache_dir={tmp_path / 'cache'}"])
+    run_block(block("README.md", "python examples/segmentation/build.py"),
+              ["--train", "32", "--val", "8", "--test", "8"],
+              {"train": ["trainer.epochs=1", "data.image_size=64", f"cache_dir={tmp_path / 'cache'}"]})
     assert Path("runs/segmentation/eval/report.html").exists()
     assert Image.open("masks/img.png").size == (80, 100)
+    run_block(block("docs/segmentation.md", "sft audit examples/segmentation/segmentation.yaml"))
+    assert Path("runs/segmentation-audit/audit.html").exists()
+
+
+@pytest.mark.slow
+def test_detection_block(tmp_path, monkeypatch):
+    """README's detection block: 16 training composites and one head-only epoch at 64 px."""
+    in_a_copy(tmp_path, monkeypatch, FASHION)
+    Image.fromarray(np.full((100, 80, 3), 60, np.uint8)).save("img.png")
+    run_block(block("README.md", "python examples/detection/build.py"),
+              ["--train", "16", "--val", "8", "--test", "8", "--size", "96"],
+              {"train": ["trainer.epochs=1", "data.image_size=64", "data.batch_size=8",
+                         f"cache_dir={tmp_path / 'cache'}"]})
+    assert Path("runs/detection/eval/report.html").exists() and Image.open("found/img.png").size == (80, 100)
+
+
+@pytest.mark.slow
+def test_instruction_tuning_block(tmp_path, monkeypatch, tiny_causal_lm):
+    """README's instruction-tuning block on the real fortunes questions, with a tiny random Llama that has SmolLM2's
+    tokenizer in place of SmolLM2 (whose first conversion takes minutes), on a slice."""
+    in_a_copy(tmp_path, monkeypatch, FORTUNES)
+    build, *commands = block("README.md", "python examples/instruct/build.py").splitlines()
+    run_block(build, ["--only", "fortunes"])
+    test = Path("examples/instruct/data/fortunes/test.jsonl")  # sft eval scores (and generates for) all of it
+    test.write_text("".join(test.read_text().splitlines(keepends=True)[:4]))
+    result = run_block("\n".join(commands), extra={"train": [
+        f"model.backbone={tiny_causal_lm}", "trainer.epochs=1", "data.train_limit=24", "generation.samples=2",
+        f"cache_dir={tmp_path / 'cache'}"]})
+    assert ">>>" in result.output  # the prompt, then its streamed answer
+    summary = json.loads(Path("runs/instruct-fortunes/eval/metrics.json").read_text())
+    assert {"exact_match", "exact_match_before", "perplexity"} <= set(summary)

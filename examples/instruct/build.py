@@ -1,7 +1,8 @@
 """Build two real instruction-tuning sets offline, as JSONL conversations `sft train` reads (task: causal-lm).
 
 fortunes: the 10 topics and the seeded 75/25 split of examples/fortunes (Debian `fortunes`): "Which topic is this
-quote from? Answer with one word from: ..." -> the topic. Answers are single labels, so `sft eval` scores exact match
+quote from? Answer with one word from: ..." -> the topic, for quotes of at most MAX_CHARS characters (a conversation
+then fits the example's data.max_length of 256 tokens). Answers are single labels, so `sft eval` scores exact match
 and the share of answers inside the label set.
 
 chatterbot: the question -> answer conversations of the `chatterbot-corpus` package (pip install --no-deps
@@ -37,6 +38,7 @@ _FORTUNES = _fortunes_builder()
 TOPICS = _FORTUNES.TOPICS
 
 QUESTION = "Which topic is this quote from? Answer with one word from: {topics}.\n\nQuote: {quote}"
+MAX_CHARS = 300
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -52,7 +54,7 @@ def fortunes(out: Path, topics: str = TOPICS, seed: int = 0) -> dict[str, int]:
     for split in ("train", "test"):
         with open(out / "csv" / f"{split}.csv", newline="", encoding="utf-8") as f:
             rows = [{"prompt": QUESTION.format(topics=listed, quote=r["text"]), "completion": r["label"]}
-                    for r in csv.DictReader(f)]
+                    for r in csv.DictReader(f) if len(r["text"]) <= MAX_CHARS]
         write_jsonl(out / f"{split}.jsonl", rows)
         counts[split] = len(rows)
     return counts

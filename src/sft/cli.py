@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sft.cli_options import ARGUMENT, command_function, flags
+from sft.cli_options import command as build_command
 from sft.core.rundir import is_child_process
 from sft.errors import UserError
 from sft.recipe import documented_defaults
 from sft.tasks import DEFAULT as DEFAULT_TASK
-from sft.tasks import get_task, load_recipe, task_of_run
+from sft.tasks import get_task, load, load_recipe, task_of_run, tools
 from sft.tasks import names as task_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -53,29 +54,154 @@ def train(recipe: Path = typer.Argument(..., help="recipe YAML"),
         _print_metrics(result.dir, result.metrics)
 
 
-@app.command("eval")
-def eval_(run_dir: Path = typer.Argument(..., help="a run directory"),
-          data: Optional[str] = typer.Option(None, help="labelled data to evaluate on; default: the run's test split"),
-          out: Optional[Path] = typer.Option(None, help="output folder; default: RUN_DIR/eval (RUN_DIR/eval-NAME "
-                                                         "for --data NAME)"),
-          overwrite: bool = typer.Option(False, help="replace an evaluation of other data in the output folder"),
-          top_losses: int = typer.Option(16, min=0, help="samples of highest loss shown, with Grad-CAM"),
-          batch_size: int = typer.Option(128)):
-    """Evaluate a trained run: metrics per class, calibration (fits the temperature on the validation split once),
-    top losses and Grad-CAM, written as metrics.json and a self-contained report.html."""
-    try:
-        out, summary = task_of_run(run_dir).evaluate(run_dir, data, out, overwrite=overwrite, batch_size=batch_size,
-                                                     top_n=top_losses, progress=True)
-    except UserError as e:
-        _fail(e)
-    _print_metrics(out, summary)
-    console.print(f"metrics.json and report.html are in {escape(str(out))}")
+# -- the commands on a finished run: the CLI's own options, and those RUN_DIR's task declares (its options.py) -------
+
+class NoOptions(BaseModel):
+    """A command without options of the task's own."""
+
+
+class FileInputs(BaseModel):
+    files: list[Path] = Field([], description="the files to predict on", json_schema_extra=ARGUMENT)
+
+    def items(self) -> list[str]:
+        return [str(f) for f in self.files]
+
+
+class TextInputs(BaseModel):
+    text: list[str] = Field([], description="a text (a prompt) to predict on; repeat for more",
+                            json_schema_extra=flags("--text", "--prompt"))
+    file: Optional[Path] = Field(None, description="a file with one text per line")
+
+    def items(self) -> list[str]:
+        return list(self.text) + (_text_lines(self.file) if self.file else [])
+
+
+INPUTS = {"files": FileInputs, "texts": TextInputs}  # what a task's `sft predict` reads -> how it is given
+
+
+class Output(BaseModel):
+    format: Literal["table", "json", "csv"] = Field("table", description="how the results are printed")
+
+
+class Evaluation(BaseModel):
+    data: Optional[str] = Field(None, description="labelled data to evaluate on; default: the run's test split")
+    out: Optional[Path] = Field(None, description="output folder; default: RUN_DIR/eval (RUN_DIR/eval-NAME for "
+                                                  "--data NAME)")
+    overwrite: bool = Field(False, description="replace an evaluation of other data in the output folder")
+    batch_size: int = Field(128, ge=1, description="samples per batch")
+
+
+class Exporting(BaseModel):
+    out: Optional[Path] = Field(None, description="output folder; default: RUN_DIR/export (onnx), RUN_DIR/export-hf "
+                                                  "(hf)")
+    force: bool = Field(False, description="write the export even when it fails the parity check")
+    overwrite: bool = Field(False, description="replace an earlier export in the output folder")
+
+
+class Serving(BaseModel):
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 exposes it to the network")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    max_batch: int = Field(32, ge=1, description="most items the model runs at once")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more items")
+    max_items: int = Field(64, ge=1, description="most items one request may carry")
+    max_body_mb: float = Field(16.0, description="largest request body")
+
+
+def on_a_run(name: str, help: str):
+    """Register `sft NAME RUN_DIR ...`, whose options are known once RUN_DIR's task is: the decorated function gives,
+    for the task and the run, the command's models (its options) and the function they are passed to. The arguments
+    after RUN_DIR are parsed then, so `sft NAME RUN_DIR --help` lists that task's options."""
+    def register(build):
+        @app.command(name, help=help, add_help_option=False,
+                     context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+        def run_command(ctx: typer.Context):
+            args = list(ctx.args)
+            if not args or args[0].startswith("-"):
+                _without_a_run(name, help, args)
+            try:
+                task = task_of_run(args[0])
+            except UserError as e:
+                _fail(e)
+            models, body = build(task, Path(args[0]))
+            command = build_command(name, f"{help}\n\nThe options of {task.name} runs ({task.description}).",
+                                    models, _reported(body))
+            with command.make_context(f"{ctx.info_name} {args[0]}", args[1:], parent=ctx.parent) as run_ctx:
+                command.invoke(run_ctx)
+        return build
+    return register
+
+
+def _without_a_run(name: str, help: str, args: list[str]) -> None:
+    usage = f"sft {name} RUN_DIR [OPTIONS]"
+    if args and args[0] == "--help":
+        console.print(escape(f"Usage: {usage}\n\n{help}\n\nGive a run directory first: its task decides the options "
+                             f"(`sft {name} RUN_DIR --help` lists them). Tasks: {', '.join(task_names())}."),
+                      highlight=False)
+        raise typer.Exit(0)
+    _fail(UserError(f"give a run directory first: {usage}; its task decides the options (`sft {name} RUN_DIR "
+                    f"--help` lists them)"))
+
+
+def _reported(body):
+    """`body`, its UserError printed as one paragraph with exit code 2."""
+    def run(*options):
+        try:
+            body(*options)
+        except UserError as e:
+            _fail(e)
+    return run
+
+
+@on_a_run("eval", "Evaluate a trained run on its test split or other labelled data: metrics.json and a "
+                  "self-contained report.html.")
+def _eval(task, run_dir: Path):
+    def body(shared: Evaluation, options):
+        out, summary = task.evaluate(run_dir, shared.data, shared.out, options, overwrite=shared.overwrite,
+                                     batch_size=shared.batch_size, progress=True)
+        _print_metrics(out, summary)
+        console.print(f"metrics.json and report.html are in {escape(str(out))}")
+    return [Evaluation, task.options.get("eval", NoOptions)], body
+
+
+@on_a_run("predict", "Predict with a trained run: one row per result, printed as a table, JSON or CSV.")
+def _predict(task, run_dir: Path):
+    def body(given, output: Output, options):
+        rows = task.predict(run_dir, given.items(), options, stream=sys.stdout if output.format == "table" else None)
+        if rows is not None:  # None: printed as they were computed
+            _print_rows(rows, output.format)
+    return [INPUTS[task.inputs], Output, task.options.get("predict", NoOptions)], body
+
+
+@on_a_run("export", "Export a trained run (ONNX with dynamic axes, or a Hugging Face folder), checked against the "
+                    "PyTorch model on the run's own validation/test samples (parity.json).")
+def _export(task, run_dir: Path):
+    def body(shared: Exporting, options):
+        folder, parity = task.export_model(run_dir, shared.out, options, force=shared.force,
+                                           overwrite=shared.overwrite)
+        _print_metrics(folder, {"passed": parity["passed"], "max |Δprobability|": f"{parity['max_abs_diff']:.2e}",
+                                "top-1 agreement": parity["top1_agreement"], "samples": parity["samples"]})
+        if not parity.get("passed", True):
+            errors.print("[yellow]warning:[/] written with --force although the parity check failed (parity.json)",
+                         highlight=False)
+    return [Exporting, task.options.get("export", NoOptions)], body
+
+
+@on_a_run("serve", "Serve a trained run over HTTP: POST /predict (dynamic batching), GET /health, GET /metadata, "
+                   "/docs.")
+def _serve(task, run_dir: Path):
+    def body(s: Serving, options):
+        from sft.serve.server import Limits, run_server
+        limits = Limits(s.max_batch, s.max_wait_ms, s.max_items, int(s.max_body_mb * 2**20))
+        run_server(run_dir, options, s.host, s.port, limits,  # the URL on one line: logs keep it whole
+                   announce=lambda url: console.print(f"serving {escape(str(run_dir))} on {url} (API docs: "
+                                                      f"{url}/docs)", soft_wrap=True))
+    return [Serving, task.options.get("serve", NoOptions)], body
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory"),
            eval_dir: Optional[Path] = typer.Option(None, "--eval", help="evaluation folder; default: RUN_DIR/eval")):
-    """Rebuild report.html from a stored evaluation (re-runs Grad-CAM)."""
+    """Rebuild report.html from a stored evaluation."""
     try:
         path = task_of_run(run_dir).report(run_dir, eval_dir)
     except UserError as e:
@@ -101,103 +227,6 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories"),
     console.print(table)
 
 
-class Engine(str, Enum):
-    """What runs the model for predict and serve: the parser rejects anything else (exit 2)."""
-    torch = "torch"
-    onnx = "onnx"
-
-
-@app.command()
-def predict(run_dir: Path = typer.Argument(..., help="a run directory"),
-            files: Optional[list[Path]] = typer.Argument(None, help="image files (image runs)"),
-            text: Optional[list[str]] = typer.Option(None, "--text", "--prompt", help="text runs: a text to classify; "
-                                                                         "causal-lm: a prompt (repeat for more)"),
-            lines: Optional[Path] = typer.Option(None, "--file", help="text runs: a file with one text per line"),
-            top_k: int = typer.Option(1, "--top-k", min=1),
-            out: Optional[Path] = typer.Option(None, help="segmentation: a folder for the masks and overlays"),
-            format: str = typer.Option("table", "--format", help="table | json | csv"),
-            max_new_tokens: Optional[int] = typer.Option(None, min=1, help="causal-lm: tokens per answer at most"),
-            temperature: Optional[float] = typer.Option(None, min=0, help="causal-lm: 0 greedy, else sampling"),
-            top_p: Optional[float] = typer.Option(None, min=0, max=1, help="causal-lm: nucleus sampling share"),
-            seed: int = typer.Option(0, help="causal-lm: sampling seed"),
-            engine: Engine = typer.Option(Engine.torch, help="onnx: the run's `sft export --format onnx`"),
-            score: Optional[float] = typer.Option(None, "--score", min=0, max=1,
-                                                  help="detection: the lowest score shown (default 0.3)")):
-    """Classify image files or texts, or segment images, with a trained run."""
-    try:
-        if format not in ("table", "json", "csv"):
-            raise UserError(f"--format {format}: expected table, json or csv")
-        texts = list(text or []) + (_text_lines(lines) if lines else [])
-        task = task_of_run(run_dir)
-        generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          stream=format == "table") if getattr(task, "generates", False) else {}
-        options = {k: v for k, v in (("engine", engine.value if engine != Engine.torch else None), ("score", score))
-                   if v is not None}
-        unknown = [k for k in options if k not in inspect.signature(task.predict).parameters]
-        if unknown:
-            raise UserError(f"--{unknown[0]}: not an option of {task.name} runs")
-        rows = task.predict(run_dir, [str(f) for f in files or []], texts, top_k, out=out, **generation, **options)
-    except UserError as e:
-        _fail(e)
-    if generation.get("stream"):  # the answers were printed as they were generated
-        return
-    if format == "json":
-        print(json.dumps(rows, indent=2))
-    elif format == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        sys.stdout.write(out.getvalue())
-    else:
-        table = Table(*rows[0])
-        for row in rows:
-            table.add_row(*(escape(f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row.values()))
-        console.print(table)
-
-
-@app.command("export")
-def export_(run_dir: Path = typer.Argument(..., help="a run directory"),
-            format: str = typer.Option("onnx", "--format", help="onnx | hf (text classification)"),
-            out: Optional[Path] = typer.Option(None, help="output folder; default: RUN_DIR/export (onnx), "
-                                                         "RUN_DIR/export-hf (hf)"),
-            force: bool = typer.Option(False, help="write the export even when it fails the parity check"),
-            overwrite: bool = typer.Option(False, help="replace an earlier export in the output folder")):
-    """Export a trained run (ONNX with dynamic batch/sequence axes, or a Hugging Face folder), checked against the
-    PyTorch model on the run's own validation/test samples (parity.json)."""
-    try:
-        if format not in ("onnx", "hf"):
-            raise UserError(f"--format {format}: expected onnx or hf")
-        folder, parity = task_of_run(run_dir).export_model(run_dir, format, out, force=force, overwrite=overwrite)
-    except UserError as e:
-        _fail(e)
-    _print_metrics(folder, {"passed": parity["passed"], "max |Δprobability|": f"{parity['max_abs_diff']:.2e}",
-                            "top-1 agreement": parity["top1_agreement"], "samples": parity["samples"]})
-    if not parity.get("passed", True):
-        errors.print("[yellow]warning:[/] written with --force although the parity check failed (parity.json)",
-                     highlight=False)
-
-
-@app.command()
-def serve(run_dir: Path = typer.Argument(..., help="a run directory"),
-          engine: Engine = typer.Option(Engine.torch, help="onnx: the run's `sft export --format onnx`"),
-          host: str = typer.Option("127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network"),
-          port: int = typer.Option(8000),
-          max_batch: int = typer.Option(32, min=1, help="most items the model runs at once"),
-          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a batch waits for more items"),
-          max_items: int = typer.Option(64, min=1, help="most items one request may carry"),
-          max_body_mb: float = typer.Option(16.0, help="largest request body")):
-    """Serve a trained run over HTTP: POST /predict (dynamic batching), GET /health, GET /metadata, /docs."""
-    try:
-        from sft.serve.server import Limits, run_server
-        limits = Limits(max_batch, max_wait_ms, max_items, int(max_body_mb * 2**20))
-        run_server(run_dir, engine.value, host, port, limits,
-                   announce=lambda url: console.print(f"serving {escape(str(run_dir))} on {url} (API docs: "
-                                                      f"{url}/docs)", soft_wrap=True))  # one line: logs keep the URL whole
-    except UserError as e:
-        _fail(e)
-
-
 @app.command()
 def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbone and weights are audited)"),
           overrides: Optional[list[str]] = typer.Argument(None, help="dotted.key=value overrides"),
@@ -206,8 +235,8 @@ def audit(recipe: Path = typer.Argument(..., help="recipe YAML (its data, backbo
                                                    "backbone@weights) whose probe joins the label-issue vote; "
                                                    "repeatable"),
           overwrite: bool = typer.Option(False, help="replace an existing audit")):
-    """Find label issues, duplicates, train/test leakage, outliers and class imbalance in the recipe's data
-    (segmentation: the masks the recipe's finished run disagrees with)."""
+    """Audit the recipe's labels, as its task does: label issues, duplicates, train/test leakage, outliers and class
+    imbalance, or the masks the recipe's finished run disagrees with."""
     try:
         loaded = load_recipe(recipe, overrides or [])
         out = out or Path(f"{loaded.run_dir}-audit")
@@ -241,45 +270,20 @@ def lr_find(recipe: Path = typer.Argument(..., help="recipe YAML (its model, str
     console.print(escape(f"lr_find.png and lr_find.json are in {out}; train with optim.lr={result['suggestion']:.3g}"))
 
 
-@app.command()
-def rank(recipe: Path = typer.Argument(..., help="recipe YAML (its data and inputs are used)"),
-         overrides: Optional[list[str]] = typer.Argument(None, help="dotted.key=value overrides"),
-         candidates: str = typer.Option(..., help="comma-separated backbone or backbone@weights, e.g. "
-                                                  "torchvision/mobilenet_v2@imagenet,timm/tf_efficientnet_lite0@none"),
-         by: str = typer.Option("logme", help="sort key: logme, hscore, nce, leep, knn_acc, probe_acc"),
-         limit: int = typer.Option(2000, help="stratified sample of the training data to score"),
-         out: Optional[Path] = typer.Option(None, help="output folder; default: <run_dir>-rank"),
-         overwrite: bool = typer.Option(False, help="replace an existing ranking")):
-    """Rank pretrained backbones for the recipe's data by transferability (LogME, H-score, NCE, LEEP, kNN)."""
-    try:
-        from sft.tasks.classification.tools.rank import SCORES, rank_backbones
-        loaded = load_recipe(recipe, overrides or [])
-        task = _classification(loaded, "rank")
+class RecipeArguments(BaseModel):
+    recipe: Path = Field(description="recipe YAML", json_schema_extra=ARGUMENT)
+    overrides: list[str] = Field([], description="dotted.key=value overrides", json_schema_extra=ARGUMENT)
 
-        def progress(candidate, row):
-            if row is None:
-                errors.print(f"[yellow]{escape(candidate)}: cannot be loaded[/]", highlight=False)
-            else:
-                errors.print(f"{candidate}: scored in {row['seconds']:.1f} s", highlight=False)
 
-        result = rank_backbones(task, loaded, [c for c in candidates.split(",") if c.strip()], out, by=by, limit=limit,
-                                overwrite=overwrite, progress=progress)
-    except UserError as e:
-        _fail(e)
-    table = Table("#", "candidate", *SCORES, "seconds",
-                  title=f"{result['samples']} samples, sorted by {by} (higher is better)")
-    for row in result["ranked"]:
-        table.add_row(str(row["rank"]), escape(row["candidate"]),
-                      *("-" if row[s] is None else f"{row[s]:.3f}" for s in SCORES), f"{row['seconds']:.1f}")
-    console.print(table)
-    for row in result["ranked"]:
-        if row.get("note"):
-            errors.print(f"[yellow]note:[/] {escape(row['candidate'])}: {escape(row['note'])}", highlight=False,
-                         soft_wrap=True)
-    for failed in result["failed"]:
-        errors.print(f"[yellow]not ranked:[/] {escape(failed['candidate'])}: {escape(failed['error'])}",
-                     highlight=False, soft_wrap=True)
-    console.print(f"rank.json is in {escape(result['out'])}")
+def _tool_command(name: str, tool) -> None:
+    """Register a tool some tasks have (sft.tasks.tools): RECIPE, its overrides and the tool's options."""
+    def body(given: RecipeArguments, options):
+        load(tool.run)(load_recipe(given.recipe, given.overrides), options, console, errors)
+    app.command(name, help=tool.help)(command_function([RecipeArguments, tool.options], _reported(body)))
+
+
+for _name, _tool in tools().items():
+    _tool_command(_name, _tool)
 
 
 @app.command()
@@ -293,13 +297,6 @@ def recipe(task: str = typer.Option(DEFAULT_TASK, help=f"the task whose recipe t
     sys.stdout.write(documented_defaults(chosen.recipe, chosen.name))
 
 
-def _classification(recipe, command: str):
-    task = get_task(recipe.task)
-    if not hasattr(task, "read_split"):
-        raise UserError(f"sft {command} is a classification tool; task {recipe.task} has none")
-    return task
-
-
 def _data_paths(recipe) -> tuple:
     """The recipe's data: replacing a run directory must never remove it."""
     return tuple(s.path for s in (recipe.data.train, recipe.data.val, recipe.data.test) if s is not None)
@@ -309,6 +306,22 @@ def _text_lines(path: Path) -> list[str]:
     from sft.core.textfile import need_file, read_utf8
     return [line for line in read_utf8(need_file(path, "a text file with one text per line")).splitlines()
             if line.strip()]
+
+
+def _print_rows(rows: list[dict], format: str) -> None:
+    if format == "json":
+        print(json.dumps(rows, indent=2))
+    elif format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        sys.stdout.write(out.getvalue())
+    else:
+        table = Table(*rows[0])
+        for row in rows:
+            table.add_row(*(escape(f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row.values()))
+        console.print(table)
 
 
 def _print_metrics(run_dir, metrics: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,31 +23,28 @@ class Section(BaseModel):
 
 
 class Source(Section):
-    """Where one split's labelled samples come from."""
+    """Where one split's samples come from; a task narrows `format` to the forms it reads."""
 
-    path: str = Field(description="images: a folder (one subfolder per class), CSV manifest (path,label), IDX or "
-                                   ".npz/.npy; texts: CSV, TSV or JSONL")
-    labels: str | None = Field(None, description="labels file for IDX or .npy images (IDX: derived from the name)")
-    format: Literal["auto", "folder", "csv", "tsv", "jsonl", "idx", "numpy"] = Field(
-        "auto", description="how to read `path`")
+    path: str = Field(description="the split's file or folder (the task's page lists the forms it reads)")
+    format: str = Field("auto", description="how to read `path`; auto: from its name and contents")
 
 
-class Data(Section):
-    train: Source | None = Field(None, description="training data (required); a path or {path, labels, format}")
-    val: Source | None = Field(None, description="validation data; default: a seeded stratified split of train")
-    test: Source | None = Field(None, description="test data, evaluated once with the best checkpoint")
-    classes: list[str] | None = Field(None, description="class names in label order (IDX/numpy labels are indices)")
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each class held out when `val` is not given")
-    train_limit: int | None = Field(None, gt=0, description="use a stratified subset of this many training samples (val is split from it)")
-    val_limit: int | None = Field(None, gt=0, description="stratified subset size of the validation split")
-    test_limit: int | None = Field(None, gt=0, description="stratified subset size of the test split")
-    image_size: int | None = Field(None, gt=0, description="input size in pixels; default: the backbone's own")
-    augment: Literal["none", "light", "strong"] = Field(
-        "light", description="none: resize+crop; light: random resized crop + flip; strong: + RandAugment, erasing")
+SourceT = TypeVar("SourceT", bound=Source)
+
+
+class Data(Section, Generic[SourceT]):
+    train: SourceT | None = Field(None, description="training data (required); a path or {path, format}")
+    val: SourceT | None = Field(None, description="validation data; default: a seeded share of train")
+    test: SourceT | None = Field(None, description="test data, evaluated once with the best checkpoint")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train held out when `val` is not given")
+    train_limit: int | None = Field(None, gt=0, description="use a subset of this many training samples (val is "
+                                                            "held out of it)")
+    val_limit: int | None = Field(None, gt=0, description="use a subset of this many validation samples")
+    test_limit: int | None = Field(None, gt=0, description="use a subset of this many test samples")
     batch_size: int = Field(64, gt=0, description="samples per step and process")
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        "auto", description="data-loading processes (0: in the training process); auto: up to 8 per GPU, 1-2 on a "
-                            "CPU (whose cores compute the steps), 0 for texts")
+        "auto", description="data-loading processes (0: in the training process); auto: from the device and the "
+                            "inputs")
 
     @field_validator("train", "val", "test", mode="before")
     @classmethod
@@ -55,40 +52,21 @@ class Data(Section):
         return {"path": str(value)} if isinstance(value, (str, Path)) else value
 
 
-
 class Model(Section):
-    backbone: str = Field("torchvision/mobilenet_v2", description="images: timm/<name> or torchvision/<name>; texts: "
-                                                                  "minilm (shipped; the text default), a Hugging "
-                                                                  "Face model folder, or a hub name (online)")
-    weights: str | None = Field(
-        "imagenet", description="images: imagenet (shipped packages), a .pth/.safetensors file, hub (online), or "
-                                "none; texts: pretrained (the text default) or none")
+    backbone: str = Field(description="the pretrained model to start from")
+    weights: str | None = Field(description="its weights")
 
 
 class Strategy(Section):
-    name: Literal["auto", "linear-probe", "full", "partial", "two-stage", "gradual", "lora"] = Field(
-        "two-stage", description="which backbone groups train when (groups are the model's own stages/layers); "
-                                 "lora: low-rank adapters (peft); auto: chosen from the data and the backbone")
+    """Which backbone groups train when; a task narrows `name` to the strategies it supports, and adds the settings
+    of those that have some (HeadFirst, Lora, FeatureCache)."""
+
+    name: str = Field(description="which backbone groups (the model's own stages/layers) train when")
     trainable_groups: int = Field(2, ge=1, description="partial: how many of the last groups train")
-    head_epochs: int = Field(1, ge=1, description="two-stage: epochs of head-only training (on cached features)")
     unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing one more group")
     lr_decay: float | Literal["auto"] = Field(
-        "auto", description="group k below the head trains at lr * lr_decay**k; auto: 1.0, or 0.1**(1/groups) "
-                            "for two-stage (discriminative LRs, first group at lr/10)")
-    lora_rank: int = Field(8, ge=1, description="lora: rank of the adapters")
-    lora_alpha: float = Field(16.0, gt=0, description="lora: scaling (alpha / rank)")
-    lora_dropout: float = Field(0.1, ge=0, lt=1, description="lora: dropout on the adapters' input")
-    lora_targets: list[str] | Literal["auto"] = Field(
-        "auto", description="lora: module names to adapt; auto: peft's default for the architecture")
-    cache: Literal["disk", "memory", "none"] = Field(
-        "disk", description="cache frozen-backbone features for head-only epochs (disk: reused across runs)")
-    head_init: Literal["auto", "probe", "random"] = Field(
-        "auto", description="probe: a run whose first epochs are head-only on cached features starts its head from a "
-                            "converged linear probe (L-BFGS, L2 chosen on val); random: the usual initialisation; "
-                            "auto: probe for linear-probe runs and transformer backbones, whose fine-tuning LR "
-                            "(5e-5) barely moves a new head in one head-only epoch (fortunes, two-stage: 0.728 from "
-                            "the usual head); not for convnets (in the demo, two-stage from a probe head ended 1.5 "
-                            "points lower than from the usual one)")
+        "auto", description="group k below the head trains at lr * lr_decay**k; auto: 1, or the first group at "
+                            "lr/10 for two-stage")
 
     @field_validator("lr_decay")
     @classmethod
@@ -98,12 +76,37 @@ class Strategy(Section):
         return value
 
 
+class HeadFirst(Section):
+    """Tasks with a new head: two-stage trains it alone first."""
+
+    head_epochs: int = Field(1, ge=1, description="two-stage: epochs of head-only training")
+
+
+class Lora(Section):
+    """Tasks whose backbones take low-rank adapters (peft)."""
+
+    lora_rank: int = Field(8, ge=1, description="lora: rank of the adapters")
+    lora_alpha: float = Field(16.0, gt=0, description="lora: scaling (alpha / rank)")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="lora: dropout on the adapters' input")
+    lora_targets: list[str] | Literal["auto"] = Field(
+        "auto", description="lora: module names to adapt; auto: peft's default for the architecture")
+
+
+class FeatureCache(Section):
+    """Tasks whose head-only epochs train on the frozen backbone's cached features."""
+
+    cache: Literal["disk", "memory", "none"] = Field(
+        "disk", description="cache frozen-backbone features for head-only epochs (disk: reused across runs)")
+    head_init: Literal["auto", "probe", "random"] = Field(
+        "auto", description="probe: head-only epochs start from a converged linear probe; random; auto: probe for "
+                            "linear-probe runs and transformers")
+
+
 class Optim(Section):
     name: Literal["sgd", "adam", "adamw"] = Field("adamw", description="optimizer")
     lr: float | Literal["auto", "find"] = Field(
-        "auto", description="learning rate of the head (backbone groups: see strategy.lr_decay); auto: by strategy "
-                            "and model kind (see docs; recorded in metrics.json); find: run the LR range test first "
-                            "and use its suggestion")
+        "auto", description="learning rate of the head (groups: strategy.lr_decay); auto: by strategy and model; "
+                            "find: LR range test")
     weight_decay: float = Field(0.01, ge=0, description="not applied to norm layers and biases")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
     nesterov: bool = Field(True, description="sgd Nesterov momentum")
@@ -126,7 +129,6 @@ class Trainer(Section):
     epochs: int = Field(5, ge=1, description="training epochs")
     precision: str = Field("auto", description="auto: bf16-mixed where the CPU/GPU supports it, else 32; or any "
                                                "Lightning precision (32, bf16-mixed, 16-mixed)")
-    channels_last: bool | Literal["auto"] = Field("auto", description="auto: on for convnets (faster in oneDNN/cuDNN)")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu")
     devices: int | str = Field(1, description="processes/devices, e.g. 2 with strategy=ddp")
     num_nodes: int = Field(1, ge=1, description="machines, each running `devices` processes (torchrun, SLURM)")
@@ -141,17 +143,51 @@ class Trainer(Section):
 
 
 class Recipe(Section):
-    """The sections every task shares; a task's recipe class extends them with its own keys (`task:` picks it)."""
+    """The sections every task shares; a task's recipe class narrows them and adds its own keys (`task:` picks it)."""
 
     task: str = Field("image-classification", description="what is being learned (`sft recipe --task NAME`)")
-    data: Data = Field(default_factory=Data)
-    model: Model = Field(default_factory=Model)
-    strategy: Strategy = Field(default_factory=Strategy)
+    data: Data
+    model: Model
+    strategy: Strategy
     optim: Optim = Field(default_factory=Optim)
     trainer: Trainer = Field(default_factory=Trainer)
     seed: int = Field(0, description="seeds Python, NumPy, torch and the data order")
     run_dir: str | None = Field(None, description="where the run is written; default runs/<recipe file name>")
-    cache_dir: str = Field("~/.cache/sft", description="feature cache (keyed by backbone, weights, transform, data)")
+    cache_dir: str = Field("~/.cache/sft", description="sft's caches: features, converted models")
+
+
+# -- the sections the image tasks share (classification, segmentation, detection) ---------------------------------
+
+class VisionData(Data[SourceT], Generic[SourceT]):
+    classes: list[str] | None = Field(None, description="class names in label order")
+    image_size: int | None = Field(None, gt=0, description="input size in pixels; default: the backbone's own")
+    augment: Literal["none", "light", "strong"] = Field(
+        "light", description="none: resize only; light: random resized crop + flip; strong: + colour and more")
+
+
+class VisionModel(Model):
+    backbone: str = Field("torchvision/mobilenet_v2", description="timm/<name> or torchvision/<name>")
+    weights: str | None = Field(
+        "imagenet", description="imagenet (shipped packages), a .pth/.safetensors file, hub (online), or none")
+
+
+class VisionTrainer(Trainer):
+    channels_last: bool | Literal["auto"] = Field("auto", description="auto: on for convnets (faster in oneDNN/cuDNN)")
+
+
+class HeadStrategy(HeadFirst, Strategy):
+    name: Literal["linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
+        "two-stage", description="which backbone groups (the model's own stages/layers) train when; the head always "
+                                 "trains")
+
+
+class VisionRecipe(Recipe):
+    """An image task's recipe with nothing of its own: the vision sections and the strategies of a new head."""
+
+    data: VisionData[Source] = Field(default_factory=VisionData[Source])
+    model: VisionModel = Field(default_factory=VisionModel)
+    strategy: HeadStrategy = Field(default_factory=HeadStrategy)
+    trainer: VisionTrainer = Field(default_factory=VisionTrainer)
 
 
 def read_raw(path: str | Path | None = None, overrides: list[str] = ()) -> tuple[dict, str]:
@@ -187,7 +223,8 @@ def validate(raw: dict, schema: type[Recipe], path: str | Path | None = None, te
     if recipe.run_dir is None:
         recipe.run_dir = str(Path("runs") / (path.stem if path else "default"))
     if recipe.data.train is None:
-        raise UserError(f"{path or 'recipe'}: data.train is required (an image folder, CSV, IDX or numpy file)")
+        train = type(recipe.data).model_fields["train"].description
+        raise UserError(f"{path or 'recipe'}: data.train is required ({train})")
     return recipe
 
 

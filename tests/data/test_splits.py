@@ -5,7 +5,7 @@ from sft.models.backbone import Preprocess
 from sft.data.images import build_transforms
 from sft.data.splits import load_splits
 from sft.errors import UserError
-from sft.recipe import Data
+from sft.tasks.classification.recipe import ImageClassificationData as Data
 from sft.data.images import read_samples
 
 PRE = Preprocess(input_size=(40, 40), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=0.875)

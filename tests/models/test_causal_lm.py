@@ -11,7 +11,7 @@ import pytest
 from sft.errors import UserError
 from sft.models import causal_lm
 from sft.models.causal_lm import MARKER, converted_gguf, create_causal_lm, load_causal_lm
-from sft.recipe import Strategy
+from sft.recipe import Lora
 
 
 def test_conversion_cached_by_digest_and_done_once_under_concurrency(tmp_path, monkeypatch):
@@ -41,7 +41,7 @@ def test_conversion_cached_by_digest_and_done_once_under_concurrency(tmp_path, m
 
 def test_folder_loads_with_distinct_pad_and_layer_groups(tiny_causal_lm):
     backbone = create_causal_lm(str(tiny_causal_lm), "pretrained", 128, True, "unused",
-                                lora=Strategy(name="lora", lora_rank=4))
+                                lora=Lora(lora_rank=4))
     tokenizer = backbone.module.tokenizer
     assert tokenizer.pad_token_id != tokenizer.eos_token_id and tokenizer.chat_template
     assert len(backbone.groups) == 3  # embeddings, then each layer (the final norm with the last)

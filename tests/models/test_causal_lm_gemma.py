@@ -9,7 +9,7 @@ import torch
 
 from sft.data.chat import IGNORE, end_tokens, encode_chat
 from sft.models.causal_lm import GEMMA3, SHIPPED, create_causal_lm
-from sft.recipe import Strategy
+from sft.recipe import Lora
 from sft.tasks.causal_lm.module import answer_loss
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 
 def test_gemma3_converts_generates_and_trains_with_lora(tmp_path):
-    lora = Strategy(name="lora", lora_rank=8, lora_targets=["q_proj", "v_proj"])
+    lora = Lora(lora_rank=8, lora_targets=["q_proj", "v_proj"])
     backbone = create_causal_lm(GEMMA3, "pretrained", 128, True, tmp_path, lora=lora)
     model, tokenizer = backbone.module.model, backbone.module.tokenizer
     assert backbone.module.base.startswith("sha256:a5fd3b62")  # the assembled file's digest: slim checkpoints

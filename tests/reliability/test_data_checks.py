@@ -128,6 +128,7 @@ def test_a_folder_given_as_the_recipe_is_called_a_folder(tmp_path):
 
 def test_a_folder_given_as_the_texts_to_predict_is_called_a_folder(tmp_path):
     (tmp_path / "texts").mkdir()
+    (tmp_path / "recipe.yaml").write_text("task: text-classification\n")  # a text run's directory, as it is read
     result = sft("predict", tmp_path, "--file", tmp_path / "texts")
     assert result.exit_code == 2 and "is a folder; expected a text file with one text per line" in one_line(result)
 

@@ -105,7 +105,8 @@ def test_a_swapped_onnx_file_is_refused_by_predict_and_serve(exported_run, tmp_p
     assert f"{run / 'export' / 'model.onnx'}: not the file this export wrote" in one_line(result)
     assert f"sft export {run} --format onnx --overwrite" in one_line(result)
     with pytest.raises(UserError, match="not the file this export wrote"):
-        task_of_run(run).predictor(run, "onnx")  # `sft serve --engine onnx` loads it so, before it listens
+        task = task_of_run(run)  # `sft serve --engine onnx` loads it so, before it listens
+        task.predictor(run, task.options["serve"](engine="onnx"))
 
 
 def test_a_truncated_or_non_onnx_model_file_is_an_error_naming_it(exported_run, tmp_path, image_file):
@@ -206,7 +207,8 @@ def test_a_broken_png_found_by_a_loader_worker(tmp_path, recipe_file, strategy):
 def test_serve_answer_for_an_unreadable_image_names_the_item(tiny_image_run):
     from sft.serve.server import _prepare_all
     from sft.tasks import task_of_run
-    predictor = task_of_run(tiny_image_run).predictor(tiny_image_run, "torch")
+    task = task_of_run(tiny_image_run)
+    predictor = task.predictor(tiny_image_run, task.options["serve"]())
     with pytest.raises(UserError) as error:
         _prepare_all(predictor.prepare, [png_bytes(), b"hello, not an image"])
     assert str(error.value).startswith("item 1: not an image that can be read")

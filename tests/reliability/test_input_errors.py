@@ -103,7 +103,9 @@ def test_non_utf8_text_data_and_predict_file(tmp_path, recipe_file):
     assert f"{bad}:3: not UTF-8 text (byte 0xe9 at column 4); save the file as UTF-8" in one_line(result)
     lines = tmp_path / "texts.txt"
     lines.write_bytes(b"one\n\xff two\n")
-    result = sft("predict", tmp_path / "no-run", "--file", lines)
+    (tmp_path / "text-run").mkdir()  # a text run's directory: its texts are read before its model loads
+    (tmp_path / "text-run" / "recipe.yaml").write_text("task: text-classification\n")
+    result = sft("predict", tmp_path / "text-run", "--file", lines)
     assert result.exit_code == 2 and f"{lines}:2: not UTF-8 text (byte 0xff at column 1)" in one_line(result)
 
 

@@ -207,15 +207,15 @@ def test_text_run_on_the_onnx_engine(tmp_path, tiny_text_runs):
         server.stop()
 
 
-def test_a_taken_port_is_a_one_line_error(tmp_path):
+def test_a_taken_port_is_a_one_line_error(image_run):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = sft("serve", tmp_path, "--port", taken.getsockname()[1])
+        result = sft("serve", image_run, "--port", taken.getsockname()[1])
     assert result.exit_code == 2 and "cannot listen there" in result.output
 
 
-def test_an_unknown_engine_is_refused_by_the_parser(tmp_path):
+def test_an_unknown_engine_is_refused_by_the_parser(image_run):
     for command in ("serve", "predict"):
-        result = sft(command, tmp_path, "--engine", "tensorrt")
+        result = sft(command, image_run, "--engine", "tensorrt")
         assert result.exit_code == 2 and "tensorrt" in result.output and "onnx" in result.output

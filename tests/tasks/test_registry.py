@@ -7,13 +7,13 @@ from sft import load_recipe
 from sft.cli import app
 from sft.errors import UserError
 from sft.tasks import get_task, names, register, task_of_run
-from sft.tasks.classification.recipe import ClassificationRecipe
+from sft.tasks.classification.recipe import TextClassificationRecipe
 
 
 def test_registry_lists_the_tasks_and_builds_them_on_demand():
     assert {"image-classification", "text-classification"} <= set(names())
     task = get_task("text-classification")
-    assert task.name == "text-classification" and task.recipe is ClassificationRecipe
+    assert task.name == "text-classification" and task.recipe is TextClassificationRecipe
     assert task.monitor.name == "val_acc" and task.monitor.mode == "max"
     with pytest.raises(UserError, match="did you mean 'image-classification'"):
         get_task("image-clasification")

@@ -18,6 +18,7 @@ from sft.data.images import build_transforms, read_samples
 from sft.data.loaders import Inputs
 from sft.data.splits import load_splits
 from sft.models.vision import create_backbone
+from sft.recipe import VisionRecipe
 from sft.tasks import names, register
 from sft.tasks.base import TaskBase
 from sft.training.module import FineTuneModule
@@ -55,10 +56,11 @@ class InkCoverage(TaskBase):
     name = "ink-coverage"
     description = "the share of inked pixels of an image"
     monitor = Monitor("val_mse", "min")
+    recipe = VisionRecipe  # the image tasks' shared sections: nothing of its own
 
     def load_splits(self, recipe):
         read = lambda source, classes: read_samples(source.path, format=source.format, classes=classes)  # noqa: E731
-        return load_splits(recipe.data, recipe.seed, read)
+        return load_splits(recipe.data, recipe.seed, read, classes=recipe.data.classes)
 
     def build_backbone(self, recipe):
         return create_backbone(recipe.model.backbone, recipe.model.weights)

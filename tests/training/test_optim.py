@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from sft.training.optim import auto_lr, build_optimizer, build_scheduler
-from sft.recipe import Optim, Recipe, Strategy
+from sft.recipe import HeadStrategy as Strategy
+from sft.recipe import Optim, VisionRecipe
 from sft.training.strategies import Schedule
 
 
@@ -40,8 +41,8 @@ def test_frozen_parameters_are_skipped_by_the_optimizer():
 @pytest.mark.parametrize("name", ["cosine", "onecycle", "step", "constant"])
 def test_schedulers_run_their_course(name):
     backbone, head, groups = parts()
-    recipe = Recipe.model_validate({"optim": {"scheduler": name, "lr": 1.0, "warmup": 0.1, "step_epochs": 1},
-                                    "trainer": {"epochs": 4}})
+    recipe = VisionRecipe.model_validate({"optim": {"scheduler": name, "lr": 1.0, "warmup": 0.1, "step_epochs": 1},
+                                          "trainer": {"epochs": 4}})
     optimizer = build_optimizer(recipe.optim, backbone, head, Schedule(recipe.strategy, groups))
     scheduler = build_scheduler(recipe.optim, recipe.trainer.epochs, optimizer, total_steps=40)
     lrs = []

@@ -76,12 +76,15 @@ def test_resume_refuses_a_changed_recipe_and_names_what_changed(tmp_path, fashio
                           ("model.backbone=timm/test_resnet", "model.backbone: 'timm/test_efficientnet' -> "
                                                               "'timm/test_resnet'"),
                           ("data.image_size=48", "data.image_size: 32 -> 48"),
-                          ("optim.lr=0.5", "optim.lr: 0.01 -> 0.5"),
-                          ("task=text-classification", "task: 'image-classification' -> 'text-classification'")):
+                          ("optim.lr=0.5", "optim.lr: 0.01 -> 0.5")):
         result = sft("train", recipe_file, *args, change, "--resume")
         assert result.exit_code == 2, (change, result.output)
         assert shown in " ".join(result.output.split()), result.output
         assert "state_dict" not in result.output
+    # a recipe of another task (its own keys) given the run's folder
+    result = sft("train", recipe_file, "task=text-classification", "data.train=texts.csv", f"run_dir={tmp_path / 'run'}",
+                 "--resume")
+    assert result.exit_code == 2 and "task: 'image-classification' -> 'text-classification'" in result.output
     assert (tmp_path / "run" / "model.json").read_text() == before  # nothing rewritten
 
 

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from sft.recipe import Strategy
+from sft.recipe import HeadStrategy as Strategy  # the strategies of a new head
 from sft.training.strategies import Schedule, set_frozen_modules_eval
 
 GROUPS = [["0.weight", "1.weight", "1.bias"], ["2.weight", "3.weight", "3.bias"], ["4.weight"]]

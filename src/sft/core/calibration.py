@@ -1,5 +1,5 @@
-"""Calibration pieces every task's evaluation shares: temperature scaling, the reliability bins and their ECE, the
-reliability diagram, and storing a fitted temperature in a run's model.json.
+"""Calibration every task's evaluation shares: temperature scaling fitted once and stored in a run's model.json
+(`calibrate_run`), the reliability bins and their ECE (the one definition), and the reliability diagram.
 
 A fine-tuned network's softmax is usually over-confident. One scalar T, fitted by minimising the validation NLL of
 softmax(logits / T), fixes most of it without changing any prediction (Guo et al., 2017). Classification scores a
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
         def closure():
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
+            loss = _nll(logits / log_t.exp(), labels)
             loss.backward()
             return loss
 
@@ -42,7 +43,43 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
-    return float(nn.functional.cross_entropy(logits.float() / temperature, labels))
+    return float(_nll(logits.float() / temperature, labels))
+
+
+def _nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean negative log-likelihood of the labels under softmax(logits)."""
+    return nn.functional.nll_loss(nn.functional.log_softmax(logits, -1), labels)
+
+
+def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    """Expected calibration error of softmax(logits / temperature) (logits (N, C)), in the reliability bins."""
+    bins = ReliabilityBins()
+    bins.update((logits.float() / temperature).softmax(-1), labels)
+    return bins.result()["ece"]
+
+
+def calibrate_run(run_dir: str | Path, held_out: Callable[[], tuple[torch.Tensor, torch.Tensor, dict] | None],
+                  refit: bool = False) -> dict:
+    """The run's temperature: as stored in model.json, or fitted now and stored there. `held_out()` gives the
+    validation logits (N, C) and labels (N,) to fit on, with facts saying what they are (None: no validation data,
+    no scaling). Returns the temperature with the NLL and ECE of those logits before and after."""
+    path = Path(run_dir) / "model.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: missing or damaged ({e}); the run did not finish") from None
+    previous = raw.get("extra", {}).get("temperature_fitted")
+    if previous and not refit:
+        return {**previous, "temperature": float(raw.get("temperature", 1.0)), "fitted_now": False}
+    found = held_out()
+    if found is None:
+        return {"temperature": 1.0, "fitted_now": False, "note": "no validation split: not scaled"}
+    logits, labels, facts = found
+    t = fit_temperature(logits, labels)
+    fitted = {"temperature": t, **facts, "val_nll_before": nll(logits, labels), "val_nll_after": nll(logits, labels, t),
+              "val_ece_before": ece(logits, labels), "val_ece_after": ece(logits, labels, t)}
+    set_temperature(run_dir, t, fitted)
+    return {**fitted, "fitted_now": True}
 
 
 def set_temperature(run_dir: str | Path, temperature: float, fitted: dict) -> None:

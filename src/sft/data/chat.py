@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -31,7 +30,7 @@ def read_chats(path, *, format: str = "auto", prompt_column: str = "prompt",
                completion_column: str = "completion") -> Samples:
     """Conversations from a JSONL file (`messages`: [{role, content}, ...], or `prompt` + `completion` keys) or a
     CSV/TSV file (the prompt and completion columns, or its only two columns); ids are `file:line`. Items are lists
-    of {role, content} messages; labels are all 0 (one "class": splits are plain seeded shuffles)."""
+    of {role, content} messages, without class labels (splits are plain seeded draws)."""
     path = need_file(path, "a JSONL file of conversations (`messages`, or `prompt` and `completion`) or a CSV/TSV "
                            "file with prompt and completion columns")
     if format == "auto":
@@ -47,7 +46,7 @@ def read_chats(path, *, format: str = "auto", prompt_column: str = "prompt",
         ids.append(where)
     if not chats:
         raise UserError(f"{path}: no conversations")
-    return Samples(chats, np.zeros(len(chats), dtype=np.int64), ["conversation"], ids, kind="chat")
+    return Samples(chats, None, [], ids, kind="chat")
 
 
 def _conversation(row: dict, where: str, prompt_column: str, completion_column: str, table: bool) -> list[dict]:

@@ -1,5 +1,6 @@
-"""`Samples`: one split's labelled samples, whatever they are (pixels in memory, image files, texts), so the rest of
-the toolkit never cares where data came from; and the seeded, stratified ways to split and subsample them."""
+"""`Samples`: one split's samples, whatever they are (pixels in memory, image files, texts, image and mask pairs,
+conversations), so the rest of the toolkit never cares where data came from; and the seeded, stratified ways to
+split and subsample them (by class where samples have one, a plain seeded draw where they do not)."""
 from __future__ import annotations
 
 import contextlib
@@ -31,20 +32,26 @@ def read_image(path: str | Path) -> Image.Image:
 
 @dataclass
 class Samples:
-    """Labelled samples from one source: images (pixels in memory or file paths) or texts (strings, or
-    (text, text) pairs), as `kind` says."""
+    """Samples from one source: images (pixels in memory or file paths), texts (strings, or (text, text) pairs) or
+    a task's own items, as `kind` says. `labels`: each sample's class index, or None where a sample has no single
+    class (masks, boxes, conversations, inputs to predict)."""
     items: np.ndarray | list
-    labels: np.ndarray
+    labels: np.ndarray | None
     classes: list[str]
     ids: list[str]
     kind: str = "image"
 
     def __post_init__(self):
-        if not (len(self.items) == len(self.labels) == len(self.ids)):
-            raise ValueError(f"Samples: {len(self.items)} items, {len(self.labels)} labels, {len(self.ids)} ids")
+        if not len(self.items) == len(self.ids) == (len(self.ids) if self.labels is None else len(self.labels)):
+            raise ValueError(f"Samples: {len(self.items)} items, {len(self.ids)} ids and "
+                             f"{'no' if self.labels is None else len(self.labels)} labels")
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.ids)
+
+    def strata(self) -> np.ndarray:
+        """What splits and subsets keep the proportions of: the classes, or one stratum for unlabelled samples."""
+        return np.zeros(len(self), np.int64) if self.labels is None else self.labels
 
     def image(self, i: int) -> Image.Image:
         """Sample i as an RGB image, because every model downstream expects three channels."""
@@ -63,7 +70,8 @@ class Samples:
     def subset(self, indices) -> "Samples":
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
-        return Samples(items, self.labels[idx], list(self.classes), [self.ids[i] for i in idx], self.kind)
+        labels = None if self.labels is None else self.labels[idx]
+        return Samples(items, labels, list(self.classes), [self.ids[i] for i in idx], self.kind)
 
     def fingerprint(self) -> str:
         """Key for cached features: changes with the pixels or files, not with labels."""

@@ -1,5 +1,5 @@
 """Train/validation/test splits from the recipe's data section: read, corrected (exclude/relabel lists), limited,
-and a seeded stratified validation share held out of train when none is given."""
+and a seeded validation share held out of train when none is given (stratified by class where samples have one)."""
 
 from __future__ import annotations
 
@@ -29,25 +29,27 @@ class Splits:
 Reader = Callable[[Source, "list[str] | None"], Samples]  # (source, class names or None) -> its samples
 
 
-def load_splits(cfg: Data, seed: int, read: Reader, exclude: str | None = None, relabel: str | None = None) -> Splits:
-    """Read train/val/test with `read`; drop the `exclude`d samples and apply the `relabel` map (CSV files); limit
-    the splits; hold out a stratified validation share of train when no val set is given."""
-    train = read(cfg.train, cfg.classes)
-    classes = cfg.classes or train.classes
+def load_splits(cfg: Data, seed: int, read: Reader, classes: list[str] | None = None, exclude: str | None = None,
+                relabel: str | None = None) -> Splits:
+    """Read train/val/test with `read` (given `classes`, the recipe's class names if it has them); drop the
+    `exclude`d samples and apply the `relabel` map (CSV files); limit the splits; hold out a stratified validation
+    share of train when no val set is given."""
+    train = read(cfg.train, classes)
+    classes = classes or train.classes
     val = read(cfg.val, classes) if cfg.val is not None else None
     if exclude or relabel:
         excluded, relabels = read_corrections(exclude, relabel, [train] + ([val] if val else []))
         train = curate(train, excluded, relabels, "data.train")
         val = curate(val, excluded, relabels, "data.val") if val else None
     if cfg.train_limit:  # before the split, so the held-out validation share comes out of the limited set
-        train = train.subset(stratified_subset(train.labels, cfg.train_limit, seed))
+        train = train.subset(stratified_subset(train.strata(), cfg.train_limit, seed))
     if val is None:
-        counts = np.bincount(train.labels, minlength=len(train.classes))
-        rare = [c for c, n in zip(train.classes, counts) if n == 1]
+        counts = np.bincount(train.strata(), minlength=len(train.classes))
+        rare = [c for c, n in zip(train.classes, counts) if n == 1] if train.labels is not None else []
         if rare:
             raise UserError(f"data.train: class(es) {rare[:10]} have a single sample, too few to hold out a "
                             f"validation share; add samples, give data.val, or drop the class")
-        train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, seed)
+        train_idx, val_idx = stratified_split(train.strata(), cfg.val_fraction, seed)
         train, val = train.subset(train_idx), train.subset(val_idx)
     test = read(cfg.test, classes) if cfg.test is not None else None
     for name, split in (("val", val), ("test", test)):
@@ -57,9 +59,9 @@ def load_splits(cfg: Data, seed: int, read: Reader, exclude: str | None = None, 
             raise UserError(f"data.{name}: classes differ from data.train (only in {name}: {extra}; "
                             f"only in train: {missing}); set data.classes to fix the list")
     if cfg.val_limit:
-        val = val.subset(stratified_subset(val.labels, cfg.val_limit, seed))
+        val = val.subset(stratified_subset(val.strata(), cfg.val_limit, seed))
     if test is not None and cfg.test_limit:
-        test = test.subset(stratified_subset(test.labels, cfg.test_limit, seed))
+        test = test.subset(stratified_subset(test.strata(), cfg.test_limit, seed))
     if len(train) == 0 or len(val) == 0:
         raise UserError("data: the training or validation split is empty")
     return Splits(train, val, test)

@@ -25,7 +25,7 @@ from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.lora import add_lora
 from sft.models.text_encoder import check_weights, folder_or_hub, layer_groups, quiet_transformers
-from sft.recipe import Strategy
+from sft.recipe import Lora
 
 SMOLLM2, GEMMA3 = "smollm2", "gemma3-270m"
 MARKER = "sft-conversion.json"  # written last into a converted folder: its source file and digest
@@ -222,7 +222,7 @@ class CausalLM(nn.Module):
 
 
 def create_causal_lm(name: str, weights: str | None, max_length: int, pack: bool, cache_dir: str | Path,
-                     lora: Strategy | None = None) -> Backbone:
+                     lora: Lora | None = None) -> Backbone:
     """The causal LM as a Backbone whose groups are the embeddings (with a tied output layer, which shares their
     weight), then one per transformer layer, what follows the layers (final norm, an untied output layer) falling
     into the last layer's group: what partial, gradual and layer-wise LR decay act on. LoRA-wrapped when `lora`."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 from torch import nn
 
 from sft.errors import UserError
-from sft.recipe import Strategy
+from sft.recipe import Lora
 
 
-def add_lora(module: nn.Module, cfg: Strategy) -> nn.Module:
+def add_lora(module: nn.Module, cfg: Lora) -> nn.Module:
     """`module` (a transformers model) wrapped with LoRA adapters as the recipe says."""
     from peft import LoraConfig, get_peft_model
 

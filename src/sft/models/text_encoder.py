@@ -17,7 +17,7 @@ from torch import nn
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.lora import add_lora
-from sft.recipe import Strategy
+from sft.recipe import Lora
 
 MINILM = "minilm"
 
@@ -150,7 +150,7 @@ def layer_groups(encoder: nn.Module, num_layers: int) -> list[list[str]]:
 
 
 def create_text_backbone(name: str, weights: str | None, pooling: str, max_length: int, pair: bool = False,
-                         lora: Strategy | None = None) -> Backbone:
+                         lora: Lora | None = None) -> Backbone:
     """The encoder as a pooled Backbone, LoRA-wrapped when `lora` (a lora strategy section) is given."""
     encoder, config, weights_id = create_text_encoder(name, weights, pooling)
     if lora is not None:

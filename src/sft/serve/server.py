@@ -205,9 +205,9 @@ def _base64(text: str, index: int) -> bytes:
         raise BadRequest(400, f"item {index}: not valid base64") from None
 
 
-def run_server(run_dir: str | Path, engine: str, host: str, port: int, limits: Limits,
+def run_server(run_dir: str | Path, options, host: str, port: int, limits: Limits,
                announce: Callable[[str], None] = print) -> None:
-    """Load the run on `engine` and serve it until interrupted."""
+    """Load the run as its task's serve `options` say (the engine) and serve it until interrupted."""
     import uvicorn  # deferred: only `sft serve` needs it
 
     if limits.max_batch < 1 or limits.max_items < 1 or limits.max_body < 1:
@@ -218,7 +218,7 @@ def run_server(run_dir: str | Path, engine: str, host: str, port: int, limits: L
         except OSError as e:
             raise UserError(f"{host}:{port}: cannot listen there ({e.strerror}); choose another --port or --host") \
                 from None
-    predictor = task_of_run(run_dir).predictor(run_dir, engine)
+    predictor = task_of_run(run_dir).predictor(run_dir, options)
     app = build_app(predictor, limits)
     announce(f"http://{host}:{port}")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

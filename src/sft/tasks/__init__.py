@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,6 +27,32 @@ _REGISTRY: dict[str, str] = {
     "detection": "sft.tasks.detection.task:Detection",
     "causal-lm": "sft.tasks.causal_lm.task:CausalLM",
 }
+# Commands on a recipe that only some tasks have: command name -> "module:object", a Tool whose module declares it
+# alone (pydantic, no torch): the CLI lists them without importing their work.
+_TOOLS: dict[str, str] = {
+    "rank": "sft.tasks.classification.options:RANK",
+}
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool's command: its one-line help, its options (a pydantic model: the CLI builds them) and `run`,
+    "module:function" imported when it runs, called as run(recipe, options, console, errors); it refuses a recipe
+    whose task does not have it, naming those that do."""
+    help: str
+    options: type
+    run: str
+
+
+def tools() -> dict[str, Tool]:
+    """Every tool's declaration, by command name."""
+    return {name: load(target) for name, target in _TOOLS.items()}
+
+
+def load(target: str):
+    """The object a "module:name" target names, its module imported now."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def register(name: str, target: str) -> None:

@@ -13,9 +13,10 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, TextIO
 
 import torch
+from pydantic import BaseModel
 from safetensors.torch import save_file
 
 from sft.data.loaders import Inputs
@@ -33,27 +34,34 @@ from sft.training.prepare import Prepared, TrainingTask
 class Task(TrainingTask, Protocol):
     recipe: type[Recipe]  # the task's recipe class: the shared sections extended with its own keys
     description: str  # one line for `sft recipe --task` and the docs
+    # The commands on a finished run: "predict", "eval", "export", "serve" -> the model of the task's own options
+    # (its options.py; the CLI builds each command's options and --help from it, and passes one instance). The options
+    # every task has (--data, --out, --overwrite, --batch-size, --force, --format table|json|csv, serve's host, port
+    # and limits) are the CLI's; those a method needs come as its other parameters.
+    options: dict[str, type[BaseModel]]
+    inputs: Literal["files", "texts"]  # what `sft predict` reads: FILES... arguments, or --text/--prompt and --file
 
-    def evaluate(self, run_dir: Path, data: str | None, out: Path | None, *, overwrite: bool, batch_size: int,
-                 top_n: int, progress: bool) -> tuple[Path, dict]:
+    def evaluate(self, run_dir: Path, data: str | None, out: Path | None, options: BaseModel, *, overwrite: bool,
+                 batch_size: int, progress: bool) -> tuple[Path, dict]:
         """`sft eval`: score a finished run; returns the evaluation folder and the summary to print."""
 
     def report(self, run_dir: Path, eval_dir: Path | None) -> Path:
         """`sft report`: rebuild an evaluation's page; returns its path."""
 
-    def predict(self, run_dir: Path, files: list[str], texts: list[str], top_k: int,
-                out: Path | None = None) -> list[dict]:
-        """`sft predict`: one row (a flat dict) per result, for a table, JSON or CSV; `out`: a folder for the files
-        a task writes (masks)."""
+    def predict(self, run_dir: Path, inputs: list[str], options: BaseModel,
+                stream: TextIO | None = None) -> list[dict] | None:
+        """`sft predict`: one row (a flat dict) per result, for a table, JSON or CSV. `inputs`: file paths or texts,
+        as `inputs` says. `stream` (given for a table): where a task may print each result as it is computed instead,
+        returning None."""
 
-    def export_model(self, run_dir: Path, format: str, out: Path | None, *, force: bool,
+    def export_model(self, run_dir: Path, out: Path | None, options: BaseModel, *, force: bool,
                      overwrite: bool) -> tuple[Path, dict]:
-        """`sft export`: the run's model in `format` (onnx, hf) in its own folder, checked against the PyTorch model
-        on the run's own samples; returns the folder and the parity result. (`export` writes the run's model files
-        at the end of training; this ships them out.)"""
+        """`sft export`: the run's model in the format the options name (onnx, hf) in its own folder, checked against
+        the PyTorch model on the run's own samples; returns the folder and the parity result. (`export` writes the
+        run's model files at the end of training; this ships them out.)"""
 
-    def predictor(self, run_dir: Path, engine: str) -> "Predictor":
-        """`sft serve`: the run's model behind the calls the server makes, on `engine` (torch, onnx)."""
+    def predictor(self, run_dir: Path, options: BaseModel) -> "Predictor":
+        """`sft serve`: the run's model behind the calls the server makes (on the engine the options name)."""
 
     def audit(self, recipe: Recipe, out: Path, *, overwrite: bool, also: list[str]) -> dict:
         """`sft audit` of a task's own labels: writes suspects.csv and audit.html to `out`, returns the summary to
@@ -84,6 +92,8 @@ class TaskBase:
     name = ""
     description = ""
     recipe: type[Recipe] = Recipe
+    options: dict[str, type[BaseModel]] = {}  # no options of its own for any command
+    inputs = "files"
 
     def uses_feature_cache(self, recipe: Recipe) -> bool:
         return False
@@ -95,22 +105,25 @@ class TaskBase:
         raise UserError(f"strategy auto is not available for task {self.name}; choose one of linear-probe, full, "
                         f"partial, two-stage, gradual")
 
+    def start_head(self, recipe: Recipe, model, splits: Splits, features) -> dict | None:
+        return None
+
     def final_metrics(self, prepared: Prepared, cached: bool) -> dict:
         return {}
 
-    def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
+    def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
         raise UserError(f"task {self.name} has no `sft eval` yet")
 
     def report(self, run_dir, eval_dir):
         raise UserError(f"task {self.name} has no `sft report` yet")
 
-    def predict(self, run_dir, files, texts, top_k, out=None):
+    def predict(self, run_dir, inputs, options, stream=None):
         raise UserError(f"task {self.name} has no `sft predict` yet")
 
-    def export_model(self, run_dir, format, out, *, force, overwrite):
+    def export_model(self, run_dir, out, options, *, force, overwrite):
         raise UserError(f"task {self.name} has no `sft export` yet")
 
-    def predictor(self, run_dir, engine):
+    def predictor(self, run_dir, options):
         raise UserError(f"task {self.name} cannot be served by `sft serve` yet")
 
     def audit(self, recipe, out, *, overwrite, also):
@@ -126,10 +139,15 @@ def evaluation_target(run_dir: str | Path, data: str | Path | None,
     if not run.recipe.is_file():
         raise UserError(f"{run.path}: no recipe.yaml; not a run directory")
     recipe = load_recipe(run.recipe)
-    source = Source(path=str(Path(data).resolve())) if data else recipe.data.test
+    source = source_of(recipe, Path(data).resolve()) if data else recipe.data.test
     if source is None:
         raise UserError(f"{run.path}: the run has no test split; pass --data with labelled data")
     return run, recipe, source, Path(out) if out else default_eval_dir(run.path, data)
+
+
+def source_of(recipe: Recipe, source: str | Path | dict) -> Source:
+    """A path (or a stored {path, format, ...}) as a split of the recipe's task, in the task's own Source class."""
+    return type(recipe.data)(test=source if isinstance(source, dict) else str(source)).test
 
 
 def check_eval_out(out: Path, source_path: str, run_path: Path, overwrite: bool,

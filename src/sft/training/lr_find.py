@@ -1,23 +1,12 @@
 """`sft lr-find`: the learning-rate range test (Smith 2017; fastai's `lr_find`) for the recipe's own model, strategy
 and parameter groups.
 
-The head's learning rate grows exponentially from `start` to `end` over `steps` optimizer steps; every parameter
-group is scaled by the same factor, so the strategy's layer-wise ratios (discriminative LRs of two-stage,
-strategy.lr_decay) hold throughout. The loss is smoothed (EMA 0.98, bias-corrected) and the sweep stops once it
-exceeds 4x its best. Three learning rates come out: `valley` (fastai's: the middle of the longest descending stretch
-of the curve, a cautious pick), `steep` (where the smoothed loss falls fastest per decade, a bold one) and
-`suggestion`, the one `optim.lr: find` uses: `steep` when only the head trains (a convex problem on fixed features,
-nothing pretrained to spoil), else the geometric mean of the two (pretrained weights move; too high an LR erases what
-they know before the short sweep can show it). bench/lr_find.py measures the choice (README: "Learning rate").
-
-It runs through Lightning (`trainer.fit` with a callback that sets the LRs at each batch start and reads the loss at
-each batch end) on a fresh model from `sft.training.prepare`, which is thrown away afterwards: the recipe's model,
-optimizer and schedule are never touched, so nothing needs restoring. The recipe's LR schedule is left out (it
-would overwrite the LRs). Under DDP the loss of each step is averaged over the processes, so all of them take the
-same decision to stop; only rank 0 writes files.
-
-The sweep holds the freeze state of the recipe's last epoch (two-stage: the whole backbone training; linear-probe:
-the head on cached features): where the most parameters move, a too-high LR breaks first.
+The head's learning rate grows exponentially over the steps, every group scaled alike (the strategy's layer-wise
+ratios hold); the smoothed loss stops the sweep at 4x its best. `valley` (fastai's, cautious) and `steep` (fastest
+fall, bold) come out, and `suggestion`, which `optim.lr: find` uses: `steep` when only the head trains (a convex
+problem on fixed features), else their geometric mean (pretrained weights move). The sweep runs through Lightning on
+a fresh model with the freeze state of the recipe's last epoch, which is thrown away afterwards; under DDP the
+processes average each step's loss and stop together; only rank 0 writes files.
 
     sft lr-find recipe.yaml --steps 100
 """

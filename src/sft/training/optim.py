@@ -62,8 +62,8 @@ def build_scheduler(cfg: Optim, epochs: int, optimizer: torch.optim.Optimizer, t
 
 
 # optim.lr: auto. The head's LR for AdamW/Adam (SGD: 10x). A new head or a convnet tolerates 1e-3; a pretrained
-# transformer fine-tuned at 1e-3 loses most of what it knew (the Hugging Face Trainer's 5e-5 beat our old default by
-# 1.5 points on fortunes), and LoRA adapters sit between the two.
+# transformer fine-tuned at 1e-3 loses most of what it knew (5e-5, the Hugging Face Trainer's default, suits it), and
+# LoRA adapters sit between the two.
 AUTO_LR = {"head": 1e-3, "convnet": 1e-3, "transformer": 5e-5, "lora": 5e-4}
 
 

@@ -19,8 +19,7 @@ from sft.models.backbone import Backbone
 from sft.recipe import Recipe
 from sft.training.features import cache_key, cached_features, weights_digest
 from sft.training.module import FineTuneModule
-from sft.training.optim import auto_lr, is_transformer
-from sft.training.probe import fit_probe, load_probe
+from sft.training.optim import auto_lr
 from sft.training.strategies import Schedule
 from sft.training.trainer import Monitor
 
@@ -45,6 +44,11 @@ class TrainingTask(Protocol):
 
     def build_module(self, recipe: Recipe, backbone: Backbone, splits: Splits, schedule: Schedule,
                      channels_last: bool) -> FineTuneModule: ...
+
+    def start_head(self, recipe: Recipe, model: FineTuneModule, splits: Splits,
+                   features: Callable[[str], torch.Tensor]) -> dict | None:
+        """Called when the first epochs are head-only on cached features (`features(split)`): the task may set the
+        head's starting weights (classification fits a converged linear probe); returns facts for metrics.json."""
 
     def export(self, run: RunDir, prepared: "Prepared") -> None: ...
 
@@ -74,7 +78,8 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     notes: dict = {}
     options = task.loader_options(recipe, splits, inputs, notes)
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
-    channels_last = use_channels_last(recipe.trainer.channels_last, backbone.module)
+    # image tasks' recipes say whether convnets run channels-last; the other tasks' inputs have no channels
+    channels_last = use_channels_last(getattr(recipe.trainer, "channels_last", False), backbone.module)
     device = training_device(recipe.trainer.accelerator)
     workers = loader_workers(recipe.data.num_workers, device, local_processes(recipe.trainer.devices, device),
                              inputs.decodes)
@@ -90,10 +95,10 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     schedule = Schedule(recipe.strategy, backbone.groups)
     model = task.build_module(recipe, backbone, splits, schedule, channels_last)
     cache = task.uses_feature_cache(recipe) and recipe.strategy.cache != "none"
-    probe = recipe.strategy.head_init == "probe" or (recipe.strategy.head_init == "auto" and (
-        recipe.strategy.name == "linear-probe" or is_transformer(backbone.module)))
-    if cache and schedule.head_only(0) and probe:
-        notes["probe"] = start_from_probe(model, splits, inputs, features)
+    if cache and schedule.head_only(0):
+        def of_split(split: str) -> torch.Tensor:
+            return features(split, inputs.eval(getattr(splits, split)))
+        notes.update(task.start_head(recipe, model, splits, of_split) or {})
     head_only = (lambda epoch: schedule.head_only(epoch)) if cache else (lambda epoch: False)
     data = RunData(splits, inputs, batch_size=recipe.data.batch_size, num_workers=workers, seed=recipe.seed,
                    head_only=head_only, features=features, pin_memory=device.type == "cuda", **options)
@@ -117,15 +122,3 @@ def split_features(recipe: Recipe, name: str, backbone: torch.nn.Module, splits,
                 channels_last=channels_last, device=device, num_workers=workers, collate_fn=inputs.collate)
         return loaded[split]
     return features
-
-
-def start_from_probe(model: FineTuneModule, splits: Splits, inputs: Inputs, features) -> dict:
-    """Put a converged linear probe (L-BFGS on the cached features, L2 chosen on val) into the head."""
-    def xy(split: str):
-        samples = getattr(splits, split)
-        return features(split, inputs.eval(samples)), torch.as_tensor(samples.labels, dtype=torch.long)
-
-    class_weight = getattr(getattr(model, "loss_fn", None), "weight", None)  # a class-weighted loss weighs it too
-    fit = fit_probe(*xy("train"), *xy("val"), classes=len(splits.classes), class_weight=class_weight)
-    load_probe(model.head, fit)
-    return fit.facts()

@@ -36,7 +36,13 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
     recipe's free keys. Any other difference is a UserError listing each key with its old and new value."""
     try:
         old = yaml.safe_load(saved.read_text())
+        if isinstance(old, dict) and old.get("task", recipe.task) != recipe.task:  # another recipe class altogether
+            raise UserError(f"{saved.parent}: --resume continues the run with the recipe it was started with, and "
+                            f"these settings changed:\n  task: {old.get('task')!r} -> {recipe.task!r}\nRestore them "
+                            f"to resume, or train the new recipe into another run_dir.")
         done = type(recipe).model_validate(old)
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged or foreign recipe.yaml: say which file
         raise UserError(f"{saved}: cannot read the run's recipe ({str(e).splitlines()[0]}); it cannot be resumed: "
                         f"train into a new run_dir") from None
@@ -55,8 +61,10 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
         note = " (the learning-rate schedule is stretched to the new length)" if any(
             k.startswith("trainer.epochs") for k in kept) else ""
         log.warning("resuming with these settings changed: " + "; ".join(kept) + note)
-    return recipe.model_copy(update={"optim": done.optim,
-                                     "strategy": done.strategy.model_copy(update={"cache": recipe.strategy.cache})})
+    strategy = done.strategy
+    if "cache" in type(strategy).model_fields:  # where the features are cached is the new recipe's to say
+        strategy = strategy.model_copy(update={"cache": recipe.strategy.cache})
+    return recipe.model_copy(update={"optim": done.optim, "strategy": strategy})
 
 
 def check_own_run(recipe_file: str | Path, recipe: Recipe, resume: bool) -> None:

@@ -23,7 +23,7 @@ def builder():
 @pytest.mark.skipif(not Path("/usr/share/games/fortunes/computers").exists(), reason="fortunes is not installed")
 def test_fortunes_questions_have_the_ten_topics_as_labels(builder, tmp_path):
     counts = builder.fortunes(tmp_path)
-    assert counts == {"train": 2551, "test": 853}  # the text-classification example's split
+    assert counts == {"train": 2098, "test": 711}  # the text-classification split's quotes of at most 300 characters
     train = read_chats(tmp_path / "train.jsonl")
     assert label_set(final_answers(train)) == sorted(builder.TOPICS.split(","))
     assert train.items[0][0]["content"].startswith("Which topic is this quote from? Answer with one word from:")

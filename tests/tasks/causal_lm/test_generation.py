@@ -6,14 +6,14 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft.models.lora import add_lora
-from sft.recipe import Strategy
+from sft.recipe import Lora
 from sft.tasks.causal_lm.generation import _save_merged
 
 
 def test_merged_save_is_plain_and_leaves_the_adapters(tmp_path):
     config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    lm = add_lora(LlamaForCausalLM(config), Strategy(name="lora", lora_rank=4)).eval()
+    lm = add_lora(LlamaForCausalLM(config), Lora(lora_rank=4)).eval()
     for name, p in lm.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p)

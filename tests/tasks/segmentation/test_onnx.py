@@ -39,4 +39,5 @@ def test_export_parity_and_onnx_predict(tmp_path, segmentation_set, monkeypatch)
     monkeypatch.setattr(segmentation_task, "load_model", lambda *a: pytest.fail("the torch model was built"))
     result = sft("predict", run, images[0], "--engine", "onnx", "--format", "json")
     assert result.exit_code == 0 and json.loads(result.output)[0]["file"] == str(images[0])
-    assert "segmentation runs export as onnx" in sft("export", run, "--format", "hf", "--out", tmp_path / "x").output
+    refused = sft("export", run, "--format", "hf", "--out", tmp_path / "x")  # the parser knows its formats
+    assert refused.exit_code == 2 and "'hf'" in refused.output and "onnx" in refused.output

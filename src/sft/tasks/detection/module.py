@@ -1,35 +1,13 @@
-"""The detector and its LightningModule: sft's backbone in feature-map mode, an FPN on its last three maps
+"""The detector and its LightningModule: sft's backbone in feature-map mode, an FPN on its maps
 (torchvision.ops.FeaturePyramidNetwork) and a torchvision detector's heads (FCOS, RetinaNet, Faster R-CNN or SSDLite),
 sized from the classes, monitored by val_map50.
 
-Faster R-CNN reads the maps torchvision's Faster R-CNN reads for that backbone kind, so its COCO files map on by name
-(sft.tasks.detection.checkpoint): a ResNet's four stage outputs (layer1-4, strides 4-32) as `fasterrcnn_resnet50_fpn`;
-a torchvision MobileNetV3's last strided block and its last layer (both stride 32: `features.13` and `features.16` of
-mobilenet_v3_large) as `fasterrcnn_mobilenet_v3_large_fpn`; any other backbone the last three maps as the other
-detectors (no torchvision file constrains them). Its FPN adds a max-pooled level, its anchors per location are
-torchvision's for that kind (ResNet: one size per level; MobileNetV3: five octaves from the level's size, the same on
-each level; others: the three scales below), each with the ratios 0.5, 1, 2, and its box head is torchvision's (two
-layers of 1024) on an FPN of torchvision's width (256) or wider, 256 wide on narrower ones.
-
-SSDLite here is torchvision's SSD with its SSDLite head (depthwise-separable convolutions, BatchNorm) on the FPN's
-four levels, not on torchvision's extra MobileNetV3 layers: sft's backbones give strides 8-32 (MobileNetV2's stride-8
-map has 32 channels, too few to classify from alone), and the FPN gives every level the deeper maps' features.
-
-Three details decide whether a detector learns at all, and each is set here rather than left to torchvision's
-800-px COCO defaults:
-- the detector's own transform: its resize is set to the recipe's image size (min_size = max_size = S, so the S x S
-  inputs pass unchanged; torchvision's default would enlarge them to 800 px) and it normalises with the backbone's
-  mean and std (the inputs arrive in 0..1);
-- the background index: torchvision's detectors reserve label 0 for the background, so classes enter as 1..K and
-  leave as 0..K-1 (`to_detector` / `from_detector`, the only two places that know it);
-- anchors: `anchor_sizes` auto takes the 2nd percentile of the training boxes' sides (sqrt of the area, after
-  resizing to S) as the first level's smallest anchor, rounded down to a power of 2^(1/3); each next FPN level doubles
-  it, and each level has three scales (x1, x2^(1/3), x2^(2/3)) and the aspect ratios 0.5, 1, 2 (RetinaNet, Faster
-  R-CNN's RPN), so every box from that percentile up to 2^5 times it has an anchor within a sixth of an octave
-  (Faster R-CNN on a ResNet: one scale per level, an octave apart; on a MobileNetV3: that size on every level).
-  FCOS places one point per location whose size sets its scale range (4x-8x) and centre-sampling radius, so its
-  sizes stay the levels' strides (its paper's choice), unless given. SSDLite's default boxes per location: the
-  level's size and sqrt(2) times it (square), and the size at 1:2 and 2:1.
+Three details decide whether a detector learns at all, so each is set here rather than left to torchvision's 800-px
+COCO defaults: the detector's own transform (resize to the recipe's size, the backbone's mean and std), the
+background index (classes enter as 1..K and leave as 0..K-1: `to_detector` / `from_detector` alone know it), and
+anchors sized from the training boxes (`auto_anchor_sizes`). Faster R-CNN reads the maps torchvision's reads for
+that backbone kind (`fpn_levels`), so its COCO files load by name (starting_weights.py). SSDLite runs its head on
+the FPN's levels, since sft's backbones end at stride 32.
 
 The module's `backbone` is sft's backbone (the groups strategies freeze, its BatchNorm kept in eval mode when frozen);
 its `head` is the detector without it (FPN + heads), which calls the backbone without owning it.
@@ -60,7 +38,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, FeatureMaps, Preprocess
-from sft.tasks.detection.checkpoint import load_detector_checkpoint
+from sft.tasks.detection.starting_weights import load_detector_start
 from sft.tasks.detection.metrics import mean_ap
 from sft.tasks.detection.recipe import DetectionRecipe
 from sft.tasks.detection.transform import square_batches
@@ -121,8 +99,12 @@ class Pyramid(nn.Module):
 
 def auto_anchor_sizes(sides: np.ndarray, detector: str, reductions: list[int],
                       trunk: nn.Module | None = None) -> list[float]:
-    """The smallest anchor of each FPN level (see the module docstring); Faster R-CNN's levels and layout depend on
-    the `trunk` (the backbone's module; None: the last three maps' rule)."""
+    """The smallest anchor of each FPN level. The 2nd percentile of the training boxes' sides (sqrt of the area at
+    the input size), rounded down to a power of 2^(1/3), is the first level's; each next level doubles it, with three
+    scales per level (x1, x2^(1/3), x2^(2/3)) and the ratios 0.5, 1, 2, so every box from that percentile up to 2^5
+    times it has an anchor within a sixth of an octave. FCOS keeps the levels' strides (its paper's choice); Faster
+    R-CNN's levels and layout follow the `trunk` as torchvision's do (the backbone's module; None: the last three
+    maps' rule)."""
     levels, layout = fpn_levels(detector, trunk, reductions)
     if detector == "fcos":
         first = reductions[-3] if len(reductions) >= 3 else 8
@@ -211,7 +193,7 @@ class Detector(FineTuneModule):
                               preprocess=backbone.preprocess, score_threshold=m.score_threshold,
                               detections=m.detections_per_image, channels_last=channels_last)
         if m.checkpoint:
-            c = load_detector_checkpoint(backbone.module, head, m.checkpoint, m.detector, backbone.name)
+            c = load_detector_start(backbone.module, head, m.checkpoint, m.detector, backbone.name)
             log.info(f"model.checkpoint {c['source']}: {c['trunk']} backbone and {c['head']} FPN and head tensors "
                      f"loaded; left as initialised: {len(c['class_sized'])} class-sized (another class count)" +
                      (f", {len(c['skipped'])} of another shape or name: {', '.join(c['skipped'][:6])}"

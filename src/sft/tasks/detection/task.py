@@ -36,6 +36,7 @@ from sft.tasks.detection.data import (BoxDataset, DetectionSamples, box_transfor
 from sft.tasks.detection.diagnosis import CHECKS, check_before_training, diagnose
 from sft.tasks.detection.metrics import confusion, match, mean_ap, pr_curves, summary
 from sft.tasks.detection.module import Detector, auto_anchor_sizes, build_detector, from_detector
+from sft.tasks.detection.options import OPTIONS
 from sft.tasks.detection.recipe import DetectionRecipe
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
@@ -74,21 +75,19 @@ class Detection(TaskBase):
     description = "boxes and classes: an ImageNet backbone's feature maps, an FPN and a torchvision detector"
     recipe = DetectionRecipe
     monitor = Monitor("val_map50", "max")
+    options = OPTIONS
 
     # -- training ------------------------------------------------------------------------------------------------
     def load_splits(self, recipe: DetectionRecipe) -> Splits:
         d = recipe.data
         splits = load_splits(d, recipe.seed, lambda source, classes: read_detection(source.path, source.format,
-                                                                                   classes))
+                                                                                   classes), classes=d.classes)
         where = {name: s.path if s is not None else f"held out of {d.train.path}"
                  for name, s in (("train", d.train), ("val", d.val), ("test", d.test))}
         check_before_training({"train": splits.train, "val": splits.val, "test": splits.test}, where)
         return splits
 
     def build_backbone(self, recipe: DetectionRecipe) -> Backbone:
-        if recipe.strategy.name in ("lora", "auto"):
-            raise UserError(f"strategy {recipe.strategy.name} is not available for detection; use linear-probe "
-                            f"(frozen backbone, the FPN and heads train), full, partial, two-stage or gradual")
         return create_backbone(recipe.model.backbone, recipe.model.weights, out="maps")
 
     def build_inputs(self, backbone: Backbone, recipe: DetectionRecipe | None) -> Inputs:
@@ -136,14 +135,14 @@ class Detection(TaskBase):
         return metrics
 
     # -- a finished run ------------------------------------------------------------------------------------------
-    def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
+    def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
         run, _, source, out = evaluation_target(run_dir, data, out)
         model, info = load_model(run.path)
         samples = read_detection(source.path, source.format, info.classes)
         check_eval_out(out, source.path, run.path, overwrite)
         dataset = BoxDataset(samples, box_transforms(info.image_size, "none")[1])
-        result = evaluate(model, dataset, info.classes, batch_size=batch_size, top_n=top_n, progress=progress,
-                          extended=True)
+        result = evaluate(model, dataset, info.classes, batch_size=batch_size, top_n=options.top_losses,
+                          progress=progress, extended=True)
         result["data"] = source.path
         brief = {k: result[k] for k in ("map", "map50", "map75", "recall", "samples")}
         brief["ap"] = dict(zip(info.classes, result["ap"]))
@@ -151,10 +150,12 @@ class Detection(TaskBase):
         write_evaluation(out, result, brief, report)
         return out, brief
 
-    def predict(self, run_dir, files, texts, top_k, out=None, score: float = 0.3):
-        """One row per detection of at least `score` (an image with none: one row without a class), boxes xyxy in
-        the image's own pixels; with `out`, each image drawn with its boxes and its detections as JSON there."""
-        if texts or not files:
+    def predict(self, run_dir, inputs, options, stream=None):
+        """One row per detection of at least `options.score` (an image with none: one row without a class), boxes
+        xyxy in the image's own pixels; with `options.out`, each image drawn with its boxes and its detections as JSON
+        there."""
+        files, out, score = inputs, options.out, options.score
+        if not files:
             raise UserError("this run detects objects in images: pass image files (and --out DIR for drawings)")
         model, info = load_model(run_dir)
         if out is not None:  # a folder of earlier predictions takes more; any other non-empty folder is refused

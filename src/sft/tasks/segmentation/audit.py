@@ -1,27 +1,14 @@
 """`sft audit` for masks: the images whose masks a model disagrees with, ranked, with the suspected pixels shown.
 
-cleanlab's segmentation module does the judging (`cleanlab.segmentation`): confident learning over pixels flags the
-pixels whose given class is unlikely (`filter.find_label_issues`, the count estimated from per-class thresholds, not
-a threshold of ours). Images are ranked by the share of their pixels it flags (cleanlab's "num_pixel_issues" image
-score, counted from the same mask) rather than by its default softmin of the pixels' self-confidence
-(`rank.get_label_quality_scores`, reported beside it): in tests/tasks/segmentation/test_audit.py, two of eight
-masks lost a garment; their flagged shares were 2.4 and 3.3 times the largest clean image's, while their softmin
-scores (0.067, 0.078) were within 0.02 of the clean ones' (0.082, 0.086): a softmin follows the few least
-confident pixels, and the model's own uncertain borders have them too.
+cleanlab's segmentation module judges (`cleanlab.segmentation`): confident learning over pixels flags the pixels
+whose given class is unlikely. Images are ranked by the share of their pixels it flags rather than by cleanlab's
+default softmin of self-confidence, which follows the few least confident pixels (a model's own uncertain borders
+have them too); the softmin score is reported beside it.
 
-The judging needs out-of-sample probabilities: a model scored on the masks it was fitted to has learned their
-mistakes. Classification cross-fits linear probes on cached pooled features; for maps that means K decoder trainings on
-features a thousand times larger (see task.py on the feature cache), about K times the cost of the run itself. So
-the audit scores the finished run's model (the recipe's run_dir) on the recipe's validation and test images, which
-it never trained on — the splits that decide the scores one reports and the best checkpoint. The training masks
-are not audited: to audit them, train a second run with train and val swapped (two-fold cross-fitting by hand) and
-audit that one. A suspect is where model and mask disagree: a wrong mask, or an object the model cannot see (in a
-trial on the test composites, a dark shirt on a dark canvas ranked above two erased garments); the page shows
-which, for a person to judge.
-
-Ignored pixels take the model's own prediction as their label, so they are never flagged and weigh as confident.
-The probabilities are held in a memory-mapped file in a temporary folder (images x classes x pixels of float32),
-never in memory as a whole.
+The judging needs out-of-sample probabilities, and cross-fitting a dense model costs K trainings, so the audit scores
+the finished run's model on the validation and test images, which it never trained on. Training masks are audited
+by training a second run with train and val swapped. Ignored pixels take the model's own prediction as their label;
+the probabilities lie in a memory-mapped file, never in memory as a whole.
 """
 
 from __future__ import annotations

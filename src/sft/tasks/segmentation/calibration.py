@@ -11,7 +11,6 @@ predicted class, so mIoU and the masks `sft predict` writes stay exactly as they
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from sft.core.calibration import ReliabilityBins, fit_temperature, nll, reliability_figure, set_temperature
+from sft.core.calibration import ReliabilityBins, reliability_figure
+from sft.core.calibration import calibrate_run as calibrate
 from sft.core.html import img
 from sft.data.loaders import eval_batches
 
@@ -74,31 +74,17 @@ def sample_pixels(model: nn.Module, dataset: Dataset, ignore_index: int, *, batc
 
 def calibrate_run(run_dir: str | Path, model: nn.Module, val: Callable[[], Dataset | None], ignore_index: int, *,
                   batch_size: int = 32, seed: int = 0, progress: bool = False, refit: bool = False) -> dict:
-    """The run's temperature: as stored in model.json, or fitted now on a pixel sample of its validation split
-    (`val()`: the eval dataset, None without one) and stored there. Returns it with the sample's NLL and ECE before
-    and after."""
-    raw = json.loads((Path(run_dir) / "model.json").read_text(encoding="utf-8"))
-    previous = raw.get("extra", {}).get("temperature_fitted")
-    if previous and not refit:
-        return {**previous, "temperature": float(raw.get("temperature", 1.0)), "fitted_now": False}
-    dataset = val()
-    if dataset is None or len(dataset) == 0:
-        return {"temperature": 1.0, "fitted_now": False, "note": "no validation split: not scaled"}
-    logits, labels = sample_pixels(model, dataset, ignore_index, batch_size=batch_size, seed=seed,
-                                   progress=progress)
-    t = fit_temperature(logits, labels)
-    ece = lambda temperature: _sample_ece(logits, labels, temperature)  # noqa: E731
-    fitted = {"temperature": t, "val_images": len(dataset), "val_pixels": len(labels),
-              "val_nll_before": nll(logits, labels), "val_nll_after": nll(logits, labels, t),
-              "val_ece_before": ece(1.0), "val_ece_after": ece(t)}
-    set_temperature(run_dir, t, fitted)
-    return {**fitted, "fitted_now": True}
+    """The run's temperature (`sft.core.calibration.calibrate_run`), fitted on a pixel sample of its validation
+    split (`val()`: the eval dataset, None without one)."""
+    def held_out():
+        dataset = val()
+        if dataset is None or len(dataset) == 0:
+            return None
+        logits, labels = sample_pixels(model, dataset, ignore_index, batch_size=batch_size, seed=seed,
+                                       progress=progress)
+        return logits, labels, {"val_images": len(dataset), "val_pixels": len(labels)}
 
-
-def _sample_ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
-    bins = ReliabilityBins()
-    bins.update((logits / temperature).softmax(-1), labels)
-    return bins.result()["ece"]
+    return calibrate(run_dir, held_out, refit)
 
 
 def calibration_section(result: dict) -> str:

@@ -48,7 +48,7 @@ def read_pairs(path: str | Path, format: str, classes: list[str], ignore_index: 
             raise UserError(f"{mask}: mask values {bad[:8]} are not classes 0..{len(classes) - 1} nor the "
                             f"ignore index {ignore_index}; set data.classes or data.ignore_index")
     ids = [image for image, _ in pairs]
-    return Samples(pairs, np.zeros(len(pairs), dtype=np.int64), list(classes), ids, kind="segmentation")
+    return Samples(pairs, None, list(classes), ids, kind="segmentation")
 
 
 def check_layout(path: str | Path, format: str = "auto") -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone
-from sft.tasks.segmentation.checkpoint import load_segmentation_checkpoint
+from sft.tasks.segmentation.starting_weights import load_segmentation_start
 from sft.tasks.segmentation.data import palette_lookup, read_mask
 from sft.tasks.segmentation.losses import PixelLoss
 from sft.tasks.segmentation.metrics import ConfusionMatrix, scores
@@ -101,7 +101,7 @@ class Segmenter(FineTuneModule):
         head = DecoderHead(recipe.model.decoder, backbone.channels, backbone.reductions, len(classes),
                            recipe.model.decoder_channels)
         if recipe.model.checkpoint:
-            c = load_segmentation_checkpoint(backbone.module, head, recipe.model.checkpoint, backbone.name)
+            c = load_segmentation_start(backbone.module, head, recipe.model.checkpoint, backbone.name)
             log.info(f"model.checkpoint {c['source']} ({c['format']}): {c['encoder']} encoder and {c['decoder']} "
                      f"decoder tensors loaded; the classifier " + ("too" if c["classifier"] else "left as initialised "
                      "(another class count)") + (f"; not used: {', '.join(c['skipped'][:6])}" if c["skipped"] else ""))

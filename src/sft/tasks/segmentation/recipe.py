@@ -1,4 +1,5 @@
-"""The segmentation recipe: the shared sections plus masks (ignore index, palette), the decoder and the loss."""
+"""The segmentation recipe: the vision sections plus masks (ignore index, palette), the decoder and the loss; every
+strategy that trains a head (no LoRA, no feature cache: the decoder trains on feature maps)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,18 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from sft.recipe import Data, Model, Optim, Recipe
+from sft.recipe import HeadFirst, Optim, Recipe, Source, Strategy, VisionData, VisionModel, VisionTrainer
 
 
-class SegmentationData(Data):
+class SegmentationSource(Source):
+    path: str = Field(description="a folder with images/ and masks/ (the same file names), or a CSV manifest "
+                                  "(image,mask)")
+    format: Literal["auto", "folder", "csv"] = Field("auto", description="how to read `path`")
+
+
+class SegmentationData(VisionData[SegmentationSource]):
+    classes: list[str] | None = Field(None, description="class names in mask-value order; default: classes.txt "
+                                                        "beside the training data")
     ignore_index: int = Field(255, ge=0, le=255, description="mask value of pixels that count for nothing (borders, "
                                                              "unlabelled)")
     palette: dict[str, list[int]] | None = Field(
@@ -26,16 +35,13 @@ class SegmentationData(Data):
         return value
 
 
-class SegmentationModel(Model):
+class SegmentationModel(VisionModel):
     decoder: Literal["unet", "fpn", "deeplabv3plus"] = Field(
         "unet", description="segmentation_models_pytorch decoder on the backbone's feature maps")
-    decoder_channels: int = Field(256, ge=8, description="width of the decoder: unet's first block (each next one "
-                                                         "halves, down to 16), fpn's pyramid (a multiple of 64), "
-                                                         "deeplabv3plus's ASPP; 256 as smp")
-    checkpoint: str | None = Field(None, description="a whole model to start from: a finished sft segmentation run's "
-                                                     "model.safetensors or an smp model's state dict with the same "
-                                                     "encoder and decoder; a classifier of another class count stays "
-                                                     "initialised")
+    decoder_channels: int = Field(256, ge=8, description="decoder width: unet's first block, fpn's pyramid (a "
+                                                         "multiple of 64), deeplabv3plus's ASPP")
+    checkpoint: str | None = Field(None, description="a whole model to start from: an sft run's model.safetensors "
+                                                     "or an smp state dict of the same encoder and decoder")
 
     @field_validator("decoder_channels")
     @classmethod
@@ -47,6 +53,12 @@ class SegmentationModel(Model):
         return value
 
 
+class SegmentationStrategy(HeadFirst, Strategy):
+    name: Literal["linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
+        "two-stage", description="which encoder groups (the backbone's own stages) train when; the decoder always "
+                                 "trains")
+
+
 class SegmentationOptim(Optim):
     loss: Literal["cross-entropy", "dice", "focal", "ce+dice"] = Field(
         "cross-entropy", description="per-pixel loss; ignore_index pixels never count")
@@ -55,4 +67,6 @@ class SegmentationOptim(Optim):
 class SegmentationRecipe(Recipe):
     data: SegmentationData = Field(default_factory=SegmentationData)
     model: SegmentationModel = Field(default_factory=SegmentationModel)
+    strategy: SegmentationStrategy = Field(default_factory=SegmentationStrategy)
     optim: SegmentationOptim = Field(default_factory=SegmentationOptim)
+    trainer: VisionTrainer = Field(default_factory=VisionTrainer)

@@ -1,5 +1,5 @@
 """Semantic segmentation behind the Task protocol: images with masks, an ImageNet encoder in feature-map mode with a
-new smp decoder (or a whole model from `model.checkpoint`, checkpoint.py), a per-pixel loss, val_miou monitored, and
+new smp decoder (or a whole model from `model.checkpoint`, starting_weights.py), a per-pixel loss, val_miou monitored, and
 a finished run that evaluates (mIoU, per-class IoU, per-pixel calibration, the worst images as overlays), audits the
 validation and test masks (audit.py) and predicts masks.
 
@@ -37,6 +37,7 @@ from sft.tasks.segmentation.data import PairDataset, check_layout, joint_transfo
 from sft.tasks.segmentation.metrics import ConfusionMatrix, confusion, scores
 from sft.tasks.segmentation.module import DecoderHead, Segmenter, segment
 from sft.tasks.segmentation.onnx import export_onnx, load_onnx
+from sft.tasks.segmentation.options import OPTIONS
 from sft.tasks.segmentation.recipe import SegmentationRecipe
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
@@ -75,6 +76,7 @@ class Segmentation(TaskBase):
     description = "a class for every pixel: an ImageNet encoder's feature maps with a new smp decoder"
     recipe = SegmentationRecipe
     monitor = Monitor("val_miou", "max")
+    options = OPTIONS
 
     # -- training ------------------------------------------------------------------------------------------------
     def load_splits(self, recipe: SegmentationRecipe) -> Splits:
@@ -83,12 +85,9 @@ class Segmentation(TaskBase):
             check_layout(d.train.path, d.train.format)
         classes = d.classes or _classes_file(d.train.path)
         read = lambda source, _: read_pairs(source.path, source.format, classes, d.ignore_index, d.palette)  # noqa
-        return load_splits(d, recipe.seed, read)
+        return load_splits(d, recipe.seed, read, classes=d.classes)
 
     def build_backbone(self, recipe: SegmentationRecipe) -> Backbone:
-        if recipe.strategy.name in ("lora", "auto"):
-            raise UserError(f"strategy {recipe.strategy.name} is not available for segmentation; use linear-probe "
-                            f"(frozen encoder, the decoder trains), full, partial, two-stage or gradual")
         return create_backbone(recipe.model.backbone, recipe.model.weights, out="maps")
 
     def build_inputs(self, backbone: Backbone, recipe: SegmentationRecipe | None) -> Inputs:
@@ -122,7 +121,7 @@ class Segmentation(TaskBase):
         return metrics
 
     # -- a finished run ------------------------------------------------------------------------------------------
-    def evaluate(self, run_dir, data, out, *, overwrite, batch_size, top_n, progress):
+    def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
         run, recipe, source, out = evaluation_target(run_dir, data, out)
         model, info = load_model(run.path)
         samples = read_pairs(source.path, source.format, info.classes, info.ignore_index, info.palette)
@@ -131,7 +130,8 @@ class Segmentation(TaskBase):
                                     batch_size=batch_size, seed=recipe.seed, progress=progress)
         dataset = eval_dataset(info, samples)
         result, worst_masks = evaluate(model, dataset, info.classes, info.ignore_index, batch_size=batch_size,
-                                       top_n=top_n, progress=progress, temperature=calibration["temperature"])
+                                       top_n=options.top_losses, progress=progress,
+                                       temperature=calibration["temperature"])
         result["data"], result["calibration"] = source.path, calibration
         summary = {k: result[k] for k in ("miou", "pixel_acc", "mean_dice", "ece", "ece_calibrated", "temperature",
                                           "samples")}
@@ -153,17 +153,18 @@ class Segmentation(TaskBase):
         return audit_masks(recipe, self.load_splits(recipe), model, info, Path(out), overwrite=overwrite,
                            eval_dataset=eval_dataset, overlay=overlay, batch_size=recipe.data.batch_size)
 
-    def export_model(self, run_dir, format, out, *, force, overwrite):
-        if format != "onnx":
-            raise UserError(f"--format {format}: segmentation runs export as onnx")
+    def export_model(self, run_dir, out, options, *, force, overwrite):
+        if options.format != "onnx":
+            raise UserError(f"--format {options.format}: segmentation runs export as onnx")
         return export_onnx(self, run_dir, out, force=force, overwrite=overwrite, load_model=load_model,
                            eval_dataset=eval_dataset)
 
-    def predict(self, run_dir, files, texts, top_k, out=None, engine="torch"):
-        """Per image: the share of pixels of each class; with `out`, its index mask and a colour overlay there."""
-        if texts or not files:
+    def predict(self, run_dir, inputs, options, stream=None):
+        """Per image: the share of pixels of each class; with `options.out`, its index mask and colour overlay there."""
+        files, out = inputs, options.out
+        if not files:
             raise UserError("this run segments images: pass image files (and --out DIR for the masks)")
-        if engine == "onnx":  # the same transform and post-processing, onnxruntime computes the logits
+        if options.engine == "onnx":  # the same transform and post-processing, onnxruntime computes the logits
             info, model = read_model_files(run_dir, SegmentationInfo)[0], load_onnx(run_dir)
         else:
             model, info = load_model(run_dir)

@@ -315,7 +315,8 @@ def audit_data(task, recipe: Recipe, out_dir: str | Path, *, overwrite: bool = F
     more backbones (`backbone` or `backbone@weights`) whose probes join the label-issue vote."""
     out = Path(out_dir)
     check_replaceable(out, "audit", overwrite=overwrite)
-    p = prepare(task, recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": "none"})}))
+    plain = {"augment": "none"} if "augment" in type(recipe.data).model_fields else {}  # images: no augmentation
+    p = prepare(task, recipe.model_copy(update={"data": recipe.data.model_copy(update=plain)}))
     samples = {name: s for name, s in (("train", p.splits.train), ("val", p.splits.val), ("test", p.splits.test))
                if s}
     arrays = {name: p.data.features(name, p.data.eval_sets[name]).numpy() for name in samples}

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import get_args
 
 import lightning as L
 import numpy as np
@@ -31,10 +32,11 @@ from sft.errors import UserError
 from sft.models.backbone import last_linear
 from sft.models.vision import classify_imagenet_head
 from sft.recipe import Recipe
+from sft.tasks.classification.options import Score
 from sft.tasks.classification.tools import transfer
 from sft.training.prepare import split_features
 
-SCORES = ("logme", "hscore", "nce", "leep", "knn_acc", "probe_acc")
+SCORES = get_args(Score)  # ("logme", "hscore", "nce", "leep", "knn_acc", "probe_acc"): `--by` takes one of them
 HELD_OUT = 0.25  # share of the sample held out for the kNN and linear-probe accuracies
 
 
@@ -186,3 +188,42 @@ def rank_backbones(task, recipe: Recipe, candidates: list[str], out_dir: str | P
     mark(out, "rank")
     result["out"] = str(out)
     return result
+
+
+def rank_command(recipe: Recipe, options, console, errors) -> None:
+    """`sft rank` (a tool of the classification tasks): each candidate's time on `errors` as it is scored, then the
+    ranking on `console` (rich consoles), with the notes and the candidates that could not be ranked."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from sft.tasks import get_task
+    from sft.tasks.classification.task import ImageClassification, TextClassification
+
+    task = get_task(recipe.task)
+    if not isinstance(task, ImageClassification):
+        raise UserError(f"sft rank is a tool of {ImageClassification.name} and {TextClassification.name}; task "
+                        f"{recipe.task} has none")
+
+    def progress(candidate, row):
+        if row is None:
+            errors.print(f"[yellow]{escape(candidate)}: cannot be loaded[/]", highlight=False)
+        else:
+            errors.print(f"{candidate}: scored in {row['seconds']:.1f} s", highlight=False)
+
+    by = options.by
+    result = rank_backbones(task, recipe, [c for c in options.candidates.split(",") if c.strip()], options.out, by=by,
+                            limit=options.limit, overwrite=options.overwrite, progress=progress)
+    table = Table("#", "candidate", *SCORES, "seconds",
+                  title=f"{result['samples']} samples, sorted by {by} (higher is better)")
+    for row in result["ranked"]:
+        table.add_row(str(row["rank"]), escape(row["candidate"]),
+                      *("-" if row[s] is None else f"{row[s]:.3f}" for s in SCORES), f"{row['seconds']:.1f}")
+    console.print(table)
+    for row in result["ranked"]:
+        if row.get("note"):
+            errors.print(f"[yellow]note:[/] {escape(row['candidate'])}: {escape(row['note'])}", highlight=False,
+                         soft_wrap=True)
+    for failed in result["failed"]:
+        errors.print(f"[yellow]not ranked:[/] {escape(failed['candidate'])}: {escape(failed['error'])}",
+                     highlight=False, soft_wrap=True)
+    console.print(f"rank.json is in {escape(result['out'])}")

@@ -18,7 +18,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from sft.errors import UserError
 from sft.models.vision import create_backbone
-from sft.tasks.detection.checkpoint import load_detector_checkpoint
+from sft.tasks.detection.starting_weights import load_detector_start
 from sft.tasks.detection.module import build_detector, fpn_levels
 from tests.conftest import sft
 from tests.tasks.detection.conftest import recipe
@@ -55,7 +55,7 @@ def ours(detector="fcos", backbone="torchvision/resnet18", fpn=256, classes=3, s
 def test_a_torchvision_fcos_file_loads_trunk_fpn_and_box_regression(fcos_file):
     path, saved = fcos_file
     trunk, head = ours()
-    counts = load_detector_checkpoint(trunk.module, head, str(path), "fcos", trunk.name)
+    counts = load_detector_start(trunk.module, head, str(path), "fcos", trunk.name)
     assert counts["class_sized"] == ["head.classification_head.cls_logits.weight",
                                      "head.classification_head.cls_logits.bias"] and counts["skipped"] == []
     mine = trunk.module.state_dict()
@@ -85,10 +85,10 @@ def test_a_torchvision_weights_name_is_fetched_through_torchvision(fcos_file, mo
     _, saved = fcos_file
     monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, **kw: saved)  # offline: the file's tensors
     trunk, head = ours()
-    counts = load_detector_checkpoint(trunk.module, head, "FCOS_ResNet50_FPN_Weights.COCO_V1", "fcos", trunk.name)
+    counts = load_detector_start(trunk.module, head, "FCOS_ResNet50_FPN_Weights.COCO_V1", "fcos", trunk.name)
     assert counts["source"] == "FCOS_ResNet50_FPN_Weights.COCO_V1" and counts["trunk"] > 0
     with pytest.raises(UserError, match="neither a file nor a torchvision weights name"):
-        load_detector_checkpoint(trunk.module, head, "FCOS_ResNet50_FPN_Weights.NOPE", "fcos", trunk.name)
+        load_detector_start(trunk.module, head, "FCOS_ResNet50_FPN_Weights.NOPE", "fcos", trunk.name)
 
 
 def test_files_that_do_not_fit_name_what_differs(fcos_file, tmp_path):
@@ -109,9 +109,9 @@ def test_files_that_do_not_fit_name_what_differs(fcos_file, tmp_path):
     ]
     for (trunk, head), file, detector, message in cases:
         with pytest.raises(UserError, match=message):
-            load_detector_checkpoint(trunk.module, head, str(file), detector, trunk.name)
+            load_detector_start(trunk.module, head, str(file), detector, trunk.name)
     trunk, head = ours("retinanet")  # the right detector: loads, COCO's class logits left as initialised
-    counts = load_detector_checkpoint(trunk.module, head, str(tmp_path / "retinanet.pth"), "retinanet", trunk.name)
+    counts = load_detector_start(trunk.module, head, str(tmp_path / "retinanet.pth"), "retinanet", trunk.name)
     assert len(counts["class_sized"]) == 2 and counts["skipped"] == []
 
 
@@ -155,7 +155,7 @@ def test_a_torchvision_mobilenet_v3_faster_rcnn_loads_whole_and_finds_the_same_b
     theirs, path = mobilenet_v3_file(tmp_path, size)
     trunk, head = ours("fasterrcnn", "torchvision/mobilenet_v3_large", classes=90, sizes=[32.0] * 3, size=size,
                        score=0.0, detections=20)
-    counts = load_detector_checkpoint(trunk.module, head, str(path), "fasterrcnn", trunk.name)
+    counts = load_detector_start(trunk.module, head, str(path), "fasterrcnn", trunk.name)
     assert counts["class_sized"] == [] and counts["skipped"] == []
     saved, own, body = theirs.state_dict(), head.state_dict(), trunk.module.state_dict()
     assert counts["trunk"] + counts["head"] == len(saved)
@@ -172,7 +172,7 @@ def test_a_torchvision_mobilenet_v3_faster_rcnn_loads_whole_and_finds_the_same_b
         assert (head.backbone(normalised.flip(-1))["0"] - maps["0"]).abs().max() > 0.1  # the maps see the image
         assert same_detections(head([image])[0], theirs([image])[0]) < 1e-3
     mine3 = ours("fasterrcnn", "torchvision/mobilenet_v3_large", classes=3, sizes=[32.0] * 3)  # another class count
-    counts = load_detector_checkpoint(mine3[0].module, mine3[1], str(path), "fasterrcnn", "mobilenet_v3_large")
+    counts = load_detector_start(mine3[0].module, mine3[1], str(path), "fasterrcnn", "mobilenet_v3_large")
     assert sorted(counts["class_sized"]) == sorted(k for k in saved if k.startswith("roi_heads.box_predictor."))
     assert counts["skipped"] == [] and mine3[1].roi_heads.box_predictor.cls_score.out_features == 4
 
@@ -189,7 +189,7 @@ def test_a_torchvision_resnet_fpn_faster_rcnn_finds_the_same_boxes(tmp_path):
     torch.save(theirs.state_dict(), tmp_path / "fasterrcnn_resnet.pth")
     trunk, head = ours("fasterrcnn", classes=90, sizes=[32.0, 64, 128, 256, 512], size=size, score=0.0,
                        detections=20)
-    counts = load_detector_checkpoint(trunk.module, head, str(tmp_path / "fasterrcnn_resnet.pth"), "fasterrcnn",
+    counts = load_detector_start(trunk.module, head, str(tmp_path / "fasterrcnn_resnet.pth"), "fasterrcnn",
                                       trunk.name)
     assert counts["class_sized"] == counts["skipped"] == [] and counts["trunk"] + counts["head"] == len(
         theirs.state_dict())

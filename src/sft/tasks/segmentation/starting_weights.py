@@ -6,8 +6,8 @@ Names: an sft run's file holds `backbone.*` (the encoder under the backbone's ow
 with aux_params, a `classification_head.*` that sft has no use for: skipped, and said). smp's encoders keep the
 underlying model's names (torchvision MobileNetV2's `features.*`) where sft's backbone keeps them under `model.`,
 and sft's decoders are smp's own classes, so the names map on by prefix. The encoder and the decoder must fit whole
-(`sft.models.checkpoint.fit_whole`, shared with detection); the classifier loads when the class count is the same,
-else it stays as initialised.
+(`sft.models.starting_weights.fit_whole`, shared with detection); the classifier loads when the class count is
+the same, else it stays as initialised.
 
 What fits, e.g.: `smp.Unet("mobilenet_v2")` with `model.backbone: torchvision/mobilenet_v2`, `model.decoder: unet`,
 `model.decoder_channels: 256` (smp's 256, 128, 64, 32, 16), and sft's MobileNetV2 maps are the stages smp's encoder
@@ -22,7 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from sft.errors import UserError
-from sft.models.checkpoint import fit_whole, read_state_dict
+from sft.models.starting_weights import fit_whole, read_state_dict
 
 HINT = ("model.checkpoint takes a finished sft segmentation run's model.safetensors or a segmentation_models_pytorch "
         "model's state dict (.pth/.pt/.safetensors; a training checkpoint {\"model\": state} works too)")
@@ -30,7 +30,7 @@ HINT = ("model.checkpoint takes a finished sft segmentation run's model.safetens
 FORMATS = {"sft": ("backbone.", "head.decoder.", "head.head."), "smp": ("encoder.", "decoder.", "segmentation_head.")}
 
 
-def load_segmentation_checkpoint(backbone: nn.Module, head: nn.Module, source: str,
+def load_segmentation_start(backbone: nn.Module, head: nn.Module, source: str,
                                  backbone_name: str = "the backbone") -> dict:
     """Load FILE into sft's segmentation model (backbone: the backbone's module; head: the DecoderHead); returns
     what loaded and what did not. UserError when it does not fit (see the module docstring)."""

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sft.tasks.classification.calibration import ece, fit_temperature, nll, set_temperature
+from sft.core.calibration import ece, fit_temperature, nll, set_temperature
 from sft.errors import UserError
 
 
@@ -50,3 +50,29 @@ def test_set_temperature_updates_model_json(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.json"]  # no temporary file left behind
     with pytest.raises(UserError, match="no model.json"):
         set_temperature(tmp_path / "missing", 2.0, {})
+
+
+def test_the_ece_is_torchmetrics_l1_calibration_error():
+    """One ECE for every task: the reliability bins give torchmetrics' CalibrationError(norm="l1")."""
+    import torchmetrics.functional as tmf
+    logits, labels = calibrated_logits(n=2000, c=4, seed=3)
+    logits = logits * 2.5
+    expected = float(tmf.calibration_error(logits.softmax(-1), labels, task="multiclass", num_classes=4, n_bins=15))
+    assert abs(ece(logits, labels) - expected) < 1e-6
+
+
+def test_calibrate_run_fits_once_and_stores_it(tmp_path):
+    from sft.core.calibration import calibrate_run
+    (tmp_path / "model.json").write_text(json.dumps({"temperature": 1.0}))
+    logits, labels = calibrated_logits()
+    calls = []
+
+    def held_out():
+        calls.append(1)
+        return logits * 3, labels, {"val_samples": len(labels)}
+
+    first = calibrate_run(tmp_path, held_out)
+    assert first["fitted_now"] and first["temperature"] > 2 and first["val_ece_after"] < first["val_ece_before"]
+    again = calibrate_run(tmp_path, held_out)
+    assert not again["fitted_now"] and again["temperature"] == first["temperature"] and len(calls) == 1
+    assert calibrate_run(tmp_path, lambda: None, refit=True)["note"] == "no validation split: not scaled"

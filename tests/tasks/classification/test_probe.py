@@ -7,7 +7,7 @@ from torch import nn
 from sft.tasks import get_task
 from sft.training.prepare import prepare
 from sft.models.backbone import last_linear
-from sft.training.probe import fit_probe, load_probe
+from sft.tasks.classification.probe import fit_probe, load_probe
 from tests.conftest import tiny_recipe, tiny_text_recipe
 
 

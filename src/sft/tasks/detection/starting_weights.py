@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from sft.errors import UserError
-from sft.models.checkpoint import fit_whole, read_state_dict
+from sft.models.starting_weights import fit_whole, read_state_dict
 
 BODY = "backbone.body."
 FPN = "backbone.fpn."
@@ -78,7 +78,7 @@ def detector_kind(state: dict) -> str | None:
     return None
 
 
-def load_detector_checkpoint(trunk: nn.Module, head: nn.Module, source: str, detector: str,
+def load_detector_start(trunk: nn.Module, head: nn.Module, source: str, detector: str,
                              backbone: str = "the backbone") -> dict:
     """Load a checkpoint into sft's detector (trunk: the backbone's module; head: FPN + heads); returns counts and
     the names of the head tensors left as initialised. UserError when it does not fit (see the module docstring)."""

@@ -10,7 +10,7 @@ from sft import load_recipe
 from sft.errors import UserError
 from sft.models.vision import create_backbone
 from sft.tasks import get_task
-from sft.tasks.segmentation.checkpoint import load_segmentation_checkpoint
+from sft.tasks.segmentation.starting_weights import load_segmentation_start
 from sft.tasks.segmentation.module import DecoderHead, segment
 from sft.training.prepare import prepare
 from tests.conftest import sft
@@ -30,11 +30,11 @@ def test_other_class_counts_keep_their_classifier_and_misfits_are_refused(frozen
     backbone = create_backbone("torchvision/mobilenet_v2", None, out="maps")
     head = DecoderHead("unet", backbone.channels, backbone.reductions, 5)
     fresh = head.head[0].weight.clone()
-    c = load_segmentation_checkpoint(backbone.module, head, file)
+    c = load_segmentation_start(backbone.module, head, file)
     assert c["format"] == "sft" and c["decoder"] > 0 and not c["classifier"] and torch.equal(head.head[0].weight, fresh)
     narrow = DecoderHead("unet", backbone.channels, backbone.reductions, 11, 128)
     with pytest.raises(UserError, match="decoder does not fit model.decoder and model.decoder_channels"):
-        load_segmentation_checkpoint(backbone.module, narrow, file)
+        load_segmentation_start(backbone.module, narrow, file)
     path = recipe(tmp_path, segmentation_set)  # through the CLI: exit 2, the encoder named
     result = sft("train", path, f"model.checkpoint={file}", "model.backbone=timm/test_efficientnet",
                  "model.weights=none")
@@ -49,7 +49,7 @@ def test_an_smp_unet_loads_whole_and_computes_the_same_logits(tmp_path):
     torch.save(theirs.state_dict(), tmp_path / "unet.pth")
     backbone = create_backbone("torchvision/mobilenet_v2", None, out="maps")
     head = DecoderHead("unet", backbone.channels, backbone.reductions, 11, 256)
-    c = load_segmentation_checkpoint(backbone.module, head, str(tmp_path / "unet.pth"))
+    c = load_segmentation_start(backbone.module, head, str(tmp_path / "unet.pth"))
     assert c["format"] == "smp" and c["classifier"] and c["skipped"] == []
     x = torch.rand(2, 3, 64, 64)
     with torch.inference_mode():

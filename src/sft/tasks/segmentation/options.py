@@ -1,0 +1,26 @@
+"""The options of segmentation's commands on a finished run, declared as models: the CLI builds each command's options
+and --help from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class PredictOptions(BaseModel):
+    out: Path | None = Field(None, description="a folder for each image's index mask and colour overlay")
+    engine: Literal["torch", "onnx"] = Field("torch", description="what runs the model: torch, or onnx (the run's "
+                                                                  "`sft export`)")
+
+
+class EvalOptions(BaseModel):
+    top_losses: int = Field(16, ge=0, description="images of lowest IoU shown, with their predicted masks")
+
+
+class ExportOptions(BaseModel):
+    format: Literal["onnx"] = Field("onnx", description="onnx (dynamic batch axis)")
+
+
+OPTIONS = {"predict": PredictOptions, "eval": EvalOptions, "export": ExportOptions}
