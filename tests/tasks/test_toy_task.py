@@ -1,26 +1,31 @@
-"""A task defined in this file alone registers and trains end to end through `sft train`: the seam holds.
+"""A task defined in this file alone registers, trains end to end through `sft train`, and gets `sft eval` and
+`sft predict` through the after-training skeleton: the seam holds.
 
 Ink coverage: regress the share of inked pixels of a real Fashion-MNIST image from a backbone's pooled features.
-Its loss, monitored value, inputs, export and final metrics are all its own; nothing outside this file changes.
+Its loss, monitored value, inputs, export, final metrics, scores and predictions are all its own; nothing outside
+this file changes.
 """
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset
 from typer.testing import CliRunner
 
 from sft.cli import app
 from sft.data.images import build_transforms, read_samples
+from sft.data.samples import read_image
 from sft.data.loaders import Inputs
 from sft.data.splits import load_splits
+from sft.models.backbone import Preprocess
 from sft.models.vision import create_backbone
 from sft.recipe import VisionRecipe
 from sft.tasks import names, register
-from sft.tasks.base import TaskBase
+from sft.tasks.base import TaskBase, load_parts, read_info, read_model_files, score_batches, with_preprocess
+from sft.tasks.base import write_model_files
 from sft.training.module import FineTuneModule
 from sft.training.trainer import Monitor
 
@@ -74,13 +79,66 @@ class InkCoverage(TaskBase):
                          recipe.trainer.epochs, channels_last)
 
     def export(self, run, prepared):
-        save_file({k: v.contiguous() for k, v in prepared.model.state_dict().items()}, run.path / "ink.safetensors")
+        info = InkInfo(prepared.recipe.model.backbone, prepared.backbone.preprocess, prepared.recipe.data.image_size)
+        write_model_files(run.path, prepared.model, info)
 
     def final_metrics(self, prepared, cached):
-        model, data = prepared.model.eval(), prepared.data
+        scores = score_batches(prepared.model, prepared.data.eval_dataset("val", False), SquaredError(), batch_size=64)
+        return {"val_rmse": scores["rmse"]}
+
+    # -- a finished run: the skeleton's steps
+    def run_info(self, run_dir):
+        return read_info(run_dir / "model.json", InkInfo, with_preprocess)
+
+    def eval_samples(self, recipe, source, info):
+        return read_samples(source.path, format=source.format)
+
+    def load_run(self, run_dir, info, engine="torch"):
+        backbone = create_backbone(info.backbone, weights=None)
+        parts = nn.ModuleDict({"backbone": backbone.module, "head": nn.Linear(backbone.num_features, 1)})
+        load_parts(parts, read_model_files(run_dir, InkInfo)[1], run_dir)
+        return Regressor(parts["backbone"], parts["head"]).eval()
+
+    def score_run(self, run, recipe, source, samples, model, info, options, *, batch_size, progress):
+        scores = score_batches(model, Ink(samples, transform(info)), SquaredError(), batch_size=batch_size)
+        return {"data": source.path, **scores}, scores, f"<html><body>RMSE {scores['rmse']:.4f}</body></html>"
+
+    def predict_rows(self, model, info, inputs, options, folder, stream):
         with torch.no_grad():
-            pairs = [(model(x), y) for x, y in torch.utils.data.DataLoader(data.eval_dataset("val", False), 64)]
-        return {"val_rmse": float(torch.cat([(p - y) ** 2 for p, y in pairs]).mean().sqrt())}
+            return [{"file": f, "ink": round(float(model(transform(info)(read_image(f))[None])), 4)} for f in inputs]
+
+
+@dataclass
+class InkInfo:
+    backbone: str
+    preprocess: Preprocess
+    image_size: int | None
+
+
+def transform(info):
+    return build_transforms(info.preprocess, info.image_size, "none")[1]
+
+
+class Regressor(nn.Module):
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+class SquaredError:
+    """The skeleton's Scorer: summed squared error, batch by batch."""
+    def __init__(self):
+        self.total, self.count = 0.0, 0
+
+    def update(self, outputs, targets, first):
+        self.total += float(((outputs.float() - targets) ** 2).sum())
+        self.count += len(targets)
+
+    def result(self):
+        return {"mse": self.total / self.count, "rmse": (self.total / self.count) ** 0.5, "samples": self.count}
 
 
 def test_a_task_in_one_file_trains_through_sft_train(tmp_path, fashion_slice):
@@ -97,7 +155,18 @@ def test_a_task_in_one_file_trains_through_sft_train(tmp_path, fashion_slice):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val_mse"] is not None and np.isfinite(metrics["val_rmse"]) and metrics["epochs"] == 2
     assert abs(metrics["val_mse"] - metrics["val_rmse"] ** 2) < 1e-3  # the best checkpoint is the exported model
-    assert (run / "ink.safetensors").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "model.safetensors").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert json.loads((run / ".sft-run").read_text()) == {"kind": "run", "task": "ink-coverage"}
-    result = CliRunner().invoke(app, ["eval", str(run)])
-    assert result.exit_code == 2 and "ink-coverage has no `sft eval`" in result.output
+    result = CliRunner().invoke(app, ["eval", str(run), "--data", str(fashion_slice["test"])])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert scores["samples"] == 120 and abs(scores["mse"] - scores["rmse"] ** 2) < 1e-9
+    assert (run / "eval-test" / "report.html").is_file() and (run / "eval-test" / "results.json").is_file()
+    image = tmp_path / "shirt.png"
+    read_samples(fashion_slice["test"]).image(0).save(image)
+    result = CliRunner().invoke(app, ["predict", str(run), str(image), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    assert row["file"] == str(image) and np.isfinite(row["ink"])
+    result = CliRunner().invoke(app, ["export", str(run)])  # what the task does not have says so
+    assert result.exit_code == 2 and "ink-coverage has no `sft export`" in result.output

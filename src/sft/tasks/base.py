@@ -4,7 +4,10 @@ The training path (sft.training) asks a task for its parts through `TrainingTask
 LightningModule with its loss and metrics, the monitored value, the loader options, whether head-only epochs may
 train on cached features, the choice of `strategy: auto`, the export of a finished run and its final metrics. A
 `Task` adds its recipe class (`task:` picks it) and the commands that act on a finished run: evaluation with its
-report, and prediction. `TaskBase` gives the defaults a new task can keep.
+report, and prediction. `TaskBase` gives the defaults a new task can keep, and the after-training skeleton: `sft eval`
+and `sft predict` as fixed steps (read the run's model.json, read the data, check the output folder, load the model,
+score or predict, write), a task giving only the steps that differ (`run_info`, `eval_samples`, `load_run`,
+`score_run`, `predict_rows`); `score_batches` runs a model over a split for a task's `Scorer`.
 """
 
 from __future__ import annotations
@@ -16,16 +19,19 @@ from pathlib import Path
 from typing import Literal, Protocol, TextIO
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from pydantic import BaseModel
 from safetensors.torch import save_file
 
-from sft.data.loaders import Inputs
+from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json, check_writable
+from sft.core.precision import autocast_for
+from sft.core.rundir import RunDir, check_replaceable, folder_kind, mark
+from sft.core.torchfile import load_safetensors
+from sft.data.loaders import Inputs, eval_batches
+from sft.data.samples import Samples
 from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
-from sft.core.atomic import atomic_write, atomic_write_dir, atomic_write_json, check_writable
-from sft.core.rundir import RunDir, check_replaceable, folder_kind, mark
-from sft.core.torchfile import load_safetensors
 from sft.recipe import Recipe, Source
 from sft.tasks import load_recipe
 from sft.training.prepare import Prepared, TrainingTask
@@ -111,14 +117,60 @@ class TaskBase:
     def final_metrics(self, prepared: Prepared, cached: bool) -> dict:
         return {}
 
+    # -- a finished run: the skeleton's steps ---------------------------------------------------------------------
     def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
+        """`sft eval`: the data is read and the output folder checked before the model loads (bad input fails fast);
+        the task scores; the evaluation folder is written whole."""
+        run, recipe, source, out = evaluation_target(run_dir, data, out)
+        info = self.run_info(run.path)
+        samples = self.eval_samples(recipe, source, info)
+        check_eval_out(out, source.path, run.path, overwrite, self.same_data(source, samples))
+        model = self.load_run(run.path, info)
+        result, summary, page = self.score_run(run, recipe, source, samples, model, info, options,
+                                               batch_size=batch_size, progress=progress)
+        write_evaluation(out, result, summary, page)
+        return out, summary
+
+    def predict(self, run_dir, inputs, options, stream=None):
+        """`sft predict`: the run's model (on the engine the options name) over the inputs, with a predictions folder
+        when the options give `out`."""
+        if not inputs:
+            raise UserError(f"this {self.name} run needs inputs: "
+                            f"{'image files' if self.inputs == 'files' else '--text TEXT or --file FILE'}")
+        info = self.run_info(run_dir)
+        model = self.load_run(Path(run_dir), info, getattr(options, "engine", "torch"))
+        out = getattr(options, "out", None)
+        return self.predict_rows(model, info, inputs, options, predictions_folder(out) if out else None, stream)
+
+    def run_info(self, run_dir: Path):
+        """The finished run's model.json, as the task's own record (classes, preprocessing, ...)."""
+        raise UserError(f"task {self.name} has no `sft eval` or `sft predict` yet")
+
+    def eval_samples(self, recipe: Recipe, source: Source, info) -> Samples:
+        """The labelled data `sft eval` scores, read and checked."""
         raise UserError(f"task {self.name} has no `sft eval` yet")
+
+    def same_data(self, source: Source, samples: Samples) -> Callable[[object], bool] | None:
+        """Whether an earlier evaluation's "data" is this one (it is then replaced without --overwrite); None: the
+        same path."""
+        return None
+
+    def load_run(self, run_dir: Path, info, engine: str = "torch"):
+        """The finished run's model (what `score_run` and `predict_rows` take), on `engine`."""
+        raise UserError(f"task {self.name} has no `sft eval` or `sft predict` yet")
+
+    def score_run(self, run: RunDir, recipe: Recipe, source: Source, samples: Samples, model, info, options, *,
+                  batch_size: int, progress: bool) -> tuple[dict, dict, str]:
+        """`sft eval`'s own part: (results.json, metrics.json's summary, report.html's page)."""
+        raise UserError(f"task {self.name} has no `sft eval` yet")
+
+    def predict_rows(self, model, info, inputs: list[str], options, folder: Path | None,
+                     stream: TextIO | None) -> list[dict] | None:
+        """`sft predict`'s own part: one row per result; files for them in `folder` when there is one."""
+        raise UserError(f"task {self.name} has no `sft predict` yet")
 
     def report(self, run_dir, eval_dir):
         raise UserError(f"task {self.name} has no `sft report` yet")
-
-    def predict(self, run_dir, inputs, options, stream=None):
-        raise UserError(f"task {self.name} has no `sft predict` yet")
 
     def export_model(self, run_dir, out, options, *, force, overwrite):
         raise UserError(f"task {self.name} has no `sft export` yet")
@@ -181,6 +233,40 @@ def write_evaluation(out: Path, results: dict, summary: dict, report: str) -> No
     atomic_write_dir(out, write)
 
 
+class Scorer(Protocol):
+    """A split's scores counted batch by batch, so nothing holds every output (a task's metrics, its worst samples)."""
+
+    def update(self, outputs, targets, first: int) -> None:
+        """One batch: the model's outputs, the targets and the index of the batch's first sample in the split."""
+
+    def result(self) -> dict:
+        """The scores of every batch so far."""
+
+
+@torch.inference_mode()
+def score_batches(model: torch.nn.Module, dataset, scorer: Scorer, *, batch_size: int, collate_fn=None,
+                  precision: str = "32-true", progress: bool = False, what: str = "evaluating") -> dict:
+    """`model` over `dataset` in order, on the model's device, each batch handed to `scorer`; its result. Training's
+    final metrics and `sft eval` both score this way."""
+    model.eval()
+    device = next(model.parameters(), torch.empty(0)).device  # a model without parameters (onnxruntime's) runs here
+    first = 0
+    with autocast_for(precision, device):
+        for x, y in eval_batches(dataset, batch_size, collate_fn, progress, what):
+            scorer.update(model(move_data_to_device(x, device)), move_data_to_device(y, device), first)
+            first += len(y)
+    return scorer.result()
+
+
+def predictions_folder(out: str | Path) -> Path:
+    """`sft predict --out`: a folder of earlier predictions takes more files; any other non-empty folder is
+    refused."""
+    check_replaceable(out, "predictions", overwrite=True)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    mark(Path(out), "predictions")
+    return Path(out)
+
+
 def default_eval_dir(run_dir: str | Path, data: str | Path | None) -> Path:
     """RUN_DIR/eval for the run's test split, RUN_DIR/eval-<data file or folder name> for other data."""
     if data is None:
@@ -218,13 +304,28 @@ def read_model_files(run_dir: str | Path, info_type: type,
                      convert=with_preprocess) -> tuple[object, dict[str, torch.Tensor]]:
     """A finished run's model.json as `info_type` (a dataclass; `convert` rebuilds its nested values) and its
     model.safetensors, or a UserError naming the missing or damaged file."""
+    info = read_run_info(run_dir, info_type, convert)
+    return info, load_safetensors(Path(run_dir) / "model.safetensors", REBUILD)
+
+
+def read_run_info(run_dir: str | Path, info_type: type, convert=with_preprocess):
+    """A finished run's model.json as `info_type` (a `run_info`), its model.safetensors checked to be there but not
+    read, or a UserError naming the missing or damaged file."""
     run = Path(run_dir)
-    weights, info_file = run / "model.safetensors", run / "model.json"
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
-    if not (weights.is_file() and info_file.is_file()):
+    if not ((run / "model.safetensors").is_file() and (run / "model.json").is_file()):
         raise unfinished(run)
-    return read_info(info_file, info_type, convert), load_safetensors(weights, REBUILD)
+    return read_info(run / "model.json", info_type, convert)
+
+
+def load_model_files(run_dir: str | Path, backbone: torch.nn.Module,
+                     head: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A finished run's model.safetensors (as write_model_files wrote it: backbone.*, head.*) loaded into the
+    backbone and head its model.json describes, or a UserError saying the files disagree; the two, loaded."""
+    parts = torch.nn.ModuleDict({"backbone": backbone, "head": head})
+    load_parts(parts, load_safetensors(Path(run_dir) / "model.safetensors", REBUILD), run_dir)
+    return parts["backbone"], parts["head"]
 
 
 def read_info(info_file: Path, info_type: type, convert=lambda raw: raw):

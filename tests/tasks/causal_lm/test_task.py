@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from sft.data.chat import end_tokens
 from sft.tasks import get_task, load_recipe
-from sft.tasks.causal_lm.generation import load_run
+from sft.tasks.causal_lm.generation import load_tuned, read_chat_info
 from sft.training.fit import fine_tune
 from tests.conftest import sft
 
@@ -43,7 +43,7 @@ def test_train_eval_predict_and_export(tmp_path, parity_set, tiny_causal_lm):
     assert metrics["train_answer_tokens"] > 0 and metrics["truncated_train_examples"] == 0
 
     # the tuned model answers with a label and stops: its end-of-turn token was trained
-    model, tokenizer, info = load_run(tmp_path / "run")
+    (model, tokenizer), info = load_tuned(tmp_path / "run"), read_chat_info(tmp_path / "run")
     assert info.labels == ["Sure."]
     chat = [{"role": "system", "content": "Reply."}, {"role": "user", "content": "n=7"}]
     prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)

@@ -1,4 +1,5 @@
-"""evaluate(): metrics accumulated batch by batch agree with a brute-force computation on all logits at once."""
+"""Scores, the classification Scorer: metrics accumulated batch by batch (score_batches) agree with a brute-force
+computation on all logits at once."""
 
 import numpy as np
 import pytest
@@ -9,8 +10,10 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from sft.errors import UserError
-from sft.tasks.base import default_eval_dir
-from sft.tasks.classification.evaluation import TopLosses, check_classes, evaluate, predict
+from sft.tasks.base import default_eval_dir, score_batches
+from sft.tasks.classification.metrics import Scores, TopLosses
+from sft.tasks.classification.serving import predict_top_k
+from sft.tasks.classification.task import check_classes
 
 
 class Lookup(nn.Module):
@@ -18,11 +21,15 @@ class Lookup(nn.Module):
 
     def __init__(self, table: torch.Tensor):
         super().__init__()
-        self.table = table
+        self.table = nn.Parameter(table, requires_grad=False)  # a parameter: score_batches runs on its device
 
     def forward(self, x):
         ids = x["ids"] if isinstance(x, dict) else x
         return self.table[ids]
+
+
+def evaluate(model, dataset, num_classes, *, batch_size=128, collate_fn=None, **options):
+    return score_batches(model, dataset, Scores(num_classes, **options), batch_size=batch_size, collate_fn=collate_fn)
 
 
 class DictDataset(Dataset):
@@ -67,7 +74,7 @@ def test_top_losses_heap_keeps_exactly_the_top_n(table):
         assert row["label_prob"] == pytest.approx(probs[i, labels[i]].item(), abs=1e-6)
 
 
-def test_evaluate_matches_brute_force(table):
+def test_scores_match_brute_force(table):
     logits, labels = table
     n, c = logits.shape
     result = evaluate(Lookup(logits), TensorDataset(torch.arange(n), labels), c, batch_size=32, top_losses=5,
@@ -96,7 +103,7 @@ def test_evaluate_matches_brute_force(table):
     assert [r["index"] for r in result["top_losses"]] == losses.argsort(descending=True)[:5].tolist()
 
 
-def test_evaluate_dict_inputs_same_as_tensors(table):
+def test_scores_of_dict_inputs_same_as_tensors(table):
     """Batches whose inputs are dicts of tensors (tokenized texts) go through the same path."""
     logits, labels = table
     as_tensors = evaluate(Lookup(logits), TensorDataset(torch.arange(len(labels)), labels), 6, batch_size=50)
@@ -114,8 +121,8 @@ def test_top_k_is_capped_by_the_number_of_classes(table):
 
 def test_predict_applies_the_temperature():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
-    plain = predict(Lookup(logits), torch.tensor([0]), ["a", "b", "c"], top_k=3)
-    scaled = predict(Lookup(logits), torch.tensor([0]), ["a", "b", "c"], top_k=3, temperature=4.0)
+    plain = predict_top_k(Lookup(logits), torch.tensor([0]), ["a", "b", "c"], 3)
+    scaled = predict_top_k(Lookup(logits), torch.tensor([0]), ["a", "b", "c"], 3, temperature=4.0)
     assert [c for c, _ in plain[0]] == [c for c, _ in scaled[0]] == ["a", "b", "c"]
     assert scaled[0][0][1] == pytest.approx((logits / 4).softmax(-1)[0, 0].item())
     assert scaled[0][0][1] < plain[0][0][1]

@@ -121,14 +121,13 @@ def test_text_run_eval_report_and_calibrated_predict(text_run):
     result = CliRunner().invoke(app, ["predict", str(text_run), "--text", "The compiler crashed", "--top-k", "4",
                                       "--format", "json"])
     assert result.exit_code == 0, result.output
-    from sft.tasks.classification.evaluation import predict
-    from sft.tasks.classification.export import load_model
     from sft.tasks import get_task
-    model, info = load_model(text_run)
+    from sft.tasks.classification.serving import predict_top_k
     task = get_task("text-classification")
+    model, info = task.load_trained(text_run)
     inputs = task.run_inputs(model, info)
-    samples = task.prediction_samples(info, [], ["The compiler crashed"])[1]
+    samples = task.prediction_samples(info, ["The compiler crashed"])
     batch = inputs.collate([inputs.eval(samples)[0]])[0]
-    expected = dict(predict(model, batch, info.classes, top_k=4, temperature=temperature)[0])
+    expected = dict(predict_top_k(model, batch, info.classes, 4, temperature=temperature)[0])
     assert {r["label"]: r["probability"] for r in json.loads(result.output)} == pytest.approx(
         {k: round(v, 4) for k, v in expected.items()}, abs=1e-4)

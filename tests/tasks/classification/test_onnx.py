@@ -13,6 +13,7 @@ import torch
 from tests.conftest import sft
 from sft.models import export as export_module
 from sft.models.export import session
+from sft.tasks.classification.task import ImageClassification, TextClassification
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_image_export_dynamic_batch_parity_and_onnx_predict(image_run, fashion_s
 
     # an export is never written over: not again without --overwrite, never into the run itself
     with pytest.MonkeyPatch.context() as mp:  # refused before the model is loaded
-        mp.setattr("sft.tasks.classification.onnx.load_model", lambda *a: pytest.fail("loaded the model"))
+        mp.setattr(ImageClassification, "load_run", lambda *a: pytest.fail("loaded the model"))
         again = sft("export", image_run)
     assert again.exit_code == 2 and "already holds an export" in again.output
     assert sft("export", image_run, "--overwrite").exit_code == 0
@@ -66,8 +67,7 @@ def test_image_export_dynamic_batch_parity_and_onnx_predict(image_run, fashion_s
     assert json.loads((image_run / "export-hf" / "parity.json").read_text())["passed"]
     import timm
     from transformers import AutoModelForImageClassification
-    from sft.tasks.classification.export import load_model
-    model, _ = load_model(image_run)
+    model, _ = ImageClassification().load_trained(image_run)
     hf = AutoModelForImageClassification.from_pretrained(str(image_run / "export-hf")).eval()
     plain = timm.create_model(f"local-dir:{image_run / 'export-hf'}", pretrained=True).eval()
     x = torch.randn(3, 3, 32, 32)
@@ -144,7 +144,6 @@ print(json.dumps({"logits": logits.tolist(), "labels": [model.config.id2label[in
 def test_hf_folder_loads_with_transformers_alone_and_gives_the_run_logits(text_runs, kind, tmp_path, monkeypatch):
     """...and the export's own parity check leaves no copy of modeling_sft.py in the user's modules cache."""
     from transformers import dynamic_module_utils
-    from sft.tasks.classification.export import load_model
     monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "home-modules"))  # read at import
     run = text_runs[kind]
     result = sft("export", run, "--format", "hf")
@@ -160,7 +159,7 @@ def test_hf_folder_loads_with_transformers_alone_and_gives_the_run_logits(text_r
     assert out.returncode == 0, out.stderr[-2000:]
     assert list(user.rglob("modeling_sft.py"))
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    model, info = load_model(run)
+    model, info = TextClassification().load_trained(run)
     batch = model.backbone.tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
     with torch.no_grad():
         expected = model(dict(batch))

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from sft.cli import app
 from sft import fine_tune
-from sft.tasks.classification.evaluation import evaluate
+from sft.tasks.base import score_batches
+from sft.tasks.classification.metrics import Scores
 from sft.tasks.classification.report import SECTIONS, render
 from sft.data.samples import Samples
 from tests.conftest import tiny_recipe
@@ -91,13 +92,13 @@ def test_eval_again_keeps_the_temperature_and_refuses_other_data(run, fashion_sl
 
 def test_predict_returns_calibrated_probabilities(run, tmp_path):
     from sft.data.images import build_transforms
-    from sft.tasks.classification.export import load_model
+    from sft.tasks import get_task
     image = tmp_path / "x.png"
     Image.fromarray(np.full((28, 28), 200, np.uint8)).save(image)
     result = sft("predict", run, image, "--top-k", 4, "--format", "json")
     assert result.exit_code == 0, result.output
     got = {row["label"]: row["probability"] for row in json.loads(result.output)}
-    model, info = load_model(run)
+    model, info = get_task("image-classification").load_trained(run)
     assert info.temperature != 1.0
     _, tf = build_transforms(info.preprocess, None, "none")
     with torch.no_grad():
@@ -187,7 +188,7 @@ def test_text_report_escapes_texts_and_shows_token_attributions():
 
     dataset = [(t, int(y)) for t, y in zip(texts, samples.labels)]
     model = BagOfTokens()
-    metrics = evaluate(model, dataset, 2, collate_fn=Collate(), top_losses=2)
+    metrics = score_batches(model, dataset, Scores(2, top_losses=2), batch_size=128, collate_fn=Collate())
     results = {"run_dir": "/nonexistent/run", "kind": "text", "classes": samples.classes, "metrics": metrics,
                "calibration": {"temperature": 1.0}, "class_samples": [0, 3],
                "data": {"source": {"path": "texts.csv"}, "samples": 4}}

@@ -13,7 +13,6 @@ from sft.training.prepare import prepare
 from sft.errors import UserError
 from sft.models.lora import is_lora_parameter
 from sft import load_recipe
-from sft.tasks.classification.export import load_model
 from sft.tasks import get_task
 from sft.data.texts import Tokenize, read_texts, token_lengths
 from sft.models.text_encoder import create_text_encoder, layer_groups
@@ -167,7 +166,7 @@ def test_every_strategy_trains_text_and_the_run_predicts(tmp_path, tiny_bert, fo
     run = fine_tune(recipe)
     assert 0 <= run.metrics["test_acc"] <= 1 and run.metrics["test_samples"] == 48
     assert run.metrics["truncated_train_texts"] >= 1
-    model, info = load_model(run.dir)
+    model, info = TASK.load_trained(run.dir)
     assert info.task == "text-classification" and info.classes == ["computers", "food", "law", "pets"]
     exported = load_file(run.dir / "model.safetensors")
     last = torch.load(run.dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]  # best may be epoch 0

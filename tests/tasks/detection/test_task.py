@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sft.models.vision import create_backbone
+from sft.tasks.base import score_batches
 from sft.tasks.detection.module import auto_anchor_sizes, build_detector, from_detector, to_detector
 from tests.conftest import sft
 from tests.tasks.detection.conftest import recipe
@@ -39,14 +40,14 @@ def test_a_frozen_backbone_trains_its_heads_and_stays_pretrained(frozen_run):
 
 
 def test_eval_and_predict_a_finished_run(frozen_run, detection_set, tmp_path, monkeypatch):
-    from sft.tasks.detection import task as detection_task
-    calls, load = [], detection_task.load_model
+    from sft.tasks.detection.task import Detection
+    calls, load = [], Detection.load_run
 
-    def counted(run_dir):
-        model, info = load(run_dir)
+    def counted(self, run_dir, info, engine="torch"):
+        model = load(self, run_dir, info, engine)
         model.register_forward_hook(lambda *_: calls.append(1))
-        return model, info
-    monkeypatch.setattr(detection_task, "load_model", counted)
+        return model
+    monkeypatch.setattr(Detection, "load_run", counted)
     result = sft("eval", frozen_run, "--top-losses", "2")
     assert result.exit_code == 0, result.output
     assert len(calls) == 1  # one batch of 8: the report draws the worst images from that pass, not a second run
@@ -158,14 +159,16 @@ def fixed_data() -> list:
 
 def test_evaluate_matches_only_when_the_report_needs_it(monkeypatch):
     """final_metrics asks for the mAP alone: no per-image matching; the report's evaluation matches on the CPU."""
-    from sft.tasks.detection import task as detection_task
+    from sft.tasks.detection import metrics
+    from sft.tasks.detection.data import collate
     data = fixed_data()
     devices = []
-    real = detection_task.match
-    monkeypatch.setattr(detection_task, "match", lambda p, t, s: devices.append(p["boxes"].device) or real(p, t, s))
-    brief = detection_task.evaluate(Fixed(), data, ["a", "b"], batch_size=2)
+    real = metrics.match
+    monkeypatch.setattr(metrics, "match", lambda p, t, s: devices.append(p["boxes"].device) or real(p, t, s))
+    brief = score_batches(Fixed(), data, metrics.DetectionScorer(["a", "b"]), batch_size=2, collate_fn=collate)
     assert brief["samples"] == 5 and "confusion" not in brief and devices == []
-    full = detection_task.evaluate(Fixed(), data, ["a", "b"], batch_size=2, extended=True, top_n=2)
+    full = score_batches(Fixed(), data, metrics.DetectionScorer(["a", "b"], extended=True, top_n=2), batch_size=2,
+                         collate_fn=collate)
     assert full["samples"] == 5 and full["map50"] == brief["map50"] and len(devices) == 5
     assert all(d.type == "cpu" for d in devices) and [w["index"] for w in full["worst"]] == [1, 3]
     assert full["confusion"][0][0] == 3 and full["confusion"][1][0] == 2
@@ -174,23 +177,24 @@ def test_evaluate_matches_only_when_the_report_needs_it(monkeypatch):
 def test_the_report_draws_the_worst_images_from_the_evaluation_pass(monkeypatch):
     """`sft eval` runs the model once per batch: the report draws the worst images' boxes kept from that pass."""
     from types import SimpleNamespace
-    from sft.tasks.detection import task as detection_task
-    from sft.tasks.detection.data import DetectionSamples
+    from sft.tasks.detection import report
+    from sft.tasks.detection.data import DetectionSamples, collate
+    from sft.tasks.detection.metrics import DetectionScorer
     model, data, calls = Fixed(), fixed_data(), []
     model.register_forward_hook(lambda *_: calls.append(1))
-    result = detection_task.evaluate(model, data, ["a", "b"], batch_size=2, extended=True, top_n=2)
+    result = score_batches(model, data, DetectionScorer(["a", "b"], extended=True, top_n=2), batch_size=2,
+                           collate_fn=collate)
     assert len(calls) == 3 and [w["index"] for w in result["worst"]] == [1, 3]
     assert result["worst"][0] | {"index": 0} == {"index": 0, "errors": 2, "boxes": [[4.0, 4.0, 20.0, 20.0]],
                                                   "scores": [0.9], "labels": [0]}
     json.dumps(result)  # results.json holds them
-    drawn, real = [], detection_task.draw
-    monkeypatch.setattr(detection_task, "draw", lambda image, boxes, labels, colour: drawn.append(
+    drawn, real = [], report.draw
+    monkeypatch.setattr(report, "draw", lambda image, boxes, labels, colour: drawn.append(
         (colour, boxes.tolist(), labels)) or real(image, boxes, labels, colour))
     samples = DetectionSamples([f"{i}.png" for i in range(5)], np.zeros(5), ["a", "b"], [str(i) for i in range(5)],
                                "image", [t["boxes"].numpy() for _, t in data], [t["labels"].numpy() for _, t in data],
                                [(32, 32)] * 5)
-    page = detection_task.render_report(Path("run"), "data", SimpleNamespace(classes=["a", "b"]), samples, data,
-                                        result)
+    page = report.render_report(Path("run"), "data", SimpleNamespace(classes=["a", "b"]), samples, data, result)
     assert len(calls) == 3 and "1.png: 2 errors" in page and "3.png: 2 errors" in page
     assert [d for d in drawn if d[0] == "red"] == [("red", [[4.0, 4.0, 20.0, 20.0]], ["a 0.90"])] * 2
 

@@ -36,7 +36,7 @@ def test_export_parity_and_onnx_predict(tmp_path, segmentation_set, monkeypatch)
     agree = np.mean([np.mean(a == b) for a, b in zip(masks["torch"], masks["onnx"])])
     assert agree >= 0.999
     from sft.tasks.segmentation import task as segmentation_task  # onnx reads model.json, builds no torch model
-    monkeypatch.setattr(segmentation_task, "load_model", lambda *a: pytest.fail("the torch model was built"))
+    monkeypatch.setattr(segmentation_task, "create_backbone", lambda *a, **k: pytest.fail("the torch model was built"))
     result = sft("predict", run, images[0], "--engine", "onnx", "--format", "json")
     assert result.exit_code == 0 and json.loads(result.output)[0]["file"] == str(images[0])
     refused = sft("export", run, "--format", "hf", "--out", tmp_path / "x")  # the parser knows its formats

@@ -95,13 +95,17 @@ def test_eval_of_other_data_does_not_replace_an_evaluation(frozen_run, segmentat
 
 def test_evaluate_keeps_the_masks_it_predicted_for_the_worst_images():
     """The report draws the worst images from the evaluation's own predictions, not from a second forward pass."""
-    from sft.tasks.segmentation.task import evaluate
+    from sft.tasks.base import score_batches
+    from sft.tasks.segmentation.metrics import SegmentationScorer
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 4, 3, padding=1)
     data = [(torch.rand(3, 16, 16), torch.randint(0, 4, (16, 16))) for _ in range(7)]
-    result, worst_masks = evaluate(model, data, ["a", "b", "c", "d"], 255, batch_size=3, top_n=3)
-    assert len(result["worst"]) == len(worst_masks) == 3
-    everyone = [evaluate(model, [item], ["a", "b", "c", "d"], 255)[0]["miou"] for item in data]
+    scorer = SegmentationScorer(["a", "b", "c", "d"], 255, top_n=3)
+    result = score_batches(model, data, scorer, batch_size=3)
+    worst_masks = scorer.worst_masks()
+    assert len(result["worst"]) == len(worst_masks) == 3 and result["samples"] == 7
+    everyone = [score_batches(model, [item], SegmentationScorer(["a", "b", "c", "d"], 255), batch_size=1)["miou"]
+                for item in data]
     assert [row["miou"] for row in result["worst"]] == pytest.approx(sorted(everyone)[:3])
     for row, mask in zip(result["worst"], worst_masks):
         with torch.inference_mode():

@@ -64,13 +64,18 @@ def _save_merged(lm, folder: str) -> None:
         lm.unmerge_adapter()
 
 
-def load_run(run_dir: str | Path) -> tuple[nn.Module, object, ChatInfo]:
+def read_chat_info(run_dir: str | Path) -> ChatInfo:
+    """A finished run's model.json (its model/ folder checked to be there)."""
     run = Path(run_dir)
     if not ((run / "model").is_dir() and (run / "model.json").is_file()):
         raise UserError(f"{run}: no finished model (model/, model.json); the run did not complete")
-    info = read_info(run / "model.json", ChatInfo)
-    model, tokenizer, _ = load_causal_lm(str(run / "model"), "pretrained", "")
-    return model.eval(), tokenizer, info
+    return read_info(run / "model.json", ChatInfo)
+
+
+def load_tuned(run_dir: str | Path) -> tuple[nn.Module, object]:
+    """A finished run's merged model (eval mode) and its tokenizer."""
+    model, tokenizer, _ = load_causal_lm(str(Path(run_dir) / "model"), "pretrained", "")
+    return model.eval(), tokenizer
 
 
 def load_base(info: ChatInfo):

@@ -17,14 +17,15 @@ from sft.core.html import esc, page, table
 from sft.core.rundir import RunDir
 from sft.data.chat import ChatCollate, ChatDataset, final_answers, label_set, read_chats
 from sft.data.loaders import Inputs
+from sft.data.samples import Samples
 from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.models.causal_lm import create_causal_lm, model_folder
 from sft.tasks import load_recipe
-from sft.tasks.base import TaskBase, check_eval_out, evaluation_target, write_evaluation
+from sft.tasks.base import TaskBase
 from sft.tasks.causal_lm.generation import (ChatInfo, export_run, generate, held_out_loss, label_scores, load_base,
-                                            load_run, prompt_of)
+                                            load_tuned, prompt_of, read_chat_info)
 from sft.tasks.causal_lm.module import ChatLM
 from sft.tasks.causal_lm.options import OPTIONS
 from sft.tasks.causal_lm.recipe import CausalLMRecipe, Generation
@@ -100,19 +101,28 @@ class CausalLM(TaskBase):
         return metrics
 
     # -- a finished run ------------------------------------------------------------------------------------------
-    def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
-        run, recipe, source, out = evaluation_target(run_dir, data, out)
-        d, gen = recipe.data, recipe.generation
-        samples = read_chats(source.path, format=source.format, prompt_column=d.prompt_column,
-                             completion_column=d.completion_column)
-        check_eval_out(out, source.path, run.path, overwrite)
-        model, tokenizer, info = load_run(run.path)
+    def run_info(self, run_dir: Path) -> ChatInfo:
+        return read_chat_info(run_dir)
+
+    def eval_samples(self, recipe: CausalLMRecipe, source, info: ChatInfo) -> Samples:
+        d = recipe.data
+        return read_chats(source.path, format=source.format, prompt_column=d.prompt_column,
+                          completion_column=d.completion_column)
+
+    def load_run(self, run_dir: Path, info: ChatInfo, engine: str = "torch"):
+        if engine != "torch":
+            raise UserError(f"--engine {engine}: causal-lm runs generate with PyTorch")
+        return load_tuned(run_dir)
+
+    def score_run(self, run, recipe, source, samples, model, info, options, *, batch_size, progress):
+        """Answer loss and perplexity, and generations before and after tuning: every answer scored against the
+        label set when the answers are labels, else the shown ones."""
+        (model, tokenizer), gen = model, recipe.generation
         batch_size = min(batch_size, 16)
         summary = {"samples": len(samples), **held_out_loss(model, tokenizer, samples, info.max_length, batch_size,
                                                            progress)}
         truth = final_answers(samples)
         prompts = [prompt_of(chat) for chat in samples.items]
-        # with labels every answer is scored; otherwise only the shown ones are generated
         top_n = options.top_losses
         scored = len(samples) if info.labels else min(len(samples), top_n or gen.samples)
         budget = gen.max_new_tokens
@@ -131,15 +141,13 @@ class CausalLM(TaskBase):
         rows = [{"id": samples.ids[i], "prompt": prompts[i][-1]["content"], "reference": truth[i],
                  "before": before[i] if before else None, "after": after[i]} for i in range(shown)]
         result = {"data": source.path, **summary, "labels": info.labels, "generations": rows}
-        report = _report(run.path, source.path, summary, rows)
-        write_evaluation(out, result, summary, report)
-        return out, summary
+        return result, summary, _report(run.path, source.path, summary, rows)
 
     def predict(self, run_dir, inputs, options, stream=None):
         """One answer per prompt, generated with the chat template; with `stream`, printed there as it is generated."""
         if not inputs:
             raise UserError("this run generates text: pass --prompt \"...\" (repeat for more) or --file PROMPTS.txt")
-        model, tokenizer, info = load_run(run_dir)
+        model, tokenizer = self.load_run(Path(run_dir), self.run_info(run_dir))
         gen, o = _recipe_generation(run_dir), options
         settings = dict(max_new_tokens=o.max_new_tokens or gen.max_new_tokens,
                         temperature=gen.temperature if o.temperature is None else o.temperature,

@@ -13,43 +13,50 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import Dataset
 
 from sft.core.calibration import calibrate_run as calibrate
-from sft.core.precision import autocast_for
-from sft.data.loaders import Inputs, eval_batches
+from sft.data.loaders import Inputs
 from sft.data.samples import Samples, stratified_subset
+from sft.tasks.base import score_batches
 
 MAX_VAL = 20_000  # validation samples whose logits are held for the fit (a stratified subset beyond that)
 
 
-@torch.inference_mode()
-def collect_logits(model: nn.Module, dataset: Dataset, *, batch_size: int = 128, precision: str = "32-true",
-                   device: torch.device | str = "cpu", collate_fn: Callable | None = None,
+class Logits:
+    """The Scorer that keeps every (logits, labels), on the CPU in float32: for the small validation split that
+    calibration fits on, never for an evaluation set (bound it with a subset first)."""
+
+    def __init__(self):
+        self.logits, self.labels = [], []
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, first: int) -> None:
+        self.logits.append(outputs.float().cpu())
+        self.labels.append(targets.cpu())
+
+    def result(self) -> dict:
+        return {"logits": torch.cat(self.logits).clone(), "labels": torch.cat(self.labels).clone()}
+
+
+def collect_logits(model: nn.Module, dataset: Dataset, *, batch_size: int = 128, collate_fn: Callable | None = None,
                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (logits, labels) of `dataset`, on the CPU in float32. Holds every logit: for the small validation split
-    that calibration fits on, never for an evaluation set (bound it with a subset first)."""
-    model.eval()
-    out, labels = [], []
-    with autocast_for(precision, device):
-        for x, y in eval_batches(dataset, batch_size, collate_fn, progress, "validation logits"):
-            out.append(model(move_data_to_device(x, device)).float().cpu())
-            labels.append(y.cpu())
-    return torch.cat(out).clone(), torch.cat(labels).clone()  # clone: plain tensors, usable outside inference mode
+    """All (logits, labels) of `dataset`, on the model's device, in float32 on the CPU."""
+    held = score_batches(model, dataset, Logits(), batch_size=batch_size, collate_fn=collate_fn, progress=progress,
+                         what="validation logits")
+    return held["logits"], held["labels"]
 
 
 def calibrate_run(run_dir: str | Path, model: nn.Module, info, val: Callable[[], Samples], inputs: Inputs, *,
-                  seed: int = 0, device="cpu", batch_size: int = 128, progress: bool = False,
-                  refit: bool = False) -> dict:
+                  seed: int = 0, batch_size: int = 128, progress: bool = False, refit: bool = False) -> dict:
     """The run's temperature (`sft.core.calibration.calibrate_run`), fitted on the logits of its validation split
-    (`val()`, in the run's `inputs`; at most MAX_VAL samples, a stratified subset beyond); `info` follows it."""
+    (`val()`, in the run's `inputs`, on the model's device; at most MAX_VAL samples, a stratified subset beyond);
+    `info` follows it."""
     def held_out():
         samples = val()
         if len(samples) > MAX_VAL:
             samples = samples.subset(stratified_subset(samples.labels, MAX_VAL, seed))
-        logits, labels = collect_logits(model, inputs.eval(samples), batch_size=batch_size, device=device,
+        logits, labels = collect_logits(model, inputs.eval(samples), batch_size=batch_size,
                                         collate_fn=inputs.collate, progress=progress)
         return logits, labels, {"val_samples": len(labels)}
 

@@ -17,16 +17,16 @@ from torch import nn
 
 from sft.core.atomic import atomic_write_dir
 from sft.core.rundir import RunDir
+from sft.core.torchfile import load_safetensors
+from sft.data.images import build_transforms
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
 from sft.models.lora import add_lora
 from sft.models.text_encoder import TextPreprocess, create_text_encoder
 from sft.models.vision import create_backbone
 from sft.recipe import Lora
-from sft.tasks import base
-from sft.tasks.base import REBUILD, load_parts, read_model_files, with_preprocess, write_model_files
+from sft.tasks.base import REBUILD, load_parts
 from sft.tasks.classification.module import logits, new_head
-from sft.tasks.classification.recipe import TEXT
 
 
 @dataclass
@@ -60,17 +60,6 @@ def model_files(run: RunDir) -> tuple[Path, Path, Path, Path]:
     return (run.path / "model.safetensors", run.path / "model.json", run.path / "backbone", run.path / "adapter")
 
 
-def export_model(run: RunDir, model: nn.Module, info: ModelInfo) -> None:
-    _, _, encoder_files, adapter = model_files(run)
-    if info.task == TEXT:
-        encoder = model.backbone
-        atomic_write_dir(encoder_files, lambda tmp: (encoder.model.config.save_pretrained(tmp),
-                                                     encoder.tokenizer.save_pretrained(tmp)))
-        if info.lora:
-            atomic_write_dir(adapter, encoder.model.save_pretrained)
-    write_model_files(run.path, model, info)
-
-
 def used_preprocess(pre, image_size: int | None):
     """The preprocessing a run trained with: the backbone's own, at data.image_size when set."""
     if isinstance(pre, Preprocess) and image_size:
@@ -78,28 +67,44 @@ def used_preprocess(pre, image_size: int | None):
     return pre
 
 
-def read_info(path: Path) -> ModelInfo:
-    """model.json (a run's or an export's) as a ModelInfo (keys it does not know, such as an export's, are left out)."""
-    return base.read_info(path, ModelInfo, _preprocess)
+def eval_transform(info: ModelInfo):
+    """An image run's evaluation transform, from what the run stored (`sft eval`, `predict`, `serve`, the export)."""
+    return build_transforms(info.preprocess, None, "none")[1]
 
 
-def _preprocess(raw: dict) -> dict:
-    return with_preprocess(raw, TextPreprocess if raw.get("task") == TEXT else Preprocess)
+# -- what differs: the backbone's own files --------------------------------------------------------------------------
+
+def write_encoder(run: RunDir, model: nn.Module, info: ModelInfo) -> None:
+    """A text run's encoder config and tokenizer (backbone/), and a LoRA run's adapter (adapter/)."""
+    _, _, encoder_files, adapter = model_files(run)
+    encoder = model.backbone
+    atomic_write_dir(encoder_files, lambda tmp: (encoder.model.config.save_pretrained(tmp),
+                                                 encoder.tokenizer.save_pretrained(tmp)))
+    if info.lora:
+        atomic_write_dir(adapter, encoder.model.save_pretrained)
 
 
-def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
-    """The trained model (eval mode) and its info, from a run directory alone."""
+def read_encoder(run_dir: Path, info: ModelInfo) -> nn.Module:
+    """A text run's encoder, from its backbone/ files (with its LoRA adapters), weights not loaded."""
+    encoder = create_text_encoder(str(model_files(RunDir(run_dir))[2]), "none", info.preprocess.pooling)[0]
+    if info.lora:
+        settings = {k: v for k, v in info.lora.items() if k in Lora.model_fields}  # the run's strategy section
+        encoder.model = add_lora(encoder.model, Lora(**settings))
+    return encoder
+
+
+def read_vision_backbone(run_dir: Path, info: ModelInfo) -> nn.Module:
+    """An image run's backbone, built by name, weights not loaded."""
+    return create_backbone(info.backbone, weights=None).module
+
+
+def load_model(run_dir: str | Path, info: ModelInfo, backbone: nn.Module) -> TrainedClassifier:
+    """The trained model (eval mode) from `backbone` (the task builds it from the run's files) and a new head, the
+    run's model.safetensors loaded into both."""
     run = RunDir(run_dir)
-    weights, info_file, encoder_files, _ = model_files(run)
-    info, state = read_model_files(run.path, ModelInfo, _preprocess)
-    if info.task == TEXT:
-        backbone = create_text_encoder(str(encoder_files), "none", info.preprocess.pooling)[0]
-        if info.lora:
-            settings = {k: v for k, v in info.lora.items() if k in Lora.model_fields}  # the run's strategy section
-            backbone.model = add_lora(backbone.model, Lora(**settings))
-    else:
-        backbone = create_backbone(info.backbone, weights=None).module
+    weights, info_file, _, _ = model_files(run)
     model = nn.ModuleDict({"backbone": backbone, "head": new_head(info.num_features, len(info.classes), info.dropout)})
+    state = load_safetensors(weights, REBUILD)
     head, own = state.get("head.1.weight"), model.state_dict()["head.1.weight"]
     if head is not None and head.shape != own.shape:
         raise UserError(f"{weights} has a head for {head.shape[0]} classes of {head.shape[1]} features, but "
@@ -109,4 +114,4 @@ def load_model(run_dir: str | Path) -> tuple[TrainedClassifier, ModelInfo]:
     model.eval()
     if info.channels_last:  # the layout it trained in: mixed layouts are several times slower on CPU
         model.to(memory_format=torch.channels_last)
-    return TrainedClassifier(model, info.channels_last).eval(), info  # eval at the top too: exporters restore it
+    return TrainedClassifier(model, info.channels_last).eval()  # eval at the top too: exporters restore it

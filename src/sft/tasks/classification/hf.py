@@ -31,7 +31,7 @@ from torch import nn
 from sft.core.rundir import RunDir
 from sft.errors import UserError
 from sft.models.export import check_export_dir, default_folder, export_checked, file_id
-from sft.tasks.classification.export import load_model, model_files
+from sft.tasks.classification.export import model_files
 from sft.tasks.classification.onnx import PARITY_BATCH, parity_samples, sample_batches
 
 MODELING = '''"""Written by `sft export --format hf`: the fine-tuned encoder, its pooling ({pooling}) and its linear
@@ -115,13 +115,13 @@ def _checked(out: Path, save, task, run: RunDir, model: nn.Module, info, parts: 
                           format="hf", task=info.task)
 
 
-def export_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
+def export_text_hf(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
               overwrite: bool) -> tuple[Path, dict]:
     """Write the run's text classifier as a transformers folder, checked against the run's PyTorch model."""
     run = RunDir(run_dir)
     out = Path(out) if out else default_folder(run.path, "hf")
     check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
-    model, info = load_model(run.path)
+    model, info = task.load_trained(run.path)
     parts = parity_samples(task, run)
     encoder = model.backbone.model
     if info.lora:  # merged in a copy: the parity check compares with the unmerged run model
@@ -155,7 +155,7 @@ def export_timm_hf(task, run_dir: str | Path, out: str | Path | None, *, force: 
     run = RunDir(run_dir)
     out = Path(out) if out else default_folder(run.path, "hf")
     check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
-    model, info = load_model(run.path)
+    model, info = task.load_trained(run.path)
     lib, _, arch = info.backbone.partition("/")
     if lib != "timm":
         raise UserError(f"--format hf for images is timm's Hugging Face format, which holds timm models only; "

@@ -12,7 +12,6 @@ from sft.data.sampling import SAMPLER_MODES
 from sft.recipe import (Data, FeatureCache, HeadFirst, Lora, Model, Optim, Recipe, Section, Source, Strategy,
                         VisionData, VisionModel, VisionTrainer)
 
-TEXT = "text-classification"
 STRATEGY_HELP = "which backbone groups train when; auto: chosen from the data and the backbone"
 
 

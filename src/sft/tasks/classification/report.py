@@ -249,3 +249,9 @@ def write_report(out: Path, results: dict, model, info, samples, dataset, collat
     """Render and write out/report.html atomically (`sft report`)."""
     atomic_write_text(Path(out) / "report.html", build_report(results, model, info, samples, dataset, collate_fn,
                                                               progress))
+
+
+def class_samples(labels: np.ndarray, num_classes: int, per_class: int = 2, max_classes: int = 40) -> list[int]:
+    """The first `per_class` samples of each of the first `max_classes` classes (the report's Grad-CAM gallery)."""
+    labels = np.asarray(labels)
+    return [int(i) for c in range(min(num_classes, max_classes)) for i in np.flatnonzero(labels == c)[:per_class]]

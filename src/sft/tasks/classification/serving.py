@@ -1,6 +1,7 @@
-"""A finished classification run behind `sft serve`: request items (image bytes, texts) become the same inputs
-`sft predict` gives the model (the run's eval transform, its tokenizer), batches run on PyTorch or onnxruntime, and
-each answer is the top-k labels with the run's (calibrated) probabilities."""
+"""A finished classification run's predictions: the top-k labels with the run's (calibrated) probabilities, for
+`sft predict`'s rows and `sft serve`'s answers. Behind `sft serve`, request items (image bytes, texts) become the
+same inputs `sft predict` gives the model (the run's eval transform, its tokenizer), batches run on PyTorch or
+onnxruntime; the image and text predictors differ only there."""
 
 from __future__ import annotations
 
@@ -10,20 +11,35 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch import nn
 
-from sft.data.images import build_transforms
 from sft.errors import UserError
 from sft.models.export import file_id, probabilities
-from sft.tasks.classification.export import load_model
-from sft.tasks.classification.onnx import load_onnx
-from sft.tasks.classification.recipe import TEXT
+from sft.tasks.classification.export import eval_transform
 
 
-def load_engine(run_dir: str | Path, engine: str):
-    """(model, info) of a run on `engine`: the PyTorch model, or its ONNX export through onnxruntime."""
-    if engine not in ("torch", "onnx"):
-        raise UserError(f"--engine {engine}: expected torch or onnx")
-    return load_model(run_dir) if engine == "torch" else load_onnx(run_dir)
+def ranked(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
+    """The k most probable (class, probability) of one sample's probabilities, most probable first."""
+    values, indices = probs.topk(min(k, len(classes)))
+    return [(classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
+
+@torch.inference_mode()
+def predict_top_k(model: nn.Module, inputs, classes: list[str], k: int = 1,
+                  temperature: float = 1.0) -> list[list[tuple[str, float]]]:
+    """Top-k (class, probability) for each input of a batch; probabilities are softmax(logits / temperature), the
+    run's calibrated ones when `temperature` is its fitted value."""
+    model.eval()
+    return [ranked(p, classes, k) for p in probabilities(model(inputs), temperature)]
+
+
+def text_item(text: str, pair: bool) -> str | tuple[str, str]:
+    """A text as the run's model takes it: a run on text pairs takes 'first<TAB>second' as the pair."""
+    if not pair:
+        return text
+    if "\t" not in text:
+        raise UserError(f"this run classifies text pairs: give each as 'first<TAB>second' ({text!r})")
+    return tuple(text.split("\t", 1))
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -40,12 +56,16 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 class ClassifierPredictor:
+    """What `sft serve` asks of a run (sft.tasks.base.Predictor): the run's model on `engine`, its model.json, and
+    the answer; `prepare` and `batch` are the image's or the text's."""
+    inputs = ""
+    transform = None
+
     def __init__(self, task, run_dir: str | Path, engine: str):
-        self.model, self.info = load_engine(run_dir, engine)
+        self.info = task.run_info(Path(run_dir))
+        self.model = task.load_run(Path(run_dir), self.info, engine)
         self.engine, self.run_dir = engine, Path(run_dir)
-        self.inputs = "text" if self.info.task == TEXT else "image"
         self.collate = task.run_inputs(self.model, self.info).collate
-        self.transform = None if self.inputs == "text" else build_transforms(self.info.preprocess, None, "none")[1]
         self.weights_id = file_id(self.run_dir / "model.safetensors")
 
     def metadata(self) -> dict:
@@ -55,22 +75,41 @@ class ClassifierPredictor:
                 "engine": self.engine, "run_dir": str(self.run_dir.resolve())}
 
     def prepare(self, item: bytes | str) -> object:
-        if self.inputs == "image":
-            return self.transform(decode_image(item))
-        if not isinstance(item, str) or not item.strip():
-            raise UserError("each text must be a non-empty string")
-        if self.info.preprocess.pair:
-            if "\t" not in item:
-                raise UserError("this run classifies text pairs: give each as 'first<TAB>second'")
-            return tuple(item.split("\t", 1))
-        return item
+        raise NotImplementedError
+
+    def batch(self, prepared: list):
+        raise NotImplementedError
 
     @torch.inference_mode()
     def run(self, prepared: list) -> list[torch.Tensor]:
-        x = torch.stack(prepared) if self.inputs == "image" else self.collate([(t, 0) for t in prepared])[0]
-        return list(probabilities(self.model(x), self.info.temperature))
+        return list(probabilities(self.model(self.batch(prepared)), self.info.temperature))
 
     def answer(self, probs: torch.Tensor, top_k: int) -> dict:
-        values, indices = probs.topk(min(top_k, len(self.info.classes)))
-        return {"predictions": [{"label": self.info.classes[i], "probability": round(float(v), 6)}
-                                for v, i in zip(values.tolist(), indices.tolist())]}
+        return {"predictions": [{"label": label, "probability": round(p, 6)}
+                                for label, p in ranked(probs, self.info.classes, top_k)]}
+
+
+class ImagePredictor(ClassifierPredictor):
+    inputs = "image"
+
+    def __init__(self, task, run_dir: str | Path, engine: str):
+        super().__init__(task, run_dir, engine)
+        self.transform = eval_transform(self.info)
+
+    def prepare(self, item: bytes | str) -> torch.Tensor:
+        return self.transform(decode_image(item))
+
+    def batch(self, prepared: list) -> torch.Tensor:
+        return torch.stack(prepared)
+
+
+class TextPredictor(ClassifierPredictor):
+    inputs = "text"
+
+    def prepare(self, item: bytes | str) -> str | tuple[str, str]:
+        if not isinstance(item, str) or not item.strip():
+            raise UserError("each text must be a non-empty string")
+        return text_item(item, self.info.preprocess.pair)
+
+    def batch(self, prepared: list) -> dict:
+        return self.collate([(t, 0) for t in prepared])[0]

@@ -1,17 +1,23 @@
 """Classification of images and texts behind the Task protocol: one label per sample, a new linear head on the
-backbone's pooled vector, accuracy monitored, head-only epochs on cached features, a calibrated report and top-k
-predictions. Images and texts differ only in how a split is read, which backbone encodes it and how samples become
-batches; the two classes below are those differences."""
+backbone's pooled vector, accuracy monitored, head-only epochs on cached features, and the after-training skeleton's
+steps (a calibrated evaluation scored by metrics.Scores with its report, top-k predictions). Images and texts differ
+only in how a split is read, which backbone encodes it, how samples become batches and which files rebuild the
+backbone, how the model becomes an ONNX graph or a Hugging Face folder, and what a served request holds; the two
+classes below are those differences."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sft.core.atomic import check_writable
 from sft.core.rundir import RunDir
 from sft.data.images import ImageDataset, build_transforms, read_samples
 from sft.data.loaders import Inputs
@@ -19,21 +25,24 @@ from sft.data.samples import Samples, stratified_subset
 from sft.data.splits import Splits, load_splits
 from sft.data.texts import TextDataset, Tokenize, read_texts, token_lengths
 from sft.errors import UserError
-from sft.models.backbone import Backbone
-from sft.models.text_encoder import create_text_backbone
+from sft.models.backbone import Backbone, Preprocess
+from sft.models.text_encoder import TextPreprocess, create_text_backbone
 from sft.models.vision import create_backbone
 from sft.recipe import Source
-from sft.tasks.base import TaskBase
-from sft.tasks.classification.evaluation import evaluate, evaluate_run, predict, rebuild_report
-from sft.tasks.classification.export import ModelInfo, export_model, used_preprocess
-from sft.tasks.classification.hf import export_hf, export_timm_hf
+from sft.tasks import load_recipe
+from sft.tasks.base import TaskBase, read_run_info, score_batches, source_of, with_preprocess, write_model_files
+from sft.tasks.classification.calibration import calibrate_run
+from sft.tasks.classification.export import (ModelInfo, TrainedClassifier, eval_transform, load_model, read_encoder,
+                                             read_vision_backbone, used_preprocess, write_encoder)
+from sft.tasks.classification.hf import export_text_hf, export_timm_hf
+from sft.tasks.classification.metrics import Scores, summarize
 from sft.tasks.classification.module import Classifier
-from sft.tasks.classification.probe import fit_probe, load_probe
-from sft.tasks.classification.onnx import export_onnx
+from sft.tasks.classification.onnx import OnnxClassifier, OnnxTextClassifier, export_onnx, load_onnx
 from sft.tasks.classification.options import OPTIONS
-from sft.tasks.classification.serving import ClassifierPredictor, load_engine
-from sft.tasks.classification.recipe import (TEXT, ClassificationRecipe, ImageClassificationRecipe,
-                                             TextClassificationRecipe)
+from sft.tasks.classification.probe import fit_probe, load_probe
+from sft.tasks.classification.recipe import ClassificationRecipe, ImageClassificationRecipe, TextClassificationRecipe
+from sft.tasks.classification.report import build_report, class_samples, write_report
+from sft.tasks.classification.serving import ImagePredictor, TextPredictor, predict_top_k, text_item
 from sft.tasks.classification.tools.audit import audit_data
 from sft.tasks.classification.tools.strategy_auto import choose_strategy
 from sft.tasks.classification.tools.transfer import logme
@@ -51,6 +60,9 @@ class ImageClassification(TaskBase):
     monitor = Monitor("val_acc", "max")
     column = "file"  # what `sft predict` rows call an input
     options = OPTIONS
+    preprocess = Preprocess  # model.json's preprocessing
+    onnx = OnnxClassifier  # `sft export --format onnx` and `--engine onnx`
+    serving = ImagePredictor  # `sft serve`
 
     # -- data and model ------------------------------------------------------------------------------------------
     def read_split(self, source: Source, recipe: ClassificationRecipe, classes: list[str] | None) -> Samples:
@@ -76,13 +88,19 @@ class ImageClassification(TaskBase):
 
     def run_inputs(self, model, info: ModelInfo) -> Inputs:
         """A finished run's evaluation inputs, from what the run stored: its eval transform."""
-        _, eval_tf = build_transforms(info.preprocess, None, "none")
+        eval_tf = eval_transform(info)
         return Inputs(lambda s: ImageDataset(s, eval_tf), lambda s: ImageDataset(s, eval_tf), None, key=str(eval_tf))
 
-    def prediction_samples(self, info: ModelInfo, files: list[str], texts: list[str]) -> tuple[list, Samples]:
-        if texts:
-            raise UserError("this run classifies images: pass image files, not --text/--file")
-        return files, Samples(files, np.zeros(len(files), dtype=np.int64), info.classes, files, "image")
+    def prediction_samples(self, info: ModelInfo, inputs: list[str]) -> Samples:
+        """`sft predict`'s image files as samples."""
+        return Samples(inputs, np.zeros(len(inputs), dtype=np.int64), info.classes, inputs, "image")
+
+    def write_backbone(self, run: RunDir, model, info: ModelInfo) -> None:
+        """The files beside model.safetensors that rebuild the backbone: none, its name in model.json does."""
+
+    def read_backbone(self, run_dir: Path, info: ModelInfo):
+        """The run's backbone module, built from its files, its weights not loaded yet."""
+        return read_vision_backbone(run_dir, info)
 
     # -- training ------------------------------------------------------------------------------------------------
     def uses_feature_cache(self, recipe: ClassificationRecipe) -> bool:
@@ -123,12 +141,14 @@ class ImageClassification(TaskBase):
         return {"probe": fit.facts()}
 
     def export(self, run: RunDir, p: Prepared) -> None:
+        """The run's model files: the backbone's own (texts), then model.safetensors and model.json."""
         r = p.recipe
         info = ModelInfo(backbone=p.backbone.name, classes=p.splits.classes, num_features=p.backbone.num_features,
                          preprocess=self.trained_preprocess(p),
                          dropout=r.model.dropout, channels_last=p.channels_last, task=self.name,
                          lora=r.strategy.model_dump() if r.strategy.name == "lora" else None)
-        export_model(run, p.model, info)
+        self.write_backbone(run, p.model, info)
+        write_model_files(run.path, p.model, info)
 
     def final_metrics(self, p: Prepared, cached: bool) -> dict:
         """Validation and test scores of the best model as `sft eval` and `predict` see it: in fp32 (cached
@@ -138,9 +158,9 @@ class ImageClassification(TaskBase):
         for split in ("val", "test"):
             if getattr(p.splits, split) is None:
                 continue
-            result = evaluate(p.model, p.data.eval_dataset(split, cached), len(classes), precision="32-true",
-                              progress=p.recipe.trainer.progress and split == "test",
-                              collate_fn=None if cached else p.data.collate)
+            result = score_batches(p.model, p.data.eval_dataset(split, cached), Scores(len(classes)), batch_size=128,
+                                   collate_fn=None if cached else p.data.collate, precision="32-true",
+                                   progress=p.recipe.trainer.progress and split == "test")
             metrics.update({f"{split}_loss": result["loss"], f"{split}_balanced_acc": result["balanced_accuracy"],
                             f"{split}_macro_f1": result["macro_f1"], f"{split}_samples": result["samples"],
                             f"{split}_recall": dict(zip(classes, result["per_class_recall"]))})
@@ -148,37 +168,100 @@ class ImageClassification(TaskBase):
                 metrics["test_acc"] = result["accuracy"]
         return metrics
 
-    # -- a finished run ------------------------------------------------------------------------------------------
+    # -- a finished run: the skeleton's steps --------------------------------------------------------------------
+    def run_info(self, run_dir: Path) -> ModelInfo:
+        return read_run_info(run_dir, ModelInfo, partial(with_preprocess, kind=self.preprocess))
+
+    def eval_samples(self, recipe: ClassificationRecipe, source: Source, info: ModelInfo) -> Samples:
+        """The labelled data, read with the run's classes (texts: with the recipe's columns), which it must have."""
+        samples = self.read_split(source, recipe, info.classes)
+        check_classes(samples.classes, info.classes, source.path)
+        return samples
+
+    def same_data(self, source: Source, samples: Samples):
+        """The same source and the same samples (by fingerprint): the same data again, say after retraining."""
+        this = data_identity(source, samples)
+        return lambda data: (data["source"], data["fingerprint"]) == (this["source"], this["fingerprint"])
+
+    def load_run(self, run_dir: Path, info: ModelInfo, engine: str = "torch"):
+        """The run's model on PyTorch, or its ONNX export through onnxruntime."""
+        if engine == "onnx":
+            return load_onnx(run_dir, self.onnx)
+        if engine != "torch":
+            raise UserError(f"--engine {engine}: expected torch or onnx")
+        return load_model(run_dir, info, self.read_backbone(Path(run_dir), info))
+
+    def load_trained(self, run_dir: Path) -> tuple[TrainedClassifier, ModelInfo]:
+        """(model, info) of a finished run on PyTorch: what `sft export` converts and tests inspect."""
+        info = self.run_info(Path(run_dir))
+        return self.load_run(Path(run_dir), info), info
+
+    def score_run(self, run, recipe, source, samples, model, info, options, *, batch_size, progress):
+        """Fit the temperature on the run's validation split if model.json never had it fitted (stored there), score
+        the data under it, and draw the report (top losses, and a gallery per class, with Grad-CAM or token
+        attributions)."""
+        if not info.extra.get("temperature_fitted"):  # fitted below and stored in model.json
+            check_writable(run.path, f"`sft eval` stores the temperature it fits in {run.path / 'model.json'}; make "
+                                     f"the run folder writable (chmod -R u+w {run.path}) or evaluate a writable copy "
+                                     f"of it")
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        inputs = self.run_inputs(model, info)
+        calibration = calibrate_run(run.path, model, info, lambda: self.load_splits(recipe).val, inputs,
+                                    seed=recipe.seed, batch_size=batch_size, progress=progress)
+        dataset = inputs.eval(samples)
+        scorer = Scores(len(info.classes), temperature=calibration["temperature"], top_losses=options.top_losses)
+        scores = score_batches(model, dataset, scorer, batch_size=batch_size, collate_fn=inputs.collate,
+                               progress=progress)
+        for row in scores["top_losses"]:
+            row["id"] = samples.ids[row["index"]]
+        results = {"run_dir": str(run.path.resolve()), "data": data_identity(source, samples), "kind": samples.kind,
+                   "classes": info.classes, "calibration": calibration, "metrics": scores,
+                   "class_samples": class_samples(samples.labels, len(info.classes))}
+        page = build_report(results, model.cpu(), info, samples, dataset, inputs.collate, progress=progress)
+        return results, summarize(results), page
+
     def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
-        out, summary = evaluate_run(self, run_dir, data, out, overwrite, progress=progress, batch_size=batch_size,
-                                    top_n=options.top_losses)
-        per_class = summary.pop("per_class")
-        summary["per_class_recall"] = {c: v["recall"] for c, v in per_class.items()}
-        return out, summary
+        """`sft eval` as the skeleton runs it; printed with each class's recall only (metrics.json has them all)."""
+        out, summary = super().evaluate(run_dir, data, out, options, overwrite=overwrite, batch_size=batch_size,
+                                        progress=progress)
+        shown = {k: v for k, v in summary.items() if k != "per_class"}
+        return out, shown | {"per_class_recall": {c: v["recall"] for c, v in summary["per_class"].items()}}
 
     def report(self, run_dir, eval_dir):
-        return rebuild_report(self, run_dir, eval_dir)
-
-    def predict(self, run_dir, inputs: list[str], options, stream=None) -> list[dict]:
-        model, info = load_engine(run_dir, options.engine)
-        files, texts = (inputs, []) if self.inputs == "files" else ([], inputs)
-        items, samples = self.prediction_samples(info, files, texts)
-        if not items:
-            raise UserError("nothing to classify: give image files, --text or --file")
+        """`sft report`: report.html again from an evaluation's results.json (the evaluated data, which must be
+        unchanged, read again; Grad-CAM run again)."""
+        out = Path(eval_dir) if eval_dir else Path(run_dir) / "eval"
+        if not (out / "results.json").exists():
+            raise UserError(f"{out}: no results.json; run `sft eval {run_dir}` first")
+        results = json.loads((out / "results.json").read_text())
+        info = self.run_info(Path(run_dir))
+        recipe = load_recipe(RunDir(run_dir).recipe)
+        source = source_of(recipe, results["data"]["source"])
+        samples = self.eval_samples(recipe, source, info)
+        if samples.fingerprint() != results["data"]["fingerprint"]:
+            raise UserError(f"{results['data']['source']['path']}: the data changed since it was evaluated; run "
+                            f"`sft eval` again (with --overwrite)")
+        model = self.load_run(Path(run_dir), info)
         inputs = self.run_inputs(model, info)
-        results = [r for x, _ in DataLoader(inputs.eval(samples), batch_size=64, collate_fn=inputs.collate)
-                   for r in predict(model, x, info.classes, options.top_k, temperature=info.temperature)]
+        write_report(out, results, model, info, samples, inputs.eval(samples), inputs.collate, progress=True)
+        return out / "report.html"
+
+    def predict_rows(self, model, info, inputs, options, folder, stream) -> list[dict]:
+        """The top-k labels of each input, with the run's calibrated probabilities."""
+        samples, loaded = self.prediction_samples(info, inputs), self.run_inputs(model, info)
+        results = [r for x, _ in DataLoader(loaded.eval(samples), batch_size=64, collate_fn=loaded.collate)
+                   for r in predict_top_k(model, x, info.classes, options.top_k, temperature=info.temperature)]
         return [{self.column: item, "rank": r + 1, "label": label, "probability": round(p, 4)}
-                for item, preds in zip(items, results) for r, (label, p) in enumerate(preds)]
+                for item, preds in zip(inputs, results) for r, (label, p) in enumerate(preds)]
 
     def export_model(self, run_dir, out, options, *, force: bool, overwrite: bool) -> tuple:
-        format = options.format
-        if format == "onnx":
+        if options.format == "onnx":
             return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
-        if format == "hf":
-            export = export_hf if self.name == TEXT else export_timm_hf
-            return export(self, run_dir, out, force=force, overwrite=overwrite)
-        raise UserError(f"--format {format}: classification runs export as onnx or hf")
+        return self.export_hf(run_dir, out, force=force, overwrite=overwrite)
+
+    def export_hf(self, run_dir, out, *, force: bool, overwrite: bool) -> tuple:
+        """`sft export --format hf`: timm's Hugging Face folder (timm backbones only)."""
+        return export_timm_hf(self, run_dir, out, force=force, overwrite=overwrite)
 
     def audit(self, recipe: ClassificationRecipe, out, *, overwrite, also):
         """`sft audit`: label issues, duplicates, leakage, outliers and imbalance of the recipe's data (tools.audit)."""
@@ -187,16 +270,19 @@ class ImageClassification(TaskBase):
                 "suspects": dict(Counter(s.kind for s in report.suspects)), "train_counts": report.counts["train"],
                 "train_without_them": f"data.exclude={out}/suspects.csv"}
 
-    def predictor(self, run_dir, options) -> ClassifierPredictor:
-        return ClassifierPredictor(self, run_dir, options.engine)
+    def predictor(self, run_dir, options):
+        return self.serving(self, run_dir, options.engine)
 
 
 class TextClassification(ImageClassification):
-    name = TEXT
+    name = "text-classification"
     description = "one label per text (or text pair): a new linear head on a pooled Hugging Face encoder"
     recipe = TextClassificationRecipe
     column = "text"
     inputs = "texts"
+    preprocess = TextPreprocess
+    onnx = OnnxTextClassifier
+    serving = TextPredictor
 
     def read_split(self, source: Source, recipe: ClassificationRecipe, classes: list[str] | None) -> Samples:
         d = recipe.data
@@ -223,16 +309,17 @@ class TextClassification(ImageClassification):
         return Inputs(TextDataset, TextDataset, Tokenize(model.backbone.tokenizer, info.preprocess.max_length), "",
                       decodes=False)
 
-    def prediction_samples(self, info: ModelInfo, files: list[str], texts: list[str]) -> tuple[list, Samples]:
-        if files:
-            raise UserError("this run classifies texts: pass --text \"...\" or --file FILE, not files")
-        items: list = list(texts)
-        if info.preprocess.pair:
-            bad = [t for t in items if "\t" not in t]
-            if bad:
-                raise UserError(f"this run classifies text pairs: give each as 'first<TAB>second' ({bad[0]!r})")
-            items = [tuple(t.split("\t", 1)) for t in items]
-        return texts, Samples(items, np.zeros(len(items), dtype=np.int64), info.classes, list(texts), "text")
+    def prediction_samples(self, info: ModelInfo, inputs: list[str]) -> Samples:
+        """`sft predict`'s texts as samples (a run on text pairs takes each as 'first<TAB>second')."""
+        items = [text_item(text, info.preprocess.pair) for text in inputs]
+        return Samples(items, np.zeros(len(items), dtype=np.int64), info.classes, list(inputs), "text")
+
+    def write_backbone(self, run: RunDir, model, info: ModelInfo) -> None:
+        """The encoder's config and tokenizer (backbone/), and a LoRA run's adapter (adapter/)."""
+        write_encoder(run, model, info)
+
+    def read_backbone(self, run_dir: Path, info: ModelInfo):
+        return read_encoder(run_dir, info)
 
     def loader_options(self, recipe: ClassificationRecipe, splits: Splits, inputs: Inputs, notes: dict) -> dict:
         lengths = inputs.lengths(splits.train)  # one tokenizer pass: counts truncation, groups batches by length
@@ -243,3 +330,21 @@ class TextClassification(ImageClassification):
                 f"{truncated} of {len(splits.train)} training texts are longer than data.max_length="
                 f"{recipe.data.max_length} tokens and are truncated")
         return {"balance": recipe.data.balance, "lengths": lengths if recipe.data.group_by_length else None}
+
+    def export_hf(self, run_dir, out, *, force: bool, overwrite: bool) -> tuple:
+        """`sft export --format hf`: a transformers folder with the encoder, the run's pooling and head."""
+        return export_text_hf(self, run_dir, out, force=force, overwrite=overwrite)
+
+
+def check_classes(data: list[str], run: list[str], where) -> None:
+    """The evaluated data's classes are the run's, in its order, or a UserError naming the difference."""
+    if list(data) != list(run):
+        only_data, only_run = sorted(set(data) - set(run)), sorted(set(run) - set(data))
+        detail = (f"only in the data: {only_data}; only in the run: {only_run}" if only_data or only_run
+                  else f"same names in another order: data {list(data)}, run {list(run)}")
+        raise UserError(f"{where}: classes differ from the run's ({detail})")
+
+
+def data_identity(source: Source, samples: Samples) -> dict:
+    """results.json's "data": the source as the recipe gives it, the samples' fingerprint and count."""
+    return {"source": source.model_dump(), "fingerprint": samples.fingerprint(), "samples": len(samples)}

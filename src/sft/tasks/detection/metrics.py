@@ -1,13 +1,19 @@
 """COCO mAP through torchmetrics' MeanAveragePrecision (the faster_coco_eval backend: the COCO protocol, faster),
 plus what a report needs beside it: precision-recall curves, per-image errors and the confusions between classes at
-IoU 0.5. Labels here are 0-based class indices; the detectors' background index is handled in sft...module."""
+IoU 0.5. Labels here are 0-based class indices; the detectors' background index is handled in sft...module.
+`DetectionScorer` counts a split batch by batch for `sft.tasks.base.score_batches` (training's final metrics and
+`sft eval`)."""
 
 from __future__ import annotations
+
+import heapq
 
 import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
+
+REPORT_SCORE = 0.3  # predictions shown in the report and counted in its confusions
 
 
 def mean_ap(extended: bool = False) -> MeanAveragePrecision:
@@ -81,3 +87,50 @@ def confusion(matches: list[dict], num_classes: int) -> np.ndarray:
         for p in found["false"]:
             m[num_classes, p] += 1
     return m
+
+
+class DetectionScorer:
+    """COCO mAP of a split; with `extended`, per-class AP and recall, PR curves, the confusions at IoU 0.5
+    (predictions of at least REPORT_SCORE) and the `top_n` images with the most errors, with those predictions (kept
+    from this one pass, for the report to draw). The skeleton's Scorer: outputs and targets are lists of dicts
+    (boxes xyxy, labels; outputs with scores)."""
+
+    def __init__(self, classes: list[str], *, extended: bool = False, top_n: int = 0):
+        self.classes, self.extended, self.top_n = classes, extended, top_n
+        self.metric = mean_ap(extended=True)
+        self.matches, self.worst, self.samples = [], [], 0
+
+    def update(self, outputs: list[dict], targets: list[dict], first: int) -> None:
+        if not self.samples and targets:  # the counts live where the model runs, as its outputs do
+            self.metric = self.metric.to(targets[0]["boxes"].device)
+        self.metric.update(outputs, targets)
+        self.samples = max(self.samples, first + len(targets))
+        if not (self.extended or self.top_n):  # training's final metrics: the mAP only, no matching (no GPU syncs)
+            return
+        outputs, targets = ([{k: v.cpu() for k, v in d.items()} for d in ds] for ds in (outputs, targets))  # one copy
+        for index, (pred, target) in enumerate(zip(outputs, targets), first):
+            m = match(pred, target, REPORT_SCORE)
+            self.matches.append(m)
+            if self.top_n and m["errors"]:
+                item = (m["errors"], -index, shown(pred))  # (errors, -index) are unique: predictions never compared
+                worst = self.worst
+                heapq.heappush(worst, item) if len(worst) < self.top_n else heapq.heappushpop(worst, item)
+
+    def result(self) -> dict:
+        raw = self.metric.compute()
+        result = summary(raw, self.classes)
+        result.update(samples=self.samples, classes=self.classes)
+        if self.extended:
+            result.update(pr_curves=pr_curves(raw, self.classes),
+                          confusion=confusion(self.matches, len(self.classes)).tolist(),
+                          worst=[{"index": -i, "errors": e, **p} for e, i, p in sorted(self.worst, reverse=True)],
+                          report_score=REPORT_SCORE)
+        return result
+
+
+def shown(pred: dict) -> dict:
+    """An image's predictions of at least REPORT_SCORE, as JSON (boxes xyxy in the model's input pixels)."""
+    keep = pred["scores"] >= REPORT_SCORE
+    return {"boxes": [[round(float(v), 2) for v in b] for b in pred["boxes"][keep]],
+            "scores": [round(float(v), 4) for v in pred["scores"][keep]],
+            "labels": [int(c) for c in pred["labels"][keep]]}

@@ -10,40 +10,33 @@ box at all, boxes normalised where pixels are wanted) run when the splits are re
 
 from __future__ import annotations
 
-import heapq
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import nn
-from torchvision.utils import draw_bounding_boxes
 
 from sft.core.atomic import atomic_write, atomic_write_json
-from sft.core.html import esc, img, page, table
-from sft.core.rundir import RunDir, check_replaceable, mark
-from sft.data.loaders import Inputs, eval_batches
+from sft.core.rundir import RunDir
+from sft.data.loaders import Inputs
 from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
 from sft.models.vision import create_backbone
-from sft.tasks.base import (TaskBase, check_eval_out, evaluation_target, load_parts, read_model_files,
-                            write_evaluation, write_model_files)
-from sft.tasks.detection.data import (BoxDataset, DetectionSamples, box_transforms, collate, load_image,
-                                      read_detection, transform_image)
+from sft.tasks.base import TaskBase, load_model_files, read_run_info, score_batches, write_model_files
+from sft.tasks.detection.data import BoxDataset, box_transforms, collate, load_image, read_detection, transform_image
 from sft.tasks.detection.diagnosis import CHECKS, check_before_training, diagnose
-from sft.tasks.detection.metrics import confusion, match, mean_ap, pr_curves, summary
+from sft.tasks.detection.metrics import DetectionScorer
 from sft.tasks.detection.module import Detector, auto_anchor_sizes, build_detector, from_detector
 from sft.tasks.detection.options import OPTIONS
 from sft.tasks.detection.recipe import DetectionRecipe
+from sft.tasks.detection.report import draw, render_report, save_png
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
 
 log = logging.getLogger("sft")
 NEAR_ZERO = 0.05  # a validation mAP50 below this after training calls for the diagnosis
-REPORT_SCORE = 0.3  # predictions shown in the report and counted in its confusions
 
 
 @dataclass
@@ -121,8 +114,8 @@ class Detection(TaskBase):
         metrics = {"anchor_sizes": list(p.model.anchor_sizes), "image_size": p.model.image_size}
         for split in ("val", "test"):
             if getattr(p.splits, split) is not None:
-                s = evaluate(p.model, p.data.eval_dataset(split, False), p.splits.classes,
-                             batch_size=p.recipe.data.batch_size)
+                s = score_batches(p.model, p.data.eval_dataset(split, False), DetectionScorer(p.splits.classes),
+                                  batch_size=p.recipe.data.batch_size, collate_fn=collate)
                 metrics.update({f"{split}_{k}": s[k] for k in ("map", "map50", "map75", "recall")})
                 metrics[f"{split}_ap"] = dict(zip(p.splits.classes, s["ap"]))
         if metrics["val_map50"] < NEAR_ZERO:
@@ -135,161 +128,53 @@ class Detection(TaskBase):
         return metrics
 
     # -- a finished run ------------------------------------------------------------------------------------------
-    def evaluate(self, run_dir, data, out, options, *, overwrite, batch_size, progress):
-        run, _, source, out = evaluation_target(run_dir, data, out)
-        model, info = load_model(run.path)
-        samples = read_detection(source.path, source.format, info.classes)
-        check_eval_out(out, source.path, run.path, overwrite)
+    def run_info(self, run_dir: Path) -> DetectionInfo:
+        return read_run_info(run_dir, DetectionInfo)
+
+    def eval_samples(self, recipe, source, info: DetectionInfo):
+        return read_detection(source.path, source.format, info.classes)
+
+    def load_run(self, run_dir: Path, info: DetectionInfo, engine: str = "torch") -> TrainedDetector:
+        if engine != "torch":
+            raise UserError(f"--engine {engine}: detection runs predict with PyTorch (they have no ONNX export)")
+        backbone = create_backbone(info.backbone, None, out="maps")
+        head = build_detector(info.detector, backbone.module, backbone.channels, len(info.classes),
+                              fpn_channels=info.fpn_channels, anchor_sizes=info.anchor_sizes, size=info.image_size,
+                              preprocess=info.preprocess, score_threshold=info.score_threshold,
+                              detections=info.detections_per_image)
+        return TrainedDetector(*load_model_files(run_dir, backbone.module, head)).eval()
+
+    def score_run(self, run, recipe, source, samples, model, info: DetectionInfo, options, *, batch_size, progress):
+        """COCO mAP, per-class AP and recall, PR curves, the confusions at IoU 0.5, the images with most errors."""
         dataset = BoxDataset(samples, box_transforms(info.image_size, "none")[1])
-        result = evaluate(model, dataset, info.classes, batch_size=batch_size, top_n=options.top_losses,
-                          progress=progress, extended=True)
+        result = score_batches(model, dataset, DetectionScorer(info.classes, extended=True, top_n=options.top_losses),
+                               batch_size=batch_size, collate_fn=collate, progress=progress)
         result["data"] = source.path
         brief = {k: result[k] for k in ("map", "map50", "map75", "recall", "samples")}
         brief["ap"] = dict(zip(info.classes, result["ap"]))
-        report = render_report(run.path, source.path, info, samples, dataset, result)
-        write_evaluation(out, result, brief, report)
-        return out, brief
+        return result, brief, render_report(run.path, source.path, info, samples, dataset, result)
 
-    def predict(self, run_dir, inputs, options, stream=None):
+    def predict_rows(self, model, info: DetectionInfo, inputs, options, folder, stream):
         """One row per detection of at least `options.score` (an image with none: one row without a class), boxes
-        xyxy in the image's own pixels; with `options.out`, each image drawn with its boxes and its detections as JSON
+        xyxy in the image's own pixels; with a folder, each image drawn with its boxes and its detections as JSON
         there."""
-        files, out, score = inputs, options.out, options.score
-        if not files:
-            raise UserError("this run detects objects in images: pass image files (and --out DIR for drawings)")
-        model, info = load_model(run_dir)
-        if out is not None:  # a folder of earlier predictions takes more; any other non-empty folder is refused
-            check_replaceable(out, "predictions", overwrite=True)
-            Path(out).mkdir(parents=True, exist_ok=True)
-            mark(Path(out), "predictions")
         _, eval_tf = box_transforms(info.image_size, "none")
         rows = []
-        for file in files:
+        for file in inputs:
             image = load_image(file)
             h, w = image.shape[-2:]
             x = transform_image(eval_tf, image)
             with torch.inference_mode():
                 found = model(x[None])[0]
-            keep = found["scores"] >= score
+            keep = found["scores"] >= options.score
             scale = torch.tensor([w / info.image_size, h / info.image_size] * 2)
             boxes, scores, labels = found["boxes"][keep] * scale, found["scores"][keep], found["labels"][keep]
             mine = [{"file": file, "class": info.classes[int(c)], "score": round(float(s), 4),
                      "xyxy": [round(float(v), 1) for v in b]} for b, s, c in zip(boxes, scores, labels)]
             rows += mine or [{"file": file, "class": None, "score": None, "xyxy": None}]
-            if out is not None:
+            if folder is not None:
                 stem = Path(file).stem
                 drawn = draw(image, boxes, [f"{r['class']} {r['score']:.2f}" for r in mine], "red")
-                atomic_write(Path(out) / f"{stem}.png", lambda tmp: _save_png(drawn, tmp))
-                atomic_write_json(Path(out) / f"{stem}.json", mine)
+                atomic_write(folder / f"{stem}.png", lambda tmp: save_png(drawn, tmp))
+                atomic_write_json(folder / f"{stem}.json", mine)
         return rows
-
-
-def _save_png(image: np.ndarray, path: str) -> None:
-    from PIL import Image
-    Image.fromarray(image).save(path, format="PNG")
-
-
-def draw(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | None, colour: str) -> np.ndarray:
-    """An RGB uint8 (H, W, 3) picture of a uint8 (3, H, W) image with its boxes."""
-    if image.dtype != torch.uint8:
-        image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-    if len(boxes):
-        image = draw_bounding_boxes(image, boxes.float(), labels=labels, colors=colour, width=1)
-    return image.permute(1, 2, 0).numpy()
-
-
-def load_model(run_dir: str | Path) -> tuple[TrainedDetector, DetectionInfo]:
-    info, state = read_model_files(run_dir, DetectionInfo)
-    backbone = create_backbone(info.backbone, None, out="maps")
-    head = build_detector(info.detector, backbone.module, backbone.channels, len(info.classes),
-                          fpn_channels=info.fpn_channels, anchor_sizes=info.anchor_sizes, size=info.image_size,
-                          preprocess=info.preprocess, score_threshold=info.score_threshold,
-                          detections=info.detections_per_image)
-    parts = nn.ModuleDict({"backbone": backbone.module, "head": head})
-    load_parts(parts, state, run_dir)
-    return TrainedDetector(parts["backbone"], parts["head"]).eval(), info
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, dataset, classes: list[str], *, batch_size: int = 16, top_n: int = 0,
-             progress: bool = False, extended: bool = False) -> dict:
-    """COCO mAP of the whole split; with `extended`, per-class AP and recall, PR curves, the confusions at IoU 0.5
-    (predictions of at least REPORT_SCORE) and the `top_n` images with the most errors, with those predictions
-    (kept from this one pass, for the report to draw)."""
-    model.eval()
-    device = next(model.parameters()).device
-    metric = mean_ap(extended=True).to(device)
-    matches, worst, index = [], [], 0
-    for x, targets in eval_batches(dataset, batch_size, collate, progress, "evaluating"):
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        found = model(x.to(device))
-        metric.update(found, targets)
-        if not (extended or top_n):  # training's final metrics: the mAP only, no matching (and no GPU syncs)
-            index += len(found)
-            continue
-        found, targets = ([{k: v.cpu() for k, v in d.items()} for d in ds] for ds in (found, targets))  # one copy
-        for pred, target in zip(found, targets):
-            m = match(pred, target, REPORT_SCORE)
-            matches.append(m)
-            if top_n and m["errors"]:
-                item = (m["errors"], -index, shown(pred))  # (errors, -index) are unique: predictions never compared
-                heapq.heappush(worst, item) if len(worst) < top_n else heapq.heappushpop(worst, item)
-            index += 1
-    raw = metric.compute()
-    result = summary(raw, classes)
-    result.update(samples=index, classes=classes)
-    if extended:
-        result.update(pr_curves=pr_curves(raw, classes), confusion=confusion(matches, len(classes)).tolist(),
-                      worst=[{"index": -i, "errors": e, **p} for e, i, p in sorted(worst, reverse=True)],
-                      report_score=REPORT_SCORE)
-    return result
-
-
-def shown(pred: dict) -> dict:
-    """An image's predictions of at least REPORT_SCORE, as JSON (boxes xyxy in the model's input pixels)."""
-    keep = pred["scores"] >= REPORT_SCORE
-    return {"boxes": [[round(float(v), 2) for v in b] for b in pred["boxes"][keep]],
-            "scores": [round(float(v), 4) for v in pred["scores"][keep]],
-            "labels": [int(c) for c in pred["labels"][keep]]}
-
-
-def render_report(run: Path, data: str, info: DetectionInfo, samples: DetectionSamples, dataset,
-                  result: dict) -> str:
-    """report.html: the scores, per-class AP table, precision-recall curves, confusions at IoU 0.5, worst images."""
-    classes = info.classes
-    counts = np.bincount(np.concatenate([np.zeros(0, np.int64), *samples.box_labels]), minlength=len(classes))
-    per_class = [[c, "-" if ap is None else f"{ap:.4f}", "-" if r is None else f"{r:.4f}", int(n)]
-                 for c, ap, r, n in zip(classes, result["ap"], result["class_recall"], counts)]
-    figure = Figure(figsize=(6, 4))
-    axes = figure.subplots()
-    recall = np.linspace(0, 1, 101)
-    for name, curve in result["pr_curves"].items():
-        axes.plot(recall, curve, label=name)
-    axes.set(xlabel="recall", ylabel="precision", title="IoU 0.5", xlim=(0, 1), ylim=(0, 1.02))
-    if result["pr_curves"]:
-        axes.legend(fontsize=7, loc="lower left")
-    matrix = result["confusion"]
-    confusion_table = table(["target \\ predicted", *classes, "missed"],
-                            [[name, *row] for name, row in zip([*classes, "(no box)"], matrix)])
-    cards = []
-    for row in result["worst"]:
-        i = row["index"]
-        x, target = dataset[i]  # the image again; its predictions are evaluate's, the model does not run here
-        truth = draw(x, target["boxes"], [classes[int(c)] for c in target["labels"]], "lime")
-        found = draw(x, torch.tensor(row["boxes"]).reshape(-1, 4),
-                     [f"{classes[c]} {s:.2f}" for c, s in zip(row["labels"], row["scores"])], "red")
-        cards.append(f"<div class=card>{img(truth, 'truth')}{img(found, 'prediction')}<br>"
-                     f"{esc(Path(samples.items[i]).name)}: {row['errors']} errors</div>")
-    body = (f"<h1>Detection evaluation of {esc(run)}</h1><p>Data: {esc(data)} ({result['samples']} images, "
-            f"{samples.negatives} without boxes). mAP (IoU .50:.95) <b>{result['map']:.4f}</b>, mAP50 "
-            f"<b>{result['map50']:.4f}</b>, mAP75 {result['map75']:.4f}, recall (100 detections) "
-            f"{result['recall']:.4f}.</p>"
-            f"<h2 id=per-class>Per class</h2>{table(['class', 'AP', 'recall', 'boxes'], per_class)}"
-            f"<h2 id=pr>Precision-recall curves</h2>{img(figure, 'precision-recall curves')}"
-            f"<h2 id=confusion>Confusions at IoU 0.5 (predictions of score &ge; {result['report_score']})</h2>"
-            f"{confusion_table}"
-            f"<h2 id=worst>Most errors: truth (green) | prediction (red)</h2><div class=grid>{''.join(cards)}</div>")
-    css = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1150px}table{border-collapse:collapse}"
-           "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}.grid{display:flex;flex-wrap:wrap;"
-           "gap:10px}.card{font-size:12px}.card img{width:192px;height:192px;image-rendering:pixelated;margin:1px}")
-    return page(f"sft detection evaluation: {run.name}", body, css)

@@ -29,6 +29,8 @@ from sft.core.rundir import check_replaceable, mark
 from sft.data.loaders import eval_batches
 from sft.data.samples import Samples, read_image
 from sft.errors import UserError
+from sft.tasks.segmentation.data import eval_dataset
+from sft.tasks.segmentation.report import overlay
 
 CSV_COLUMNS = ["split", "sample", "index", "kind", "given_label", "suggested_label", "score", "detail"]  # as images'
 SPLITS = ("val", "test")
@@ -82,11 +84,11 @@ def suspects_of(split: str, samples: Samples, found: dict, classes: list[str]) -
     return rows
 
 
-def audit_masks(recipe, splits, model: nn.Module, info, out: Path, *, overwrite: bool, eval_dataset, overlay,
-                batch_size: int = 32, shown: int = 48) -> dict:
-    """Audit the validation and test masks of `splits` with the run's `model` (`info`: its model.json; the task's
-    `eval_dataset` and `overlay`) and write audit.json, suspects.csv and audit.html (the `shown` worst images) to
-    `out`, swapped in whole; returns the summary."""
+def audit_masks(recipe, splits, model: nn.Module, info, out: Path, *, overwrite: bool, batch_size: int = 32,
+                shown: int = 48) -> dict:
+    """Audit the validation and test masks of `splits` with the run's `model` (`info`: its model.json) and write
+    audit.json, suspects.csv and audit.html (the `shown` worst images) to `out`, swapped in whole; returns the
+    summary."""
     classes = info.classes
     check_replaceable(out, "audit", overwrite=overwrite)
     if list(splits.classes) != list(classes):
@@ -101,7 +103,7 @@ def audit_masks(recipe, splits, model: nn.Module, info, out: Path, *, overwrite:
                                    batch_size=batch_size)
         rows += suspects_of(split, samples[split], found[split], classes)
     rows.sort(key=lambda r: -r["score"])
-    cards = [_card(r, samples[r["split"]], found[r["split"]], info.ignore_index, overlay) for r in rows[:shown]]
+    cards = [_card(r, samples[r["split"]], found[r["split"]], info.ignore_index) for r in rows[:shown]]
     audited = {split: len(s) for split, s in samples.items()}
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
@@ -119,7 +121,7 @@ def audit_masks(recipe, splits, model: nn.Module, info, out: Path, *, overwrite:
     return {"audited": audited, "suspects": len(rows), "worst_score": rows[0]["score"] if rows else 0.0}
 
 
-def _card(row: dict, samples: Samples, found: dict, ignore_index: int, overlay) -> str:
+def _card(row: dict, samples: Samples, found: dict, ignore_index: int) -> str:
     """image | its mask | the flagged pixels in red over the image, at the model's resolution."""
     i = row["index"]
     given, flagged = found["given"][i], found["flagged"][i]

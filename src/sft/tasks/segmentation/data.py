@@ -180,3 +180,10 @@ class PairDataset(EpochSeeded, Dataset):
         with self.seeded(i):
             image, mask = self.transform(image, mask)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+def eval_dataset(info, samples: Samples) -> PairDataset:
+    """A finished run's eval dataset of `samples` (`info`: its model.json: preprocessing, image size, ignore_index,
+    palette and classes)."""
+    _, eval_tf = joint_transforms(info.preprocess, info.image_size, "none", info.ignore_index)
+    return PairDataset(samples, eval_tf, palette_lookup(info.palette, info.classes) if info.palette else None)

@@ -4,12 +4,19 @@ Metric libraries average per-batch or per-image IoUs, score a class absent from 
 or count ignored pixels (torchmetrics 1693, 1385, 2866; evaluate 421). Here ignored pixels are dropped before
 counting, the matrix is summed over batches and over DDP processes (torchmetrics' state sync), and a class that
 appears in neither target nor prediction of the split has no IoU: it is left out of the mean, not counted as 0.
+`SegmentationScorer` counts a split batch by batch for `sft.tasks.base.score_batches` (training's final metrics and
+`sft eval`).
 """
 
 from __future__ import annotations
 
+import heapq
+
+import numpy as np
 import torch
 from torchmetrics import Metric
+
+from sft.tasks.segmentation.calibration import PixelCalibration
 
 
 class ConfusionMatrix(Metric):
@@ -59,3 +66,51 @@ def scores(matrix: torch.Tensor) -> dict:
         "dice": [None if torch.isnan(v) else float(v) for v in dice],
         "pixels": [int(v) for v in m.sum(1)],
     }
+
+
+class SegmentationScorer:
+    """A split's scores from one confusion matrix, per-pixel calibration (raw and at `temperature`), and the `top_n`
+    images of lowest IoU (in the scores), with the masks predicted for them (`worst_masks`, for the report: no second
+    forward pass). The skeleton's Scorer: outputs are logits (B, C, H, W), targets masks (B, H, W)."""
+
+    def __init__(self, classes: list[str], ignore_index: int, *, top_n: int = 0, temperature: float = 1.0):
+        self.classes, self.ignore_index, self.top_n = classes, ignore_index, top_n
+        self.total = ConfusionMatrix(len(classes), ignore_index)
+        self.calibration = PixelCalibration(ignore_index, temperature)
+        self.worst: list[tuple[float, int]] = []
+        self.kept: dict[int, np.ndarray] = {}  # the worst images' predicted masks so far
+        self.samples = 0
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, first: int) -> None:
+        logits = outputs.float()
+        pred = logits.argmax(1)
+        if not self.samples:  # the counts live where the model runs
+            self.total = self.total.to(pred.device)
+        self.total.update(pred, targets)
+        self.calibration.update(logits, targets)
+        if self.top_n:
+            for index, (p, t) in enumerate(zip(pred, targets), first):
+                self._rank(p, t, index)
+        self.samples = max(self.samples, first + len(targets))
+
+    def _rank(self, pred: torch.Tensor, target: torch.Tensor, index: int) -> None:
+        """This image's own matrix (a bincount, no Metric object per image): kept with its mask when among the
+        worst."""
+        item = (-scores(confusion(pred[None], target[None], len(self.classes), self.ignore_index))["miou"], -index)
+        worst = self.worst
+        dropped = heapq.heappush(worst, item) if len(worst) < self.top_n else heapq.heappushpop(worst, item)
+        if dropped != item:
+            self.kept[index] = pred.cpu().numpy().astype(np.uint8)
+            if dropped:
+                del self.kept[-dropped[1]]
+
+    def result(self) -> dict:
+        matrix = self.total.compute()
+        result = scores(matrix) | self.calibration.result()
+        result.update(samples=self.samples, classes=self.classes, matrix=matrix.cpu().tolist(),
+                      worst=[{"index": -i, "miou": -v} for v, i in sorted(self.worst, reverse=True)])
+        return result
+
+    def worst_masks(self) -> list[np.ndarray]:
+        """The predicted masks of the images `result()["worst"]` lists, in its order."""
+        return [self.kept[-i] for _, i in sorted(self.worst, reverse=True)]

@@ -19,6 +19,7 @@ from sft.data.loaders import eval_batches
 from sft.models.export import (OnnxModule, check_export, check_export_dir, default_folder, export_onnx_checked,
                                file_id, input_batches, parity_parts)
 from sft.tasks import load_recipe
+from sft.tasks.segmentation.data import eval_dataset
 
 PARITY_IMAGES = 64
 PARITY_BATCH = 8
@@ -32,14 +33,15 @@ def load_onnx(run_dir: str | Path) -> OnnxModule:
     return OnnxModule(folder / "model.onnx")
 
 
-def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: bool, overwrite: bool,
-                load_model, eval_dataset) -> tuple[Path, dict]:
-    """Convert the run's model (`load_model`, `eval_dataset`: the task's own), check it per pixel against the PyTorch
-    model on up to PARITY_IMAGES images of the run's validation, then test split, and write the export folder."""
+def export_onnx(task, run_dir: str | Path, out: str | Path | None, *, force: bool,
+                overwrite: bool) -> tuple[Path, dict]:
+    """Convert the run's model (`task`'s run_info and load_run), check it per pixel against the PyTorch model on up to
+    PARITY_IMAGES images of the run's validation, then test split, and write the export folder."""
     run = RunDir(run_dir)
     out = Path(out) if out else default_folder(run.path)
     check_export_dir(out, run.path, overwrite)  # before loading the model: a refused rerun costs nothing
-    model, info = load_model(run.path)
+    info = task.run_info(run.path)
+    model = task.load_run(run.path, info)
     parts = [eval_dataset(info, part) for part in
              parity_parts(lambda: task.load_splits(load_recipe(run.recipe)), PARITY_IMAGES, "images", PARITY_IMAGES)]
     images = sum(len(p) for p in parts)

@@ -51,7 +51,7 @@ class CandidateFeatures:
 
 def parse_candidate(text: str, recipe: Recipe) -> tuple[str, str | None]:
     """'backbone' or 'backbone@weights'. Without @: the recipe's weights for the recipe's own backbone, else the
-    pretrained default of the task (imagenet for images, pretrained for texts)."""
+    default weights of the task's recipe (imagenet for images, pretrained for texts)."""
     backbone, sep, weights = text.strip().partition("@")
     if not backbone:
         raise UserError(f"candidate {text!r}: expected backbone or backbone@weights")
@@ -59,7 +59,7 @@ def parse_candidate(text: str, recipe: Recipe) -> tuple[str, str | None]:
         return backbone, weights or None
     if backbone == recipe.model.backbone:
         return backbone, recipe.model.weights
-    return backbone, "pretrained" if recipe.task == "text-classification" else "imagenet"
+    return backbone, type(recipe.model).model_fields["weights"].default
 
 
 def rank_sample(task, recipe: Recipe, limit: int) -> Samples:
