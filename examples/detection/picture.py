@@ -14,13 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sft.tasks import load_recipe
+from sft.tasks import get_task, load_recipe
 from sft.tasks.detection.data import box_transforms, load_image, read_detection, transform_image
-from sft.tasks.detection.task import draw, load_model
+from sft.tasks.detection.report import draw
 
 
 def main(run: str, out: str, count: int = 6, score: float = 0.3) -> None:
-    model, info = load_model(run)
+    task = get_task("detection")
+    info = task.run_info(Path(run))
+    model = task.load_run(Path(run), info)
     test = load_recipe(Path(run) / "recipe.yaml").data.test
     samples = read_detection(test.path, test.format, info.classes)
     _, eval_tf = box_transforms(info.image_size, "none")
