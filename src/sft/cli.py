@@ -176,7 +176,7 @@ def _predict(task, run_dir: Path):
                     "PyTorch model on the run's own validation/test samples (parity.json).")
 def _export(task, run_dir: Path):
     def body(shared: Exporting, options):
-        folder, parity = task.export_model(run_dir, shared.out, options, force=shared.force,
+        folder, parity = task.export(run_dir, shared.out, options, force=shared.force,
                                            overwrite=shared.overwrite)
         _print_metrics(folder, {"passed": parity["passed"], "max |Δprobability|": f"{parity['max_abs_diff']:.2e}",
                                 "top-1 agreement": parity["top1_agreement"], "samples": parity["samples"]})

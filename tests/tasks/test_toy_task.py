@@ -78,7 +78,7 @@ class InkCoverage(TaskBase):
         return InkModule(backbone.module, nn.Linear(backbone.num_features, 1), schedule, recipe.optim,
                          recipe.trainer.epochs, channels_last)
 
-    def export(self, run, prepared):
+    def write_model(self, run, prepared):
         info = InkInfo(prepared.recipe.model.backbone, prepared.backbone.preprocess, prepared.recipe.data.image_size)
         write_model_files(run.path, prepared.model, info)
 

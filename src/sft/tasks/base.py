@@ -2,7 +2,7 @@
 
 The training path (sft.training) asks a task for its parts through `TrainingTask`: splits, backbone, inputs, the
 LightningModule with its loss and metrics, the monitored value, the loader options, whether head-only epochs may
-train on cached features, the choice of `strategy: auto`, the export of a finished run and its final metrics. A
+train on cached features, the choice of `strategy: auto`, the model files of a finished run and its final metrics. A
 `Task` adds its recipe class (`task:` picks it) and the commands that act on a finished run: evaluation with its
 report, and prediction. `TaskBase` gives the defaults a new task can keep, and the after-training skeleton: `sft eval`
 and `sft predict` as fixed steps (read the run's model.json, read the data, check the output folder, load the model,
@@ -60,11 +60,11 @@ class Task(TrainingTask, Protocol):
         as `inputs` says. `stream` (given for a table): where a task may print each result as it is computed instead,
         returning None."""
 
-    def export_model(self, run_dir: Path, out: Path | None, options: BaseModel, *, force: bool,
-                     overwrite: bool) -> tuple[Path, dict]:
+    def export(self, run_dir: Path, out: Path | None, options: BaseModel, *, force: bool,
+               overwrite: bool) -> tuple[Path, dict]:
         """`sft export`: the run's model in the format the options name (onnx, hf) in its own folder, checked against
-        the PyTorch model on the run's own samples; returns the folder and the parity result. (`export` writes the
-        run's model files at the end of training; this ships them out.)"""
+        the PyTorch model on the run's own samples; returns the folder and the parity result. (`write_model` writes
+        the run's own model files at the end of training; this ships them out.)"""
 
     def predictor(self, run_dir: Path, options: BaseModel) -> "Predictor":
         """`sft serve`: the run's model behind the calls the server makes (on the engine the options name)."""
@@ -172,7 +172,7 @@ class TaskBase:
     def report(self, run_dir, eval_dir):
         raise UserError(f"task {self.name} has no `sft report` yet")
 
-    def export_model(self, run_dir, out, options, *, force, overwrite):
+    def export(self, run_dir, out, options, *, force, overwrite):
         raise UserError(f"task {self.name} has no `sft export` yet")
 
     def predictor(self, run_dir, options):

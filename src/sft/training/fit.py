@@ -1,7 +1,7 @@
 """Training: a recipe and its task in, a finished run directory out, with Lightning's Trainer doing all the training.
 
 Reads top to bottom: check the run directory and lock it, resolve what the interrupted run resolved (on resume) or
-find the learning rate, prepare, build the Trainer, fit, export the best model, score it. Lightning gives precision,
+find the learning rate, prepare, build the Trainer, fit, write the best model's files, score it. Lightning gives precision,
 devices/DDP, checkpoints, loggers and progress bars; this module only wires them to the task's parts.
 """
 
@@ -139,7 +139,7 @@ def _export_best(task, run: RunDir, p) -> dict:
     best = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
     p.model.load_state_dict(best["state_dict"])
     p.model.to("cpu").eval()
-    task.export(run, p)
+    task.write_model(run, p)
     return best
 
 

@@ -83,7 +83,7 @@ class CausalLM(TaskBase):
     def build_module(self, recipe, backbone, splits, schedule, channels_last) -> ChatLM:
         return ChatLM(backbone, schedule, recipe)
 
-    def export(self, run: RunDir, p: Prepared) -> None:
+    def write_model(self, run: RunDir, p: Prepared) -> None:
         r = p.recipe
         base = model_folder(r.model.backbone, r.cache_dir) if r.model.weights == "pretrained" else None
         info = ChatInfo(r.model.backbone, base if base and Path(base).is_dir() else None, r.data.max_length,

@@ -140,7 +140,7 @@ class ImageClassification(TaskBase):
         load_probe(model.head, fit)
         return {"probe": fit.facts()}
 
-    def export(self, run: RunDir, p: Prepared) -> None:
+    def write_model(self, run: RunDir, p: Prepared) -> None:
         """The run's model files: the backbone's own (texts), then model.safetensors and model.json."""
         r = p.recipe
         info = ModelInfo(backbone=p.backbone.name, classes=p.splits.classes, num_features=p.backbone.num_features,
@@ -254,7 +254,7 @@ class ImageClassification(TaskBase):
         return [{self.column: item, "rank": r + 1, "label": label, "probability": round(p, 4)}
                 for item, preds in zip(inputs, results) for r, (label, p) in enumerate(preds)]
 
-    def export_model(self, run_dir, out, options, *, force: bool, overwrite: bool) -> tuple:
+    def export(self, run_dir, out, options, *, force: bool, overwrite: bool) -> tuple:
         if options.format == "onnx":
             return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
         return self.export_hf(run_dir, out, force=force, overwrite=overwrite)

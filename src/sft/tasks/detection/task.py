@@ -103,7 +103,7 @@ class Detection(TaskBase):
                                         backbone.module)
         return Detector(backbone, splits, schedule, recipe, size, anchors, channels_last)
 
-    def export(self, run: RunDir, p: Prepared) -> None:
+    def write_model(self, run: RunDir, p: Prepared) -> None:
         m = p.recipe.model
         info = DetectionInfo(p.backbone.name, m.detector, m.fpn_channels, p.splits.classes, p.model.image_size,
                              p.backbone.preprocess, list(p.model.anchor_sizes), m.score_threshold,

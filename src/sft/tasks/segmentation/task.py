@@ -96,7 +96,7 @@ class Segmentation(TaskBase):
     def build_module(self, recipe, backbone, splits, schedule, channels_last) -> Segmenter:
         return Segmenter(backbone, splits, schedule, recipe, channels_last)
 
-    def export(self, run: RunDir, p: Prepared) -> None:
+    def write_model(self, run: RunDir, p: Prepared) -> None:
         d = p.recipe.data
         info = SegmentationInfo(p.backbone.name, p.recipe.model.decoder, p.recipe.model.decoder_channels,
                                 p.splits.classes,
@@ -166,7 +166,7 @@ class Segmentation(TaskBase):
         return audit_masks(recipe, self.load_splits(recipe), self.load_run(run, info), info, Path(out),
                            overwrite=overwrite, batch_size=recipe.data.batch_size)
 
-    def export_model(self, run_dir, out, options, *, force, overwrite):
+    def export(self, run_dir, out, options, *, force, overwrite):
         if options.format != "onnx":
             raise UserError(f"--format {options.format}: segmentation runs export as onnx")
         return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
