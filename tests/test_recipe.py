@@ -165,3 +165,12 @@ def test_every_key_s_help_is_one_short_line(name):
     long = {k: len(f.description or "") for k, f in leaf_keys(get_task(name).recipe).items()
             if not f.description or len(f.description) > 120 or "\n" in f.description}
     assert long == {}
+
+
+def test_the_shared_layers_name_no_task():
+    """core, models, data and training serve every task: no classifier's words there (issue 27's check)."""
+    words = re.compile(r"val_acc|cross_entropy|CrossEntropy|num_classes|\bTEXT\b|ImageModel")
+    found = [f"{p.relative_to(SRC)}:{n}" for layer in ("core", "models", "data", "training")
+             for p in sorted((SRC / layer).rglob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1) if words.search(line)]
+    assert found == []

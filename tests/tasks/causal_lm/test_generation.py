@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft.models.lora import add_lora
 from sft.recipe import Lora
-from sft.tasks.causal_lm.generation import _save_merged
+from sft.tasks.causal_lm.export import _save_merged
 
 
 def test_merged_save_is_plain_and_leaves_the_adapters(tmp_path):

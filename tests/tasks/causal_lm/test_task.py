@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from sft.data.chat import end_tokens
 from sft.tasks import get_task, load_recipe
-from sft.tasks.causal_lm.generation import load_tuned, read_chat_info
+from sft.tasks.causal_lm.export import load_tuned, read_chat_info
 from sft.training.fit import fine_tune
 from tests.conftest import sft
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sft.core.html import esc, page, table
 from sft.core.rundir import RunDir
 from sft.data.chat import ChatCollate, ChatDataset, final_answers, label_set, read_chats
 from sft.data.loaders import Inputs
@@ -24,11 +23,13 @@ from sft.models.backbone import Backbone
 from sft.models.causal_lm import create_causal_lm, model_folder
 from sft.tasks import load_recipe
 from sft.tasks.base import TaskBase
-from sft.tasks.causal_lm.generation import (ChatInfo, export_run, generate, held_out_loss, label_scores, load_base,
-                                            load_tuned, prompt_of, read_chat_info)
+from sft.tasks.causal_lm.export import ChatInfo, export_run, load_base, load_tuned, read_chat_info
+from sft.tasks.causal_lm.generation import generate, prompt_of
+from sft.tasks.causal_lm.metrics import held_out_loss, label_scores
 from sft.tasks.causal_lm.module import ChatLM
 from sft.tasks.causal_lm.options import OPTIONS
 from sft.tasks.causal_lm.recipe import CausalLMRecipe, Generation
+from sft.tasks.causal_lm.report import render_report
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
 
@@ -141,7 +142,7 @@ class CausalLM(TaskBase):
         rows = [{"id": samples.ids[i], "prompt": prompts[i][-1]["content"], "reference": truth[i],
                  "before": before[i] if before else None, "after": after[i]} for i in range(shown)]
         result = {"data": source.path, **summary, "labels": info.labels, "generations": rows}
-        return result, summary, _report(run.path, source.path, summary, rows)
+        return result, summary, render_report(run.path, source.path, summary, rows)
 
     def predict(self, run_dir, inputs, options, stream=None):
         """One answer per prompt, generated with the chat template; with `stream`, printed there as it is generated."""
@@ -166,15 +167,3 @@ def _recipe_generation(run_dir) -> Generation:
     """The run's own generation settings (its recipe.yaml), the defaults without one."""
     path = Path(run_dir) / "recipe.yaml"
     return load_recipe(path).generation if path.is_file() else Generation()
-
-
-def _report(run: Path, data: str, summary: dict, rows: list[dict]) -> str:
-    facts = ", ".join(f"{k} {v}" for k, v in summary.items())
-    body = (f"<h1>Instruction-tuning evaluation of {esc(run)}</h1><p>Data: {esc(data)}. {esc(facts)}.</p>"
-            f"<h2>Generations before and after tuning</h2>"
-            + table(["sample", "prompt", "reference", "before", "after"],
-                    [[r["id"], r["prompt"], r["reference"], r["before"] if r["before"] is not None else "-",
-                      r["after"]] for r in rows]))
-    css = "body{font-family:sans-serif;margin:2em}td{vertical-align:top;border-top:1px solid #ddd;padding:4px;" \
-          "white-space:pre-wrap;max-width:40em}"
-    return page(f"sft eval {run}", body, css)
