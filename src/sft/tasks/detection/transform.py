@@ -2,8 +2,8 @@
 recipe's size.
 
 torchvision's GeneralizedRCNNTransform normalises each image on its own, resizes each with a bilinear interpolation
-even when the scale is 1, and copies each into a new padded batch: on a CPU that was 6 % of a training step of FCOS on
-MobileNetV2 (16 images of 128 px). Such a batch gives the same ImageList by one normalisation of the whole tensor;
+even when the scale is 1, and copies each into a new padded batch, a visible share of a small detector's CPU step.
+Such a batch gives the same ImageList by one normalisation of the whole tensor;
 anything else (a list, another size, a size the batch would pad, ONNX tracing) takes torchvision's steps.
 """
 

@@ -118,11 +118,9 @@ def _label_issues(labels: list[np.ndarray], views: list[list[np.ndarray]], folds
     of the confident joint, `cleanlab.count.num_label_issues`) and flags that many samples, those whose given
     label gets the lowest probability (filter_by="low_self_confidence").
 
-    Why these choices (measured with bench/noisy_labels.py, figures in the README): the estimated count ranked by
-    self-confidence beats cleanlab's mask filters, which flag far more samples than there are flips. The kNN vote
-    errs differently from the linear probe, so an equal blend (no weight tuned) ranks the flips better. Left alone
-    for lack of gain: temperature scaling, 10 folds, centred or distance-weighted kNN, LDA, PCA-whitened probes and
-    a second round fitted without the flagged samples (it ranks better but over-estimates the count).
+    Why (bench/noisy_labels.py; docs/benchmarks.md): the estimated count ranked by self-confidence flags about as
+    many samples as there are flips, where cleanlab's mask filters flag far more; the kNN vote errs differently from
+    the linear probe, so an equal blend (no weight tuned) ranks the flips better.
     """
     from cleanlab.filter import find_label_issues
     from sklearn.linear_model import LogisticRegression
