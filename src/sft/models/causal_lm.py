@@ -233,7 +233,7 @@ def create_causal_lm(name: str, weights: str | None, max_length: int, pack: bool
         # an added pad token's embedding row is drawn at random on each load: not rebuilt from the file
         resized = model.get_input_embeddings().num_embeddings != _file_vocab(folder)
         base = base_digest(folder) if weights == "pretrained" and not resized else None
-        model = add_lora(model, lora)
+        model = add_lora(model, lora, auto_targets="all-linear")  # every projection of the blocks (QLoRA's)
     module = CausalLM(model, tokenizer, base)
     config = model.config
     return Backbone(name, module, config.hidden_size, layer_groups(module, config.num_hidden_layers),

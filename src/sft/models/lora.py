@@ -13,11 +13,12 @@ from sft.errors import UserError
 from sft.recipe import Lora
 
 
-def add_lora(module: nn.Module, cfg: Lora) -> nn.Module:
-    """`module` (a transformers model) wrapped with LoRA adapters as the recipe says."""
+def add_lora(module: nn.Module, cfg: Lora, auto_targets: str | None = None) -> nn.Module:
+    """`module` (a transformers model) wrapped with LoRA adapters as the recipe says; `lora_targets: auto` means
+    `auto_targets` (e.g. peft's "all-linear"), or peft's default for the architecture when None."""
     from peft import LoraConfig, get_peft_model
 
-    targets = None if cfg.lora_targets == "auto" else list(cfg.lora_targets)
+    targets = auto_targets if cfg.lora_targets == "auto" else list(cfg.lora_targets)
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=targets)
     try:

@@ -58,7 +58,12 @@ def test_train_eval_predict_and_export(tmp_path, parity_set, tiny_causal_lm):
     summary = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert summary["exact_match"] == summary["in_label_set"] == 1.0
     assert {"loss", "perplexity", "exact_match_before", "in_label_set_before"} <= set(summary)
-    assert "Generations before and after" in (tmp_path / "run" / "eval" / "report.html").read_text()
+    page = (tmp_path / "run" / "eval" / "report.html").read_text()
+    assert "Generations before and after" in page and "Answers per label" in page
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert len(results["generations"]) == 8  # every test question, not only the shown ones
+    sure = {r["label"]: r for r in results["answers"]}["Sure."]
+    assert sure["references"] == sure["answered"] == sure["right"] == 8
 
     result = sft("predict", tmp_path / "run", "--prompt", "n=10", "--prompt", "n=105", "--format",
                  "json")
@@ -129,3 +134,13 @@ def test_lora_checkpoints_hold_the_adapters_and_resume_exactly(tmp_path, parity_
     result = sft("train", recipe, *part, "trainer.epochs=3", "--resume")
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "base_weights" in said, result.output
+
+
+def test_lora_adapts_every_linear_projection_of_the_blocks_by_default(tiny_causal_lm, tmp_path):
+    """lora_targets auto: attention and MLP projections (QLoRA's choice), never the output layer."""
+    from sft.models.causal_lm import create_causal_lm
+    lora = load_recipe(None, ["task=causal-lm", "data.train=x.jsonl"]).strategy
+    backbone = create_causal_lm(str(tiny_causal_lm), "pretrained", 64, True, tmp_path, lora=lora)
+    adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in backbone.module.named_parameters()
+               if "lora_A" in name}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

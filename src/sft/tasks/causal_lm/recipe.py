@@ -34,7 +34,12 @@ class ChatModel(Model):
                                                           description="pretrained, or none (random init, for tests)")
 
 
-class ChatStrategy(Lora, Strategy):
+class ChatLora(Lora):
+    lora_targets: list[str] | Literal["auto"] = Field(
+        "auto", description="lora: module names to adapt; auto: every linear projection of the transformer blocks")
+
+
+class ChatStrategy(ChatLora, Strategy):
     name: Literal["lora", "full", "partial", "gradual"] = Field(
         "lora", description="lora: low-rank adapters (peft); full; partial/gradual: the last transformer layers")
 

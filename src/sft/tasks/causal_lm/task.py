@@ -25,7 +25,7 @@ from sft.tasks import load_recipe
 from sft.tasks.base import TaskBase
 from sft.tasks.causal_lm.export import ChatInfo, export_run, load_base, load_tuned, read_chat_info
 from sft.tasks.causal_lm.generation import generate, prompt_of
-from sft.tasks.causal_lm.metrics import held_out_loss, label_scores
+from sft.tasks.causal_lm.metrics import answer_distribution, held_out_loss, label_scores
 from sft.tasks.causal_lm.module import ChatLM
 from sft.tasks.causal_lm.options import OPTIONS
 from sft.tasks.causal_lm.recipe import CausalLMRecipe, Generation
@@ -116,8 +116,9 @@ class CausalLM(TaskBase):
         return load_tuned(run_dir)
 
     def score_run(self, run, recipe, source, samples, model, info, options, *, batch_size, progress):
-        """Answer loss and perplexity, and generations before and after tuning: every answer scored against the
-        label set when the answers are labels, else the shown ones."""
+        """Answer loss and perplexity, and generations before and after tuning: when the answers are labels every one
+        is generated, scored and stored, with how often each label is answered against how often it is right (a
+        collapse onto one answer shows at a glance); otherwise the shown ones."""
         (model, tokenizer), gen = model, recipe.generation
         batch_size = min(batch_size, 16)
         summary = {"samples": len(samples), **held_out_loss(model, tokenizer, samples, info.max_length, batch_size,
@@ -138,11 +139,12 @@ class CausalLM(TaskBase):
             summary.update(label_scores(after, truth, info.labels))
             if before is not None:
                 summary.update({f"{k}_before": v for k, v in label_scores(before, truth, info.labels).items()})
-        shown = min(scored, top_n or gen.samples)
         rows = [{"id": samples.ids[i], "prompt": prompts[i][-1]["content"], "reference": truth[i],
-                 "before": before[i] if before else None, "after": after[i]} for i in range(shown)]
-        result = {"data": source.path, **summary, "labels": info.labels, "generations": rows}
-        return result, summary, render_report(run.path, source.path, summary, rows)
+                 "before": before[i] if before else None, "after": after[i]} for i in range(scored)]
+        spread = answer_distribution(truth[:scored], after, before, info.labels) if info.labels else None
+        result = {"data": source.path, **summary, "labels": info.labels, "answers": spread, "generations": rows}
+        shown = rows[:min(scored, top_n or gen.samples)]
+        return result, summary, render_report(run.path, source.path, summary, shown, spread)
 
     def predict(self, run_dir, inputs, options, stream=None):
         """One answer per prompt, generated with the chat template; with `stream`, printed there as it is generated."""
