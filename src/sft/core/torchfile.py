@@ -1,4 +1,4 @@
-"""Reading tensor files the user or an earlier run gave us: PyTorch files weights-only, safetensors checked, and any
+"""Reading tensor files the user or a finished run gave us: PyTorch files weights-only, safetensors checked, and any
 failure a UserError that names the file.
 
 `torch.load(weights_only=True)` is passed explicitly, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 cannot turn it into a
