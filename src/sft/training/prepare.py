@@ -70,10 +70,11 @@ class Prepared:
 
 
 def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
-    """Seed, read the data, build the backbone, its inputs, the freeze schedule, the model and the loaders."""
+    """Seed, read the data (first: a bad file is found before a slow model load), build the backbone, its inputs,
+    the freeze schedule, the model and the loaders."""
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    backbone = task.build_backbone(recipe)
     splits = task.load_splits(recipe)
+    backbone = task.build_backbone(recipe)
     inputs = task.build_inputs(backbone, recipe)
     notes: dict = {}
     options = task.loader_options(recipe, splits, inputs, notes)

@@ -4,8 +4,8 @@ monitored (val_loss, min), the merged model exported as a Hugging Face folder, a
 (loss, perplexity, generations before and after, exact match when answers are labels) and generates.
 
 There is no head and no feature cache: the whole output of the model is what is trained. Every data file is read
-and checked (each line, each key) before the model loads, since loading takes up to a minute and a bad line should
-not wait for it.
+and checked (each line, each key) before the model loads (training reads the data first), since loading takes up to
+a minute and a bad line should not wait for it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class CausalLM(TaskBase):
 
     def build_backbone(self, recipe: CausalLMRecipe) -> Backbone:
         s, m, d = recipe.strategy, recipe.model, recipe.data
-        self.load_splits(recipe)  # the data checked before the slow load; reading it again later takes a moment
         return create_causal_lm(m.backbone, m.weights, d.max_length, d.pack is not False, recipe.cache_dir,
                                 lora=s if s.name == "lora" else None)
 
