@@ -11,7 +11,7 @@ from torch import nn
 from sft.core.rundir import folder_kind
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
-from sft.tasks.base import read_model_files, write_evaluation, write_model_files
+from sft.tasks.base import load_model_files, read_run_info, write_evaluation, write_model_files
 
 PRE = Preprocess((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 1.0)
 
@@ -35,22 +35,26 @@ def test_model_files_round_trip_backbone_and_head_only(tmp_path):
     model.head.weight.data = model.head.weight.data.t().contiguous().t()  # a non-contiguous view is written whole
     write_model_files(tmp_path, model, Info("timm/x", ["a", "b"], PRE))
     assert json.loads((tmp_path / "model.json").read_text())["preprocess"]["input_size"] == [32, 32]
-    info, state = read_model_files(tmp_path, Info)
-    assert info == Info("timm/x", ["a", "b"], PRE)  # tuples again, not JSON lists
+    assert read_run_info(tmp_path, Info) == Info("timm/x", ["a", "b"], PRE)  # tuples again, not JSON lists
+    state = load_file(tmp_path / "model.safetensors")
     assert set(state) == {"backbone.weight", "backbone.bias", "head.weight", "head.bias"}
-    assert all(torch.equal(state[k], model.state_dict()[k]) for k in state)
-    assert load_file(tmp_path / "model.safetensors").keys() == state.keys()
+    backbone, head = load_model_files(tmp_path, nn.Linear(4, 3), nn.Linear(3, 2))
+    assert all(torch.equal(a, b) for a, b in zip([*backbone.state_dict().values(), *head.state_dict().values()],
+                                                 [*model.backbone.state_dict().values(),
+                                                  *model.head.state_dict().values()]))
+    with pytest.raises(UserError, match="does not fit"):
+        load_model_files(tmp_path, nn.Linear(4, 5), nn.Linear(5, 2))
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_missing_or_damaged_model_files_are_named(tmp_path):
     with pytest.raises(UserError, match="no such run directory"):
-        read_model_files(tmp_path / "nowhere", Info)
+        read_run_info(tmp_path / "nowhere", Info)
     with pytest.raises(UserError, match="no finished model .*--resume"):
-        read_model_files(tmp_path, Info)
+        read_run_info(tmp_path, Info)
     write_model_files(tmp_path, Parts(), Info("timm/x", [], PRE))
     with pytest.raises(UserError, match=r"model.json: damaged \(no class list\).*--resume"):
-        read_model_files(tmp_path, Info)
+        read_run_info(tmp_path, Info)
 
 
 def test_an_evaluation_folder_is_replaced_whole_and_marked(tmp_path):

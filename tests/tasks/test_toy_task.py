@@ -24,7 +24,7 @@ from sft.models.backbone import Preprocess
 from sft.models.vision import create_backbone
 from sft.recipe import VisionRecipe
 from sft.tasks import names, register
-from sft.tasks.base import TaskBase, load_parts, read_info, read_model_files, score_batches, with_preprocess
+from sft.tasks.base import TaskBase, load_model_files, read_info, score_batches, with_preprocess
 from sft.tasks.base import write_model_files
 from sft.training.module import FineTuneModule
 from sft.training.trainer import Monitor
@@ -95,9 +95,7 @@ class InkCoverage(TaskBase):
 
     def load_run(self, run_dir, info, engine="torch"):
         backbone = create_backbone(info.backbone, weights=None)
-        parts = nn.ModuleDict({"backbone": backbone.module, "head": nn.Linear(backbone.num_features, 1)})
-        load_parts(parts, read_model_files(run_dir, InkInfo)[1], run_dir)
-        return Regressor(parts["backbone"], parts["head"]).eval()
+        return Regressor(*load_model_files(run_dir, backbone.module, nn.Linear(backbone.num_features, 1))).eval()
 
     def score_run(self, run, recipe, source, samples, model, info, options, *, batch_size, progress):
         scores = score_batches(model, Ink(samples, transform(info)), SquaredError(), batch_size=batch_size)

@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from sft.core.atomic import atomic_write_json
+from sft.core.atomic import atomic_write_json, check_writable
 from sft.errors import UserError
 
 N_BINS = 15  # equal-width confidence bins (ECE and the reliability diagram), as torchmetrics' default
@@ -71,6 +71,8 @@ def calibrate_run(run_dir: str | Path, held_out: Callable[[], tuple[torch.Tensor
     previous = raw.get("extra", {}).get("temperature_fitted")
     if previous and not refit:
         return {**previous, "temperature": float(raw.get("temperature", 1.0)), "fitted_now": False}
+    check_writable(run_dir, f"`sft eval` stores the temperature it fits in {path}; make the run folder writable "
+                            f"(chmod -R u+w {run_dir}) or evaluate a writable copy of it")
     found = held_out()
     if found is None:
         return {"temperature": 1.0, "fitted_now": False, "note": "no validation split: not scaled"}
@@ -80,6 +82,16 @@ def calibrate_run(run_dir: str | Path, held_out: Callable[[], tuple[torch.Tensor
               "val_ece_before": ece(logits, labels), "val_ece_after": ece(logits, labels, t)}
     set_temperature(run_dir, t, fitted)
     return {**fitted, "fitted_now": True}
+
+
+def stored_temperature(run_dir: str | Path) -> tuple[float, dict] | None:
+    """The temperature `sft eval` fitted and stored in the run's model.json, with how, or None."""
+    try:
+        raw = json.loads((Path(run_dir) / "model.json").read_text(encoding="utf-8"))
+        fitted = raw["extra"]["temperature_fitted"]
+        return float(raw["temperature"]), fitted
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
 
 
 def set_temperature(run_dir: str | Path, temperature: float, fitted: dict) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class Samples:
     classes: list[str]
     ids: list[str]
     kind: str = "image"
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not len(self.items) == len(self.ids) == (len(self.ids) if self.labels is None else len(self.labels)):
@@ -74,7 +75,13 @@ class Samples:
         return Samples(items, labels, list(self.classes), [self.ids[i] for i in idx], self.kind)
 
     def fingerprint(self) -> str:
-        """Key for cached features: changes with the pixels or files, not with labels."""
+        """Key for cached features and for "the same data": changes with the pixels or files, not with labels.
+        Computed once per Samples (it hashes every pixel or stats every file)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._digest()
+        return self._fingerprint
+
+    def _digest(self) -> str:
         h = hashlib.sha256()
         if self.kind == "text":
             for item in self.items:

@@ -81,8 +81,7 @@ def get_task(name: str):
         close = difflib.get_close_matches(name, list(targets), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"unknown task {name!r}{hint}; known: {', '.join(targets)}")
-    module, _, cls = targets[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return load(targets[name])()
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:

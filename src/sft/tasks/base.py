@@ -138,9 +138,10 @@ class TaskBase:
             raise UserError(f"this {self.name} run needs inputs: "
                             f"{'image files' if self.inputs == 'files' else '--text TEXT or --file FILE'}")
         info = self.run_info(run_dir)
-        model = self.load_run(Path(run_dir), info, getattr(options, "engine", "torch"))
         out = getattr(options, "out", None)
-        return self.predict_rows(model, info, inputs, options, predictions_folder(out) if out else None, stream)
+        folder = predictions_folder(out) if out else None  # a refused folder before the model loads
+        model = self.load_run(Path(run_dir), info, getattr(options, "engine", "torch"))
+        return self.predict_rows(model, info, inputs, options, folder, stream)
 
     def run_info(self, run_dir: Path):
         """The finished run's model.json, as the task's own record (classes, preprocessing, ...)."""
@@ -298,14 +299,6 @@ def with_preprocess(raw: dict, kind: type = Preprocess) -> dict:
     """model.json's preprocess as `kind` (JSON lists back to tuples): the `convert` of an image task's read_info."""
     raw["preprocess"] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["preprocess"].items()})
     return raw
-
-
-def read_model_files(run_dir: str | Path, info_type: type,
-                     convert=with_preprocess) -> tuple[object, dict[str, torch.Tensor]]:
-    """A finished run's model.json as `info_type` (a dataclass; `convert` rebuilds its nested values) and its
-    model.safetensors, or a UserError naming the missing or damaged file."""
-    info = read_run_info(run_dir, info_type, convert)
-    return info, load_safetensors(Path(run_dir) / "model.safetensors", REBUILD)
 
 
 def read_run_info(run_dir: str | Path, info_type: type, convert=with_preprocess):

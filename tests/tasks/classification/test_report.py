@@ -198,3 +198,13 @@ def test_text_report_escapes_texts_and_shows_token_attributions():
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page and "w7 &amp; w5" in page
     assert re.search(r'class="tok" style="background:rgba\(0,160,0,1.00\)" title="\+1.000">w3<', page)
     assert "No training logs" in page
+
+
+def test_report_from_a_damaged_results_file_is_a_clear_error(run, tmp_path):
+    import shutil
+    out = tmp_path / "eval"
+    shutil.copytree(run / "eval", out)
+    for text in ("{not json", '{"data": 3}'):
+        (out / "results.json").write_text(text)
+        result = sft("report", run, "--eval", out)
+        assert result.exit_code == 2 and "results.json: damaged or not an evaluation of sft" in result.output

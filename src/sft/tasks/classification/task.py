@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sft.core.atomic import check_writable
 from sft.core.rundir import RunDir
 from sft.data.images import ImageDataset, build_transforms, read_samples
 from sft.data.loaders import Inputs
@@ -200,10 +199,6 @@ class ImageClassification(TaskBase):
         """Fit the temperature on the run's validation split if model.json never had it fitted (stored there), score
         the data under it, and draw the report (top losses, and a gallery per class, with Grad-CAM or token
         attributions)."""
-        if not info.extra.get("temperature_fitted"):  # fitted below and stored in model.json
-            check_writable(run.path, f"`sft eval` stores the temperature it fits in {run.path / 'model.json'}; make "
-                                     f"the run folder writable (chmod -R u+w {run.path}) or evaluate a writable copy "
-                                     f"of it")
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         inputs = self.run_inputs(model, info)
         calibration = calibrate_run(run.path, model, info, lambda: self.load_splits(recipe).val, inputs,
@@ -233,12 +228,17 @@ class ImageClassification(TaskBase):
         out = Path(eval_dir) if eval_dir else Path(run_dir) / "eval"
         if not (out / "results.json").exists():
             raise UserError(f"{out}: no results.json; run `sft eval {run_dir}` first")
-        results = json.loads((out / "results.json").read_text())
+        try:
+            results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+            stored, fingerprint = results["data"]["source"], results["data"]["fingerprint"]
+        except (OSError, ValueError, LookupError, TypeError) as e:  # damaged, or not what sft eval writes
+            raise UserError(f"{out / 'results.json'}: damaged or not an evaluation of sft ({type(e).__name__}); run "
+                            f"`sft eval {run_dir} --overwrite` again") from None
         info = self.run_info(Path(run_dir))
         recipe = load_recipe(RunDir(run_dir).recipe)
-        source = source_of(recipe, results["data"]["source"])
+        source = source_of(recipe, stored)
         samples = self.eval_samples(recipe, source, info)
-        if samples.fingerprint() != results["data"]["fingerprint"]:
+        if samples.fingerprint() != fingerprint:
             raise UserError(f"{results['data']['source']['path']}: the data changed since it was evaluated; run "
                             f"`sft eval` again (with --overwrite)")
         model = self.load_run(Path(run_dir), info)

@@ -36,7 +36,7 @@ TOLERANCE = 1.0  # pixels a box may pass the image border by (rounding in export
 @dataclass
 class DetectionSamples(Samples):
     """Samples whose `items` are image paths, with `boxes[i]` (n, 4) xyxy pixels and `box_labels[i]` (n,) 0-based
-    class indices per image; `labels` are zeros (splits are not stratified by class)."""
+    class indices per image; no `labels` (splits are plain seeded draws, not stratified by class)."""
     boxes: list = field(default_factory=list)
     box_labels: list = field(default_factory=list)
     sizes: list = field(default_factory=list)  # (width, height) of each image
@@ -57,8 +57,8 @@ class DetectionSamples(Samples):
     def negatives(self) -> int:
         return sum(len(b) == 0 for b in self.boxes)
 
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(super().fingerprint().encode())
+    def _digest(self) -> str:
+        h = hashlib.sha256(super()._digest().encode())
         for boxes, labels in zip(self.boxes, self.box_labels):
             h.update(np.ascontiguousarray(boxes, np.float32).tobytes() + np.asarray(labels, np.int64).tobytes())
         return h.hexdigest()

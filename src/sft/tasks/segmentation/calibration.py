@@ -89,7 +89,7 @@ def calibrate_run(run_dir: str | Path, model: nn.Module, val: Callable[[], Datas
 
 def calibration_section(result: dict) -> str:
     """report.html's calibration: the temperature and how it was fitted, ECE and NLL on the evaluated split, the
-    reliability diagram (`result`: `evaluate`'s, with the fit under "calibration")."""
+    reliability diagram (`result`: the scorer's, with the fit under "calibration")."""
     cal = result["calibration"]
     fitted = (f"fitted on {cal['val_pixels']} pixels of {cal['val_images']} validation images (NLL "
               f"{cal['val_nll_before']:.4f} → {cal['val_nll_after']:.4f}, ECE {cal['val_ece_before']:.4f} → "
