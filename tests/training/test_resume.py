@@ -278,6 +278,10 @@ def test_resuming_a_finished_run_says_so_and_rebuilds_only_its_model_files(tmp_p
     run = tmp_path / "run"
     assert sft("train", recipe_file, *tiny_args(tmp_path, fashion_slice)).exit_code == 0
     metrics = (run / "metrics.json").read_bytes()
+    assert sft("eval", run, "--top-losses", "0").exit_code == 0  # fits and stores a temperature
+    temperature = json.loads((run / "model.json").read_text())["temperature"]
+    assert sft("train", run / "recipe.yaml", "--resume").exit_code == 0  # rebuilt over it: the temperature is kept
+    assert json.loads((run / "model.json").read_text())["temperature"] == temperature != 1.0
     (run / "model.json").unlink()
     with caplog.at_level("WARNING", logger="sft"):
         result = sft("train", run / "recipe.yaml", "--resume")

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sft.core.atomic import atomic_write_text
+from sft.core.calibration import set_temperature, stored_temperature
 from sft.core.rundir import RunDir, is_child_process, locked
 from sft.errors import Interrupted, UserError
 from sft.recipe import Recipe, dump_recipe
@@ -154,13 +155,16 @@ def _epochs_finished(run: RunDir) -> int | None:
 
 def _rebuild(task, run: RunDir, p, done: int) -> Run:
     """`--resume` of a finished run: nothing to train; its model files are written again from its best checkpoint,
-    its metrics stay as they are."""
+    its metrics and a temperature `sft eval` fitted stay as they are."""
     if not run.best_checkpoint.exists():
         raise UserError(f"{run.path} is finished but has no {run.best_checkpoint}: its model cannot be rebuilt")
     log.warning(f"{run.path} is finished: its {done} epochs are trained, trainer.epochs is {p.recipe.trainer.epochs}"
                 f"; nothing to train. Its model files are written again from {run.best_checkpoint}, its metrics.json "
                 f"is unchanged. To train longer, resume with trainer.epochs above {done}.")
+    fitted = stored_temperature(run.path)  # what sft eval fitted on this model is kept
     _export_best(task, run, p)
+    if fitted is not None:
+        set_temperature(run.path, *fitted)
     return Run(run.path, run.read_metrics(), finished_before=True)
 
 
