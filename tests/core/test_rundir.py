@@ -194,3 +194,32 @@ def test_locks_are_keyed_by_the_resolved_folder_and_left_nowhere(tmp_path, recip
     assert sorted(p.name for p in runs.iterdir()) == ["a"]
     assert [p for p in tmp_path.rglob("*lock*")] == []  # nothing beside or inside the runs, nothing in the user's folder
     assert not FolderLock(runs / "a").path.exists() and not FolderLock(here).path.exists()  # released and removed
+
+
+def test_an_unmarked_run_with_a_file_of_the_user_deep_inside_is_left_untouched(tmp_path):
+    """Names alone do not make a folder sft's: model/, export-*/ and the rest are checked file by file."""
+    legacy = tmp_path / "legacy"
+    for name, text in (("recipe.yaml", ""), ("model.json", "{}"), ("checkpoints/last.ckpt", "x"),
+                       ("export-final/deliverable.onnx", "mine"), ("model/my_weights.bin", "mine")):
+        (legacy / name).parent.mkdir(parents=True, exist_ok=True)
+        (legacy / name).write_text(text)
+    assert folder_kind(legacy) is None
+    with pytest.raises(UserError, match="export-final/deliverable.onnx, model/my_weights.bin"):
+        check_replaceable(legacy, "run", overwrite=True)
+    for mine in ("export-final/deliverable.onnx", "model/my_weights.bin"):
+        (legacy / mine).unlink()
+    assert check_replaceable(legacy, "run", overwrite=True) is True  # what sft wrote, and nothing else
+
+
+def test_a_lock_folder_open_to_others_is_refused(tmp_path, monkeypatch):
+    from sft.core import lock
+    shared = tmp_path / "locks"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # another user could unlink or pre-create our locks here
+    monkeypatch.setattr(lock, "lock_folder", lambda: shared)
+    with pytest.raises(UserError, match="not a private folder of yours"):
+        lock.FolderLock(tmp_path / "run").acquire()
+    shared.chmod(0o700)
+    with lock.holding(tmp_path / "cache.pt"):
+        assert list(shared.iterdir())
+    assert not list(shared.iterdir())

@@ -12,8 +12,11 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from sft.errors import UserError
 
 
 def lock_folder() -> Path:
@@ -30,7 +33,7 @@ class FolderLock:
 
     def acquire(self, wait: bool = False) -> bool:
         """Take the lock: False when another process holds it (or, with `wait`, once it has released it)."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _own_folder(self.path.parent)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -61,11 +64,24 @@ class FolderLock:
 
 
 
+def _own_folder(folder: Path) -> None:
+    """The lock folder, made private to this user; one that another user made (or opened to others) is refused:
+    whoever can write there can break or block our locks."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise UserError(f"{folder}: sft's lock folder is not a private folder of yours; remove it (sft makes it "
+                        f"again), or set TMPDIR to another folder")
+
+
 @contextlib.contextmanager
 def holding(path: str | Path):
     """Wait for `path`'s lock and hold it for the block: one process fills a cache entry while the others wait."""
     lock = FolderLock(path)
-    lock.acquire(wait=True)
+    try:
+        lock.acquire(wait=True)
+    except OSError as e:
+        raise UserError(f"{lock.path}: cannot take the lock of {path} ({e.strerror or e})") from None
     try:
         yield
     finally:

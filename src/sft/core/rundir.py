@@ -46,12 +46,19 @@ def is_child_process() -> bool:
     return any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES)
 
 
-# what sft writes at the top of a run or an evaluation: an unmarked folder (written before markers existed) is taken
-# for one only when it holds nothing else
+# the files sft writes in a run or an evaluation (paths inside it; `*` spans folders): an unmarked folder (written
+# before markers existed) is taken for one only when it holds no other file, at any depth
+_EVAL = ("results.json", "metrics.json", "report.html", ".sft-run")
 WRITES = {
-    "run": ("recipe.yaml", "checkpoints", "logs", "metrics.json", "model.json", "model.safetensors", "classes.txt",
-            "backbone", "adapter", "model", "lr-find", "export", "export-*", "eval", "eval-*", ".*.tmp", ".*.old"),
-    "eval": ("results.json", "metrics.json", "report.html", ".*.tmp", ".*.old"),
+    "run": ("recipe.yaml", "metrics.json", "model.json", "model.safetensors", "classes.txt", "checkpoints/*.ckpt",
+            "logs/metrics*.csv", "logs/hparams.yaml", "logs/tensorboard/*", "lr-find/lr_find.*", "lr-find/.sft-run",
+            "backbone/*.json", "backbone/*.txt", "adapter/adapter_*", "adapter/README.md", "model/*.json",
+            "model/*.safetensors", "model/*.txt", "model/*.jinja",
+            *(f"{folder}/{name}" for folder in ("export", "export-*") for name in (
+                "model.onnx", "model.json", "parity.json", ".sft-run", "*.json", "*.txt", "*.model", "*.safetensors",
+                "modeling_sft.py")),
+            *(f"{folder}/{name}" for folder in ("eval", "eval-*") for name in _EVAL)),
+    "eval": _EVAL,
 }
 
 
@@ -77,8 +84,9 @@ def _legacy_kind(path: Path) -> str | None:
 
 
 def foreign_entries(path: Path, kind: str) -> list[str]:
-    """The names at the top of `path` that sft never writes into a `kind` folder."""
-    return sorted(p.name for p in path.iterdir() if not any(fnmatch(p.name, w) for w in WRITES.get(kind, ("*",))))
+    """The files in `path` (at any depth, relative to it) that sft never writes into a `kind` folder."""
+    files = (p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(f for f in files if not any(fnmatch(f, w) for w in WRITES.get(kind, ("*",))))
 
 
 def run_of_recipe(path: str | Path) -> Path | None:
