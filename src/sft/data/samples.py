@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ class Samples:
     classes: list[str]
     ids: list[str]
     kind: str = "image"
-    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not len(self.items) == len(self.ids) == (len(self.ids) if self.labels is None else len(self.labels)):
@@ -75,13 +74,8 @@ class Samples:
         return Samples(items, labels, list(self.classes), [self.ids[i] for i in idx], self.kind)
 
     def fingerprint(self) -> str:
-        """Key for cached features and for "the same data": changes with the pixels or files, not with labels.
-        Computed once per Samples (it hashes every pixel or stats every file)."""
-        if self._fingerprint is None:
-            self._fingerprint = self._digest()
-        return self._fingerprint
-
-    def _digest(self) -> str:
+        """Key for cached features and for "the same data": changes with the pixels or files (read now, so a file
+        rewritten since shows), not with labels."""
         h = hashlib.sha256()
         if self.kind == "text":
             for item in self.items:

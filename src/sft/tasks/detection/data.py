@@ -57,8 +57,8 @@ class DetectionSamples(Samples):
     def negatives(self) -> int:
         return sum(len(b) == 0 for b in self.boxes)
 
-    def _digest(self) -> str:
-        h = hashlib.sha256(super()._digest().encode())
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(super().fingerprint().encode())
         for boxes, labels in zip(self.boxes, self.box_labels):
             h.update(np.ascontiguousarray(boxes, np.float32).tobytes() + np.asarray(labels, np.int64).tobytes())
         return h.hexdigest()
