@@ -178,8 +178,9 @@ def _export(task, run_dir: Path):
     def body(shared: Exporting, options):
         folder, parity = task.export(run_dir, shared.out, options, force=shared.force,
                                            overwrite=shared.overwrite)
-        _print_metrics(folder, {"passed": parity["passed"], "max |Δprobability|": f"{parity['max_abs_diff']:.2e}",
-                                "top-1 agreement": parity["top1_agreement"], "samples": parity["samples"]})
+        _print_metrics(folder, parity.get("figures") or {  # a task's own parity figures, or the probabilities'
+            "passed": parity["passed"], "max |Δprobability|": f"{parity['max_abs_diff']:.2e}",
+            "top-1 agreement": parity["top1_agreement"], "samples": parity["samples"]})
         if not parity.get("passed", True):
             errors.print("[yellow]warning:[/] written with --force although the parity check failed (parity.json)",
                          highlight=False)

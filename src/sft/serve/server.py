@@ -219,6 +219,10 @@ def run_server(run_dir: str | Path, options, host: str, port: int, limits: Limit
             raise UserError(f"{host}:{port}: cannot listen there ({e.strerror}); choose another --port or --host") \
                 from None
     predictor = task_of_run(run_dir).predictor(run_dir, options)
-    app = build_app(predictor, limits)
+    if getattr(predictor, "api", "predict") == "openai":  # a language model: the OpenAI-compatible API
+        from sft.serve.openai_api import build_openai_app
+        app = build_openai_app(predictor, limits)
+    else:
+        app = build_app(predictor, limits)
     announce(f"http://{host}:{port}")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
