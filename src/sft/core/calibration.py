@@ -34,7 +34,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
         def closure():
             optimizer.zero_grad()
-            loss = _nll(logits / log_t.exp(), labels)
+            loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
             loss.backward()
             return loss
 
@@ -43,12 +43,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
-    return float(_nll(logits.float() / temperature, labels))
-
-
-def _nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The mean negative log-likelihood of the labels under softmax(logits)."""
-    return nn.functional.nll_loss(nn.functional.log_softmax(logits, -1), labels)
+    return float(nn.functional.cross_entropy(logits.float() / temperature, labels))
 
 
 def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
