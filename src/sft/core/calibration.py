@@ -34,7 +34,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
         def closure():
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
+            loss = _nll(logits / log_t.exp(), labels)
             loss.backward()
             return loss
 
@@ -42,8 +42,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return float(log_t.detach().clamp(-5, 5).exp())
 
 
+def _nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the labels under softmax(logits), from torch's log_softmax and nll_loss."""
+    return nn.functional.nll_loss(nn.functional.log_softmax(logits, dim=-1), labels)
+
+
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
-    return float(nn.functional.cross_entropy(logits.float() / temperature, labels))
+    return float(_nll(logits.float() / temperature, labels))
 
 
 def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
