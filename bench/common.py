@@ -1,9 +1,17 @@
-"""Shared by the benchmarks: real Fashion-MNIST slices written as .npz sources, and the JSON last line."""
+"""Shared by the benchmarks: real Fashion-MNIST slices written as .npz sources, `sft serve` started on a free port,
+and the JSON last line."""
 
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +43,55 @@ def fashion_npz(split: str, n: int | None, seed: int = 0) -> Path:
     if not path.exists():
         np.savez(path, x=x, y=y)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(run: Path, *args: str, env: dict | None = None):
+    """`sft serve RUN ARGS` on a free loopback port, stopped on leaving: yields its port and the seconds from launch
+    until /health answered."""
+    port = free_port()
+    launched = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "sft.cli", "serve", str(run), "--port", str(port), *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        for _ in range(480):
+            if process.poll() is not None:
+                raise SystemExit(f"the server did not start: {process.stderr.read().decode()[-2000:]}")
+            try:
+                get_json(port, "/health")
+                break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            raise SystemExit("the server did not answer /health in 120 s")
+        yield port, time.perf_counter() - launched
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def get_json(port: int, path: str):
+    """GET a path of the local server on a new connection, its JSON answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path)
+    return json.loads(connection.getresponse().read())
+
+
+def run_clients(client, clients: int) -> float:
+    """client(k) on `clients` threads at once; the seconds until the last returned."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
 
 
 def report(figures: dict) -> None:

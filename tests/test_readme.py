@@ -36,11 +36,17 @@ RUN_BY = {  # (document, how the block's first line starts): the test below that
     ("README.md", "python examples/segmentation/build.py"): "test_segmentation_blocks",
     ("docs/segmentation.md", "sft audit examples/segmentation/segmentation.yaml"): "test_segmentation_blocks",
     ("README.md", "python examples/detection/build.py"): "test_detection_block",
+    ("docs/deploy.md", "sft export runs/detection"): "test_detection_block",
     ("README.md", "python examples/instruct/build.py"): "test_instruction_tuning_block",
+    ("docs/deploy.md", "sft export runs/instruct-fortunes"): "test_instruction_tuning_block",
 }
 NOT_RUN = {  # docs/ blocks (never README.md's) that no test here runs, and what covers them
     ("docs/deploy.md", "sft serve runs/fashion_mnist"): "a server that runs until stopped: tests/serve/test_server.py "
                                                         "starts `sft serve` and talks HTTP to it",
+    ("docs/deploy.md", "sft serve runs/segmentation"): "servers: tests/serve/test_segmentation.py and "
+                                                       "tests/serve/test_detection.py serve such runs over HTTP",
+    ("docs/deploy.md", "sft serve runs/instruct-fortunes"): "a server: tests/serve/test_openai_api.py serves a "
+                                                            "causal-LM run and runs deploy.md's Python example on it",
 }
 
 
@@ -194,7 +200,8 @@ def test_segmentation_blocks(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_detection_block(tmp_path, monkeypatch):
-    """README's detection block: 16 training composites and one head-only epoch at 64 px."""
+    """README's detection block (16 training composites and one head-only epoch at 64 px), then the deploy page's
+    detection export on that run."""
     in_a_copy(tmp_path, monkeypatch, FASHION)
     Image.fromarray(np.full((100, 80, 3), 60, np.uint8)).save("img.png")
     run_block(block("README.md", "python examples/detection/build.py"),
@@ -202,12 +209,15 @@ def test_detection_block(tmp_path, monkeypatch):
               {"train": ["trainer.epochs=1", "data.image_size=64", "data.batch_size=8",
                          f"cache_dir={tmp_path / 'cache'}"]})
     assert Path("runs/detection/eval/report.html").exists() and Image.open("found/img.png").size == (80, 100)
+    run_block(block("docs/deploy.md", "sft export runs/detection"))
+    assert json.loads(Path("runs/detection/export/parity.json").read_text())["passed"]
 
 
 @pytest.mark.slow
 def test_instruction_tuning_block(tmp_path, monkeypatch, tiny_causal_lm):
     """README's instruction-tuning block on the real fortunes questions, with a tiny random Llama that has SmolLM2's
-    tokenizer in place of SmolLM2 (whose first conversion takes minutes), on a slice."""
+    tokenizer in place of SmolLM2 (whose first conversion takes minutes), on a slice; then the deploy page's GGUF
+    export of that run."""
     in_a_copy(tmp_path, monkeypatch, FORTUNES)
     build, *commands = block("README.md", "python examples/instruct/build.py").splitlines()
     run_block(build, ["--only", "fortunes"])
@@ -219,3 +229,6 @@ def test_instruction_tuning_block(tmp_path, monkeypatch, tiny_causal_lm):
     assert ">>>" in result.output  # the prompt, then its streamed answer
     summary = json.loads(Path("runs/instruct-fortunes/eval/metrics.json").read_text())
     assert {"exact_match", "exact_match_before", "perplexity"} <= set(summary)
+    run_block(block("docs/deploy.md", "sft export runs/instruct-fortunes"))
+    assert json.loads(Path("runs/instruct-fortunes/export-gguf/parity.json").read_text())["passed"]
+    assert Path("runs/instruct-fortunes/export-gguf/Modelfile").is_file()

@@ -187,8 +187,9 @@ def _export(task, run_dir: Path):
     return [Exporting, task.options.get("export", NoOptions)], body
 
 
-@on_a_run("serve", "Serve a trained run over HTTP: POST /predict (dynamic batching), GET /health, GET /metadata, "
-                   "/docs.")
+@on_a_run("serve", "Serve a trained run over HTTP with dynamic batching: POST /predict for image and text runs, the "
+                   "OpenAI-compatible POST /v1/chat/completions and GET /v1/models for causal-LM runs; GET /health, "
+                   "GET /metadata, /docs.")
 def _serve(task, run_dir: Path):
     def body(s: Serving, options):
         from sft.serve.server import Limits, run_server

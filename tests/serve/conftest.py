@@ -1,7 +1,9 @@
 """The serve tests' server: the real `sft serve` process on a free loopback port, spoken to over HTTP."""
 
+import base64
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,13 +22,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, run, tmp_path, *args):
+    def __init__(self, run, tmp_path, *args, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"serve-{self.port}.log"
         with open(self.log, "w") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "sft.cli", "serve", str(run), "--port",
-                                             str(self.port), *args], stdout=log, stderr=subprocess.STDOUT)
+                                             str(self.port), *args], stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **(env or {})})
         deadline = time.time() + 180
         while time.time() < deadline:
             assert self.process.poll() is None, self.log.read_text()
@@ -71,6 +74,19 @@ class Server:
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
         status, answer = self.request("/predict", body, f"multipart/form-data; boundary={boundary}")
         return status, json.loads(answer)
+
+
+def image_files(dataset, folder, wide: tuple[int, int]) -> list:
+    """Two test images of a built example and the second again at `wide` (w, h) in `folder`: answers come back in
+    each image's own pixels."""
+    images = sorted((dataset / "test" / "images").glob("*.png"))[:2]
+    other = folder / "wide.png"
+    Image.open(images[1]).resize(wide).save(other)
+    return [*images, other]
+
+
+def b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
 
 
 def png(array) -> bytes:

@@ -89,6 +89,8 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, images):
         (server.post_json({"texts": ["hello"]}), 422, "unknown field(s) ['texts']"),
         (server.post_json({"images": [b64] * 5}), 422, "too many items: 5"),
         (server.post_json({"images": [b64], "top_k": 0}), 422, "top_k"),
+        (server.post_json({"images": [b64], "top_k": True}), 422, "parameter top_k: should be a valid integer"),
+        (server.post_files(images[:1], {"top_k": "two"}), 422, "parameter top_k"),
         (server.post_json({"images": ["%%%"]}), 400, "not valid base64"),
         (server.post_json({"images": []}), 422, "no items"),
         (server.post_files(images[:1], name="image"), 422, "unknown field(s) ['image']"),
@@ -108,8 +110,8 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, images):
     assert response.status == 413 and "over the limit" in json.loads(response.read())["error"]
     connection.close()
     assert server.process.poll() is None
-    status, answer = server.post_json({"images": [b64]})
-    assert status == 200 and answer["results"][0]["predictions"]
+    status, answer = server.post_json({"images": [b64], "top_k": "2"})  # a number as a JSON string is taken
+    assert status == 200 and len(answer["results"][0]["predictions"]) == 2
 
 
 def test_text_run_on_the_onnx_engine(tmp_path, tiny_text_runs):

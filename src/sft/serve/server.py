@@ -1,14 +1,21 @@
 """`sft serve RUN`: a finished run over HTTP, on FastAPI + uvicorn, with our own dynamic batching (batching.py).
 
     POST /predict    images as multipart `file` parts or JSON {"images": [base64, ...]}; texts as JSON
-                     {"texts": [...]}; optional top_k. Answers {"results": [{"predictions": [{label, probability}]}]}
+                     {"texts": [...]}; the run's parameters as JSON fields or form fields beside them. Answers
+                     {"results": [one answer per item]}, as the task's predictor shapes it:
+                       classification (top_k)                {"predictions": [{label, probability}]}
+                       segmentation (overlay)                {"shares": {class: share}, "mask": PNG, width, height,
+                                                              "overlay": PNG when asked}
+                       detection (score, max_detections)     {"detections": [{label, score, xyxy}], width, height}
     GET  /health     {"status": "ok"} and the batching counters
     GET  /metadata   task, classes, preprocessing, weights id, engine, limits
-    GET  /docs       the OpenAPI page (/openapi.json)
+    GET  /docs       the OpenAPI page (/openapi.json), with the run's own parameters
 
+Each task's predictor (sft.tasks.base.Predictor) declares its parameters as a pydantic model; the server validates
+them (JSON values as JSON types, form fields and JSON strings converted from text) and hands them to its `answer`.
 Every bad request gets a 4xx JSON answer {"error": "..."} and the server goes on serving: an empty body (400), bad
 JSON or base64 (400), a body over the limit (413), a content type other than JSON or multipart (415), wrong field
-names, too many items, a bad top_k, an item that is not an image (422).
+names, too many items, a bad parameter (named, with what it expects), an item that is not an image (422).
 
 Why FastAPI + uvicorn rather than LitServe (both install cleanly here): LitServe batches *requests* (one request is
 one item), runs the model in separate worker processes fed through queues, and owns the request decoding; here a
@@ -26,11 +33,13 @@ import json
 import socket
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from sft.errors import UserError
@@ -52,14 +61,18 @@ class BadRequest(Exception):
         self.status, self.message = status, message
 
 
-PREDICT_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {
-        "images": {"type": "array", "items": {"type": "string", "format": "byte"}, "description": "image runs"},
-        "texts": {"type": "array", "items": {"type": "string"}, "description": "text runs"},
-        "top_k": {"type": "integer", "minimum": 1, "default": 1}}}},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "top_k": {"type": "integer", "minimum": 1, "default": 1}}}}}}}
+def predict_body(inputs: str, params: type[BaseModel]) -> dict:
+    """The OpenAPI description of POST /predict's body for a run taking `inputs`, with its parameters."""
+    props = params.model_json_schema().get("properties", {})
+    items = ({"images": {"type": "array", "items": {"type": "string", "format": "byte"},
+                         "description": "images, base64 (or data URLs)"}} if inputs == "image" else
+             {"texts": {"type": "array", "items": {"type": "string"}, "description": "texts"}})
+    content = {"application/json": {"schema": {"type": "object", "additionalProperties": False,
+                                               "required": list(items), "properties": {**items, **props}}}}
+    if inputs == "image":
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"}}, **props}}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def build_app(predictor, limits: Limits):
@@ -96,15 +109,16 @@ def build_app(predictor, limits: Limits):
     async def metadata() -> dict:
         return {**meta, "limits": asdict(limits)}
 
-    @app.post("/predict", openapi_extra=PREDICT_BODY)
+    @app.post("/predict", openapi_extra=predict_body(predictor.inputs, predictor.params))
     async def predict(request: Request) -> dict:
-        items, top_k = await read_request(request, predictor.inputs, limits)
+        items, params = await read_request(request, predictor, limits)
         try:
             prepared = await asyncio.to_thread(_prepare_all, predictor.prepare, items)
         except UserError as e:
             raise BadRequest(422, str(e)) from None
         outputs = await batcher.submit(prepared)
-        return {"results": [predictor.answer(o, top_k) for o in outputs]}
+        # off the event loop: an answer may encode images (a segmentation mask as PNG)
+        return {"results": await asyncio.to_thread(lambda: [predictor.answer(o, params) for o in outputs])}
 
     return app
 
@@ -135,9 +149,11 @@ async def read_body(request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def read_request(request, inputs: str, limits: Limits) -> tuple[list, int]:
-    """(items, top_k) of a /predict request: raw image bytes or texts, checked against the run's kind."""
+async def read_request(request, predictor, limits: Limits) -> tuple[list, BaseModel]:
+    """(items, parameters) of a /predict request: raw image bytes or texts, checked against the run's kind, and the
+    predictor's parameters validated."""
     body = await read_body(request, limits.max_body)
+    inputs, names = predictor.inputs, list(predictor.params.model_fields)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
@@ -147,17 +163,19 @@ async def read_request(request, inputs: str, limits: Limits) -> tuple[list, int]
         if not isinstance(data, dict):
             raise BadRequest(422, "the JSON body must be an object")
         field = "images" if inputs == "image" else "texts"
-        unknown = sorted(set(data) - {field, "top_k"})
+        unknown = sorted(set(data) - {field, *names})
         if unknown or field not in data:
-            raise BadRequest(422, f"unknown field(s) {unknown}; this run takes {{\"{field}\": [...], \"top_k\": N}}"
-                             if unknown else f"missing field {field!r}: this run takes {{\"{field}\": [...]}}")
+            takes = ", ".join([f'"{field}": [...]'] + [f'"{n}": {json.dumps(f.default)}'
+                                                       for n, f in predictor.params.model_fields.items()])
+            raise BadRequest(422, f"unknown field(s) {unknown}; this run takes {{{takes}}}"
+                             if unknown else f"missing field {field!r}: this run takes {{{takes}}}")
         items = data[field]
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise BadRequest(422, f"{field!r} must be a list of strings")
         _check_count(items, limits)
         if inputs == "image":
             items = [_base64(i, n) for n, i in enumerate(items)]
-        top_k = data.get("top_k", 1)
+        raw = {n: data[n] for n in names if n in data}
     elif kind == "multipart/form-data":
         if inputs != "image":
             raise BadRequest(422, "this run classifies texts: send JSON {\"texts\": [...]}")
@@ -168,25 +186,44 @@ async def read_request(request, inputs: str, limits: Limits) -> tuple[list, int]
             form = await Request(request.scope, replay).form(max_files=limits.max_items + 1)
         except Exception as e:  # malformed multipart (the parser's own error types)
             raise BadRequest(400, f"cannot read the multipart body ({e})") from None
-        unknown = sorted({k for k in form.keys() if k not in ("file", "top_k")})
+        unknown = sorted({k for k in form.keys() if k != "file" and k not in names})
         if unknown:
-            raise BadRequest(422, f"unknown field(s) {unknown}; send images as `file` parts (and top_k)")
+            also = f" (and the parameters {', '.join(names)})" if names else ""
+            raise BadRequest(422, f"unknown field(s) {unknown}; send images as `file` parts{also}")
         items = [await f.read() if hasattr(f, "read") else None for f in form.getlist("file")]
         if any(i is None for i in items):
             raise BadRequest(422, "`file` must be a file part, not a text field")
-        top_k = form.get("top_k", 1)
+        raw = {}
+        for name in names:
+            values = form.getlist(name)
+            if len(values) > 1 or (values and not isinstance(values[0], str)):
+                raise BadRequest(422, f"parameter {name}: give it once, as a text field")
+            if values:
+                raw[name] = values[0]
     else:
         raise BadRequest(415, f"content type {kind or 'none'!r}: send application/json or multipart/form-data")
     _check_count(items, limits)
-    try:
-        if isinstance(top_k, (bool, float)):
-            raise ValueError
-        top_k = int(top_k)
-        if top_k < 1:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise BadRequest(422, f"top_k must be a positive integer, got {top_k!r}") from None
-    return items, top_k
+    return items, read_params(predictor.params, raw)
+
+
+def read_params(model: type[BaseModel], raw: dict) -> BaseModel:
+    """The request's parameters as `model`: a JSON value must be of the parameter's type (true is not 1, 2.5 is not
+    an integer); text (form fields, JSON strings) is converted. A wrong one is named with what it expects (422)."""
+    values = {}
+    for name, value in raw.items():
+        try:
+            values[name] = _adapter(model, name).validate_python(value, strict=not isinstance(value, str))
+        except ValidationError as e:
+            error = e.errors()[0]
+            raise BadRequest(422, f"parameter {name}: {error['msg'].replace('Input should', 'should')}, "
+                                  f"got {value!r}") from None
+    return model.model_validate(values)
+
+
+@lru_cache(maxsize=None)
+def _adapter(model: type[BaseModel], name: str) -> TypeAdapter:
+    field = model.model_fields[name]
+    return TypeAdapter(Annotated[field.annotation, field])
 
 
 def _check_count(items: list, limits: Limits) -> None:

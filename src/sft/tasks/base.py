@@ -75,8 +75,13 @@ class Task(TrainingTask, Protocol):
 
 
 class Predictor(Protocol):
-    """What `sft serve` asks of a task's finished model: decode one request item, run a batch, shape one answer."""
+    """What `sft serve` asks of a task's finished model: decode one request item, run a batch, shape one answer.
+    Shared parts: sft.tasks.serving. A predictor with `api = "openai"` (causal LM's ChatPredictor) is served as the
+    OpenAI chat completions API instead (sft.serve.openai_api), which asks other things of it."""
     inputs: str  # "image" | "text": what POST /predict takes
+    # The request's parameters besides its items (classification's top_k, ...): the server validates a request's
+    # JSON fields or form fields against this model (extra fields forbidden) and /docs shows it.
+    params: type[BaseModel]
 
     def metadata(self) -> dict:
         """GET /metadata: task, classes, preprocessing, weights id, engine."""
@@ -87,8 +92,8 @@ class Predictor(Protocol):
     def run(self, prepared: list) -> list:
         """One output per prepared item, computed as one batch."""
 
-    def answer(self, output, top_k: int) -> dict:
-        """The JSON answer for one item."""
+    def answer(self, output, params: BaseModel) -> dict:
+        """The JSON answer for one item, as the request's validated `params` ask."""
 
 
 class TaskBase:

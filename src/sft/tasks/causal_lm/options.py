@@ -3,6 +3,8 @@ options and --help from them. A generation setting left out is the run's own (it
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -21,4 +23,18 @@ class EvalOptions(BaseModel):
                                                   "generation.samples)")
 
 
-OPTIONS = {"predict": PredictOptions, "eval": EvalOptions}
+class ServeOptions(BaseModel):
+    batching: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous: requests join the running batch at the next token; static: a batch "
+                                  "runs to its end before the next starts (always, for models with sliding-window "
+                                  "layers such as Gemma 3)")
+
+
+class ExportOptions(BaseModel):
+    format: Literal["gguf"] = Field("gguf", description="gguf: one file for llama.cpp, Ollama and LM Studio, with the "
+                                                        "chat template and stop tokens, and an Ollama Modelfile")
+    quant: Literal["f16", "q8_0"] = Field("f16", description="f16, or q8_0 (about half the size; checked by top-1 "
+                                                             "agreement)")
+
+
+OPTIONS = {"predict": PredictOptions, "eval": EvalOptions, "serve": ServeOptions, "export": ExportOptions}

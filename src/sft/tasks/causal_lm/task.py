@@ -163,6 +163,17 @@ class CausalLM(TaskBase):
             generate(model, tokenizer, [prompt], **settings, stream=stream)
         return None
 
+    def export(self, run_dir, out, options, *, force: bool, overwrite: bool) -> tuple:
+        """`sft export --format gguf`: the merged model as GGUF with its chat template and stop tokens, checked by
+        reading it back (tasks.causal_lm.gguf)."""
+        from sft.tasks.causal_lm.gguf import export_gguf  # deferred: only export needs gguf
+        return export_gguf(self, run_dir, out, options.quant, force=force, overwrite=overwrite)
+
+    def predictor(self, run_dir, options):
+        """`sft serve`: the OpenAI-compatible chat API; settings a request leaves out are the run's own."""
+        from sft.tasks.causal_lm.serving import ChatPredictor  # deferred: only `sft serve` needs it
+        return ChatPredictor(run_dir, _recipe_generation(run_dir), options.batching)
+
 
 def _recipe_generation(run_dir) -> Generation:
     """The run's own generation settings (its recipe.yaml), the defaults without one."""

@@ -5,17 +5,16 @@ onnxruntime; the image and text predictors differ only there."""
 
 from __future__ import annotations
 
-import io
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from pydantic import Field
 from torch import nn
 
 from sft.errors import UserError
-from sft.models.export import file_id, probabilities
+from sft.models.export import probabilities
 from sft.tasks.classification.export import eval_transform
+from sft.tasks.serving import Params, RunPredictor, decode_image
 
 
 def ranked(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
@@ -42,37 +41,23 @@ def text_item(text: str, pair: bool) -> str | tuple[str, str]:
     return tuple(text.split("\t", 1))
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Request bytes as an RGB image; anything else is a UserError (the server answers 422)."""
-    if not data:
-        raise UserError("empty image")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except UnidentifiedImageError:  # its message holds the repr of our BytesIO, which means nothing to a client
-        raise UserError("not an image that can be read (no image format recognised)") from None
-    except Exception as e:  # PIL raises many types for damaged images
-        raise UserError(f"not an image that can be read ({str(e)[:120] or type(e).__name__})") from None
+class TopK(Params):
+    top_k: int = Field(1, ge=1, description="the K most probable classes of each item")
 
 
-class ClassifierPredictor:
+class ClassifierPredictor(RunPredictor):
     """What `sft serve` asks of a run (sft.tasks.base.Predictor): the run's model on `engine`, its model.json, and
     the answer; `prepare` and `batch` are the image's or the text's."""
     inputs = ""
     transform = None
+    params = TopK
 
     def __init__(self, task, run_dir: str | Path, engine: str):
-        self.info = task.run_info(Path(run_dir))
-        self.model = task.load_run(Path(run_dir), self.info, engine)
-        self.engine, self.run_dir = engine, Path(run_dir)
+        super().__init__(task, run_dir, engine)
         self.collate = task.run_inputs(self.model, self.info).collate
-        self.weights_id = file_id(self.run_dir / "model.safetensors")
 
     def metadata(self) -> dict:
-        return {"task": self.info.task, "classes": self.info.classes, "inputs": self.inputs,
-                "preprocess": asdict(self.info.preprocess), "transform": str(self.transform or ""),
-                "temperature": self.info.temperature, "backbone": self.info.backbone, "weights_id": self.weights_id,
-                "engine": self.engine, "run_dir": str(self.run_dir.resolve())}
+        return {**super().metadata(), "transform": str(self.transform or ""), "temperature": self.info.temperature}
 
     def prepare(self, item: bytes | str) -> object:
         raise NotImplementedError
@@ -84,9 +69,9 @@ class ClassifierPredictor:
     def run(self, prepared: list) -> list[torch.Tensor]:
         return list(probabilities(self.model(self.batch(prepared)), self.info.temperature))
 
-    def answer(self, probs: torch.Tensor, top_k: int) -> dict:
+    def answer(self, probs: torch.Tensor, params: TopK) -> dict:
         return {"predictions": [{"label": label, "probability": round(p, 6)}
-                                for label, p in ranked(probs, self.info.classes, top_k)]}
+                                for label, p in ranked(probs, self.info.classes, params.top_k)]}
 
 
 class ImagePredictor(ClassifierPredictor):

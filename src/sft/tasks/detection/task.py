@@ -29,9 +29,11 @@ from sft.tasks.detection.data import BoxDataset, box_transforms, collate, load_i
 from sft.tasks.detection.diagnosis import CHECKS, check_before_training, diagnose
 from sft.tasks.detection.metrics import DetectionScorer
 from sft.tasks.detection.module import Detector, auto_anchor_sizes, build_detector, from_detector
+from sft.tasks.detection.onnx import export_onnx, load_onnx
 from sft.tasks.detection.options import OPTIONS
 from sft.tasks.detection.recipe import DetectionRecipe
 from sft.tasks.detection.report import draw, render_report, save_png
+from sft.tasks.detection.serving import BoxPredictor, detections
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
 
@@ -134,9 +136,13 @@ class Detection(TaskBase):
     def eval_samples(self, recipe, source, info: DetectionInfo):
         return read_detection(source.path, source.format, info.classes)
 
-    def load_run(self, run_dir: Path, info: DetectionInfo, engine: str = "torch") -> TrainedDetector:
+    def load_run(self, run_dir: Path, info: DetectionInfo, engine: str = "torch") -> nn.Module:
+        """The PyTorch model, or with engine onnx the run's export through onnxruntime (the same call: per image a
+        dict of boxes, scores and labels)."""
+        if engine == "onnx":
+            return load_onnx(run_dir)
         if engine != "torch":
-            raise UserError(f"--engine {engine}: detection runs predict with PyTorch (they have no ONNX export)")
+            raise UserError(f"--engine {engine}: detection runs predict with torch or onnx")
         backbone = create_backbone(info.backbone, None, out="maps")
         head = build_detector(info.detector, backbone.module, backbone.channels, len(info.classes),
                               fpn_channels=info.fpn_channels, anchor_sizes=info.anchor_sizes, size=info.image_size,
@@ -154,6 +160,11 @@ class Detection(TaskBase):
         brief["ap"] = dict(zip(info.classes, result["ap"]))
         return result, brief, render_report(run.path, source.path, info, samples, dataset, result)
 
+    def export(self, run_dir, out, options, *, force, overwrite):
+        if options.format != "onnx":
+            raise UserError(f"--format {options.format}: detection runs export as onnx")
+        return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
+
     def predict_rows(self, model, info: DetectionInfo, inputs, options, folder, stream):
         """One row per detection of at least `options.score` (an image with none: one row without a class), boxes
         xyxy in the image's own pixels; with a folder, each image drawn with its boxes and its detections as JSON
@@ -166,9 +177,7 @@ class Detection(TaskBase):
             x = transform_image(eval_tf, image)
             with torch.inference_mode():
                 found = model(x[None])[0]
-            keep = found["scores"] >= options.score
-            scale = torch.tensor([w / info.image_size, h / info.image_size] * 2)
-            boxes, scores, labels = found["boxes"][keep] * scale, found["scores"][keep], found["labels"][keep]
+            boxes, scores, labels = detections(found, (w, h), info.image_size, options.score)
             mine = [{"file": file, "class": info.classes[int(c)], "score": round(float(s), 4),
                      "xyxy": [round(float(v), 1) for v in b]} for b, s, c in zip(boxes, scores, labels)]
             rows += mine or [{"file": file, "class": None, "score": None, "xyxy": None}]
@@ -178,3 +187,6 @@ class Detection(TaskBase):
                 atomic_write(folder / f"{stem}.png", lambda tmp: save_png(drawn, tmp))
                 atomic_write_json(folder / f"{stem}.json", mine)
         return rows
+
+    def predictor(self, run_dir, options):
+        return BoxPredictor(self, run_dir, options.engine)

@@ -23,4 +23,9 @@ class ExportOptions(BaseModel):
     format: Literal["onnx"] = Field("onnx", description="onnx (dynamic batch axis)")
 
 
-OPTIONS = {"predict": PredictOptions, "eval": EvalOptions, "export": ExportOptions}
+class ServeOptions(BaseModel):
+    engine: Literal["torch", "onnx"] = Field("torch", description="what runs the model: torch, or onnx (the run's "
+                                                                  "`sft export`)")
+
+
+OPTIONS = {"predict": PredictOptions, "eval": EvalOptions, "export": ExportOptions, "serve": ServeOptions}

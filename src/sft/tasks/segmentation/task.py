@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import tv_tensors
 
 from sft.core.atomic import atomic_write
 from sft.core.rundir import RunDir
@@ -38,6 +37,8 @@ from sft.tasks.segmentation.onnx import export_onnx, load_onnx
 from sft.tasks.segmentation.options import OPTIONS
 from sft.tasks.segmentation.recipe import SegmentationRecipe
 from sft.tasks.segmentation.report import overlay, render_report
+from sft.tasks.segmentation.serving import (MaskPredictor, class_maps, class_shares, eval_transform,
+                                            full_mask, image_input)
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
 
@@ -173,15 +174,11 @@ class Segmentation(TaskBase):
 
     def predict_rows(self, model, info: SegmentationInfo, inputs, options, folder, stream):
         """Per image: the share of pixels of each class; with a folder, its index mask and colour overlay there."""
-        _, eval_tf = joint_transforms(info.preprocess, info.image_size, "none", info.ignore_index)
-        rows = []
+        transform, rows = eval_transform(info), []
         for file in inputs:
             image = read_image(file)
-            x = eval_tf(tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1)))
-            with torch.inference_mode():
-                pred = model(x[None]).argmax(1)[0].to(torch.uint8).numpy()
-            mask = np.asarray(Image.fromarray(pred).resize(image.size, Image.NEAREST))
-            shares = np.bincount(mask.ravel(), minlength=len(info.classes)) / mask.size
+            mask = full_mask(class_maps(model, image_input(image, transform)[None])[0], image.size)
+            shares = class_shares(mask, len(info.classes))
             row = {"file": file, **{c: round(float(v), 4) for c, v in zip(info.classes, shares)}}
             if folder is not None:
                 stem = Path(file).stem
@@ -192,6 +189,9 @@ class Segmentation(TaskBase):
                 row["mask"] = str(folder / f"{stem}.png")
             rows.append(row)
         return rows
+
+    def predictor(self, run_dir, options):
+        return MaskPredictor(self, run_dir, options.engine)
 
 
 def image_size(size: int | None, pre: Preprocess) -> int:
