@@ -2,6 +2,9 @@
 a real run that still answers like the base model), 8 concurrent chat clients streaming answers of up to 32 new
 tokens, each asking its prompts one after another — with continuous batching (the default), with static batches
 (`--batching static`: a batch runs to its end before the next starts) and one request at a time (`--max-batch 1`).
+Then a mixed load, continuous against static: the same clients, each request asking for its own length, from a
+quarter of --max-tokens up to all of it, so that rows finish at different steps and the next requests arrive while a
+batch runs.
 
     .venv/bin/python bench/serve_lm.py [--clients 8] [--rounds 2] [--max-tokens 32] [--threads N] [--run RUN_DIR]
 
@@ -13,7 +16,8 @@ they share the CPU with the server; tokens are counted from each answer's usage 
 the time to first token is from sending the request to the first chunk with content.
 Last line: JSON with lm_tokens_per_s, lm_ttft_p50_ms, lm_latency_p50_ms, lm_mean_batch (continuous), the same with
 lm_static_ and lm_unbatched_ prefixes, lm_batching_speedup (continuous over one at a time; target >= 2.0),
-lm_static_speedup, lm_errors (all modes; target 0) and lm_startup_s.
+lm_static_speedup, lm_errors (all modes; target 0) and lm_startup_s; the mixed load's lm_mixed_tokens_per_s,
+lm_mixed_ttft_p50_ms, the same with lm_mixed_static_, and lm_mixed_continuous_over_static.
 """
 
 from __future__ import annotations
@@ -88,8 +92,12 @@ def chat(connection: http.client.HTTPConnection, model: str, prompt: str, max_to
     return first if first is not None else time.perf_counter() - sent, tokens
 
 
-def load(port: int, model: str, clients: int, rounds: int, max_tokens: int) -> dict:
-    """`clients` threads, each asking `rounds` prompts one after another on its own keep-alive connection."""
+def load(port: int, model: str, clients: int, rounds: int, max_tokens: int, mixed: bool = False) -> dict:
+    """`clients` threads, each asking `rounds` prompts one after another on its own keep-alive connection; `mixed`:
+    request i of n asks for max_tokens / 4 + i * (3 * max_tokens / 4) / (n - 1) tokens, in an order that mixes them."""
+    n = clients * rounds
+    lengths = [max_tokens // 4 + (i * 7 % n) * (max_tokens - max_tokens // 4) // max(n - 1, 1) if mixed
+               else max_tokens for i in range(n)]
     ttft, latency, tokens, errors = [], [], [0], [0]
     lock = threading.Lock()
     start_line = threading.Barrier(clients)
@@ -101,7 +109,8 @@ def load(port: int, model: str, clients: int, rounds: int, max_tokens: int) -> d
             topic = TOPICS[(k * rounds + r) % len(TOPICS)]
             began = time.perf_counter()
             try:
-                first, n = chat(connection, model, f"Write a short paragraph about {topic}.", max_tokens)
+                first, n = chat(connection, model, f"Write a short paragraph about {topic}.",
+                                lengths[k * rounds + r])
             except (OSError, http.client.HTTPException, RuntimeError, ValueError) as e:
                 print(f"client {k}: {e}", file=sys.stderr)
                 with lock:
@@ -119,12 +128,12 @@ def load(port: int, model: str, clients: int, rounds: int, max_tokens: int) -> d
             "ttft_p50_ms": ms(ttft), "latency_p50_ms": ms(latency), "errors": errors[0]}
 
 
-def measure(run: Path, args, *serve_args: str) -> dict:
+def measure(run: Path, args, *serve_args: str, mixed: bool = False) -> dict:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     with serving(run, "--max-wait-ms", "10", *serve_args, env=env) as (port, startup):
         model = get_json(port, "/v1/models")["data"][0]["id"]
         chat(http.client.HTTPConnection("127.0.0.1", port, timeout=60), model, "Hello!", 4)  # warm-up: allocates
-        result = load(port, model, args.clients, args.rounds, args.max_tokens)
+        result = load(port, model, args.clients, args.rounds, args.max_tokens, mixed)
         result["mean_batch"], result["startup_s"] = get_json(port, "/health")["mean_batch"], round(startup, 2)
     return result
 
@@ -150,8 +159,15 @@ def main() -> None:
         figures.setdefault("lm_startup_s", result["startup_s"])
     figures["lm_batching_speedup"] = round(figures["lm_tokens_per_s"] / figures["lm_unbatched_tokens_per_s"], 2)
     figures["lm_static_speedup"] = round(figures["lm_static_tokens_per_s"] / figures["lm_unbatched_tokens_per_s"], 2)
-    figures["lm_errors"] = figures.pop("lm_errors") + figures.pop("lm_static_errors") + figures.pop(
-        "lm_unbatched_errors")
+    for prefix, serve_args in (("mixed_", modes[""]), ("mixed_static_", modes["static_"])):
+        result = measure(run, args, *serve_args, mixed=True)
+        print(f"{prefix}: {result}", flush=True)
+        for key in ("tokens_per_s", "ttft_p50_ms", "latency_p50_ms", "tokens", "errors"):
+            figures[f"lm_{prefix}{key}"] = result[key]
+    figures["lm_mixed_continuous_over_static"] = round(figures["lm_mixed_tokens_per_s"]
+                                                       / figures["lm_mixed_static_tokens_per_s"], 2)
+    figures["lm_errors"] = sum(figures.pop(f"lm_{prefix}errors")
+                               for prefix in ("", "static_", "unbatched_", "mixed_", "mixed_static_"))
     figures.update({"lm_clients": args.clients, "lm_rounds": args.rounds, "lm_max_tokens": args.max_tokens,
                     "lm_threads": args.threads or "default", "load_average_1m": busy})
     report(figures)
