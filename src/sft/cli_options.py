@@ -2,9 +2,9 @@
 
 A field becomes an option `--field-name` (or the flags its `json_schema_extra={"cli": [...]}` lists; `{"cli":
 "argument"}` makes it a positional argument) with the field's type, default and description as its help: ge/le bounds
-become a checked range, a Literal a choice, a list a repeatable option, a bool a `--x/--no-x` flag. Typer builds the
-command from a function signature, so this module writes one: the parser then rejects a wrong option or value with
-click's usage message (exit 2), and `--help` lists the fields.
+become a checked range (gt/lt are checked when the model validates), a Literal a choice, a list a repeatable option,
+a bool a `--x/--no-x` flag. Typer builds the command from a function signature, so this module writes one: the parser
+then rejects a wrong option or value with click's usage message (exit 2), and `--help` lists the fields.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def _parameter(name: str, field: FieldInfo) -> inspect.Parameter:
             bounds["min"] = rule.ge
         elif isinstance(rule, annotated_types.Le):
             bounds["max"] = rule.le
+        elif isinstance(rule, (annotated_types.Gt, annotated_types.Lt)):
+            continue  # open bounds (typer's ranges are closed): the model's validation checks them, also exit 2
         else:
             raise TypeError(f"option {name}: {rule!r} has no command-line form; use ge/le bounds")
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,

@@ -17,8 +17,12 @@ from tests.serve.conftest import Server, png
 
 
 @pytest.fixture(scope="module")
-def image_run(tiny_image_run):
-    return tiny_image_run
+def image_run(tiny_image_run, tmp_path_factory):
+    """A copy of the tiny run, evaluated: its model.json holds a temperature and a prediction-set fit."""
+    run = tmp_path_factory.mktemp("served") / "run"
+    shutil.copytree(tiny_image_run, run, ignore=shutil.ignore_patterns("export*", "eval*"))
+    assert sft("eval", run, "--top-losses", "0").exit_code == 0
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +65,22 @@ def test_multipart_and_base64_answer_as_sft_predict_does(server, image_run, imag
     assert max(abs(p["probability"] - r["probability"]) for p, r in zip(served, rows)) < 1e-4
     status, again = server.post_json({"images": [base64.b64encode(d).decode() for d in images[:2]], "top_k": 2})
     assert status == 200 and again == answer
+
+
+def test_a_coverage_adds_the_prediction_set_sft_predict_gives(server, image_run, images, tmp_path):
+    b64 = base64.b64encode(images[0]).decode()
+    status, answer = server.post_json({"images": [b64], "coverage": 0.9})
+    assert status == 200 and answer["results"][0]["set"][0] == answer["results"][0]["predictions"][0]["label"]
+    (tmp_path / "0.png").write_bytes(images[0])
+    rows = json.loads(sft("predict", image_run, tmp_path / "0.png", "--coverage", "0.9", "--format", "json").output)
+    assert answer["results"][0]["set"] == rows[0]["set"]
+    status, wide = server.post_files(images[:1], {"coverage": "0.95"})
+    assert status == 200 and set(answer["results"][0]["set"]) <= set(wide["results"][0]["set"])
+    assert "set" not in server.post_json({"images": [b64]})[1]["results"][0]
+    status, error = server.post_json({"images": [b64], "coverage": 1})
+    assert status == 422 and "parameter coverage: should be less than 1" in error["error"]
+    status, error = server.post_json({"images": [b64], "coverage": 0.99})  # 24 validation samples: at most 0.96
+    assert status == 422 and "24 validation samples" in error["error"]
 
 
 def test_concurrent_requests_are_batched_and_answered_alike(server, images):

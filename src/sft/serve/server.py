@@ -117,8 +117,10 @@ def build_app(predictor, limits: Limits):
         except UserError as e:
             raise BadRequest(422, str(e)) from None
         outputs = await batcher.submit(prepared)
-        # off the event loop: an answer may encode images (a segmentation mask as PNG)
-        return {"results": await asyncio.to_thread(lambda: [predictor.answer(o, params) for o in outputs])}
+        try:  # off the event loop: an answer may encode images (a segmentation mask as PNG)
+            return {"results": await asyncio.to_thread(lambda: [predictor.answer(o, params) for o in outputs])}
+        except UserError as e:  # a parameter the run cannot answer (e.g. a coverage it has no fit for)
+            raise BadRequest(422, str(e)) from None
 
     return app
 

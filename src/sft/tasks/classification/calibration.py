@@ -4,11 +4,12 @@ A fine-tuned network's softmax is usually over-confident. One scalar T, fitted b
 softmax(logits / T), fixes most of it without changing any prediction (Guo et al., 2017). `sft predict` then reports
 softmax(logits / T); `sft eval` reports the ECE before and after. The fit, the bins and the storing are
 `sft.core.calibration`, shared with segmentation's per-pixel calibration; this module gives it the validation
-logits.
+logits, which the prediction sets (`conformal`) are fitted on too.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -47,11 +48,15 @@ def collect_logits(model: nn.Module, dataset: Dataset, *, batch_size: int = 128,
     return held["logits"], held["labels"]
 
 
-def calibrate_run(run_dir: str | Path, model: nn.Module, info, val: Callable[[], Samples], inputs: Inputs, *,
-                  seed: int = 0, batch_size: int = 128, progress: bool = False, refit: bool = False) -> dict:
-    """The run's temperature (`sft.core.calibration.calibrate_run`), fitted on the logits of its validation split
-    (`val()`, in the run's `inputs`, on the model's device; at most MAX_VAL samples, a stratified subset beyond);
-    `info` follows it."""
+HeldOut = Callable[[], tuple[torch.Tensor, torch.Tensor, dict]]  # () -> the validation (logits, labels, facts)
+
+
+def validation_logits(model: nn.Module, val: Callable[[], Samples], inputs: Inputs, *, seed: int = 0,
+                      batch_size: int = 128, progress: bool = False) -> HeldOut:
+    """`held_out()` for the fits on the validation split (`val()`, in the run's `inputs`, on the model's device; at
+    most MAX_VAL samples, a stratified subset beyond): its (logits, labels, facts), computed on the first call only,
+    so the temperature and the prediction sets share one pass."""
+    @cache
     def held_out():
         samples = val()
         if len(samples) > MAX_VAL:
@@ -59,7 +64,12 @@ def calibrate_run(run_dir: str | Path, model: nn.Module, info, val: Callable[[],
         logits, labels = collect_logits(model, inputs.eval(samples), batch_size=batch_size,
                                         collate_fn=inputs.collate, progress=progress)
         return logits, labels, {"val_samples": len(labels)}
+    return held_out
 
+
+def calibrate_run(run_dir: str | Path, info, held_out: HeldOut, *, refit: bool = False) -> dict:
+    """The run's temperature (`sft.core.calibration.calibrate_run`), fitted on the validation logits `held_out()`
+    gives (`validation_logits`); `info` follows it."""
     result = calibrate(run_dir, held_out, refit)
     info.temperature = result["temperature"]
     if result["fitted_now"]:

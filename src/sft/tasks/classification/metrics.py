@@ -11,6 +11,7 @@ import torchmetrics
 from torch import nn
 
 from sft.core.calibration import N_BINS, ReliabilityBins
+from sft.tasks.classification.conformal import SetCounts
 
 
 class TopLosses:
@@ -51,11 +52,13 @@ class Scores:
     and support, macro precision/recall, weighted F1, top-k accuracy (k = min(top_k, num_classes)), the confusion
     matrix, the mean cross-entropy, and calibration: ECE (torchmetrics) and reliability bins of the raw
     probabilities and of those scaled by `temperature`. `top_losses`: the N samples of highest loss under the
-    calibrated probabilities (index into the split, label, prediction, probabilities; none by default). The sums
-    stay on the device of the outputs."""
+    calibrated probabilities (index into the split, label, prediction, probabilities; none by default). `sets`:
+    the coverage and sizes of prediction sets on the calibrated probabilities. The sums stay on the device of the
+    outputs."""
 
-    def __init__(self, num_classes: int, *, temperature: float = 1.0, top_losses: int = 0, top_k: int = 5):
-        self.k, self.temperature = min(top_k, num_classes), temperature
+    def __init__(self, num_classes: int, *, temperature: float = 1.0, top_losses: int = 0, top_k: int = 5,
+                 sets: SetCounts | None = None):
+        self.k, self.temperature, self.sets = min(top_k, num_classes), temperature, sets
         common = dict(task="multiclass", num_classes=num_classes, sync_on_compute=False)
         self.metrics = torchmetrics.MetricCollection({
             "accuracy": torchmetrics.Accuracy(**common),
@@ -90,6 +93,8 @@ class Scores:
         self.ece.update(probs, y), self.ece_scaled.update(probs_scaled, y)
         self.bins.update(probs, y), self.bins_scaled.update(probs_scaled, y)
         self.worst.update(losses.cpu(), y.cpu(), probs_scaled.cpu(), first)
+        if self.sets is not None:
+            self.sets.update(probs_scaled, y)
         self.count += len(y)
 
     def result(self) -> dict:
@@ -100,6 +105,8 @@ class Scores:
                       nll_calibrated=self.nll_scaled / count, ece=float(self.ece.compute()),
                       ece_calibrated=float(self.ece_scaled.compute()), reliability=self.bins.result(),
                       reliability_calibrated=self.bins_scaled.result(), top_losses=self.worst.items())
+        if self.sets is not None:
+            result["sets"] = self.sets.result()
         return result
 
 
@@ -109,6 +116,8 @@ def summarize(results: dict) -> dict:
     keys = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1",
             "top_k_accuracy", "top_k", "loss", "nll_calibrated", "ece", "ece_calibrated", "temperature", "samples")
     summary = {key: m[key] for key in keys}
+    if "sets" in m:  # evaluations before prediction sets have none
+        summary.update({key: m["sets"][key] for key in ("coverage_target", "set_coverage", "mean_set_size")})
     summary["per_class"] = {c: {"precision": m["per_class_precision"][i], "recall": m["per_class_recall"][i],
                                 "f1": m["per_class_f1"][i], "support": m["support"][i]}
                             for i, c in enumerate(classes)}

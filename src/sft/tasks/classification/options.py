@@ -5,24 +5,37 @@ alike) and of its tool `sft rank`, declared as models the way the recipe is: the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
 from sft.tasks import Tool
 
 ENGINE = "what runs the model: torch, or onnx (the run's `sft export --format onnx`)"
+COVERAGE = ("the share of samples whose true class is in their prediction set, between 0 and 1 (e.g. 0.9); the sets "
+            "come from the split-conformal fit on the run's validation split that `sft eval` stores")
+DEFAULT_COVERAGE = 0.9  # `sft eval`'s prediction sets
 Score = Literal["logme", "hscore", "nce", "leep", "knn_acc", "probe_acc"]  # rank's scores, in its table's order
 
 
 class PredictOptions(BaseModel):
     top_k: int = Field(1, ge=1, description="the K most probable classes of each input")
     engine: Literal["torch", "onnx"] = Field("torch", description=ENGINE)
+    coverage: Optional[float] = Field(None, gt=0, lt=1,
+                                      description=f"adds each input's prediction set: {COVERAGE}. Default: no sets")
 
 
 class EvalOptions(BaseModel):
     top_losses: int = Field(16, ge=0, description="samples of highest loss shown, with Grad-CAM (images) or token "
                                                   "attributions (texts)")
+    coverage: Optional[float] = Field(None, gt=0, lt=1,
+                                      description=f"{COVERAGE}. metrics.json gives the share reached on the evaluated "
+                                                  f"data. Default: {DEFAULT_COVERAGE}, left out with a warning when "
+                                                  f"the validation split is too small for it")
+    raps_lambda: float = Field(0.0, ge=0, description="RAPS regularisation of the prediction sets: the score added per "
+                                                      "class ranked beyond --raps-k (0: plain APS); a change "
+                                                      "refits the sets")
+    raps_k: int = Field(1, ge=0, description="classes ranked up to this are not penalised by --raps-lambda")
 
 
 class ExportOptions(BaseModel):

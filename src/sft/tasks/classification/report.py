@@ -1,7 +1,7 @@
 """report.html: one self-contained page (figures and thumbnails embedded as base64 PNG) that explains an evaluation:
-metrics per class, the confusion matrix and the most confused pairs, calibration, training curves, the top losses
-and Grad-CAM heat maps (token attributions for texts). Rendered from an evaluation's results.json, so `sft report`
-can rebuild it."""
+metrics per class, the confusion matrix and the most confused pairs, calibration, prediction sets, training curves,
+the top losses and Grad-CAM heat maps (token attributions for texts). Rendered from an evaluation's results.json, so
+`sft report` can rebuild it."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from sft.core.calibration import reliability_figure
 from sft.core.html import esc, img, page, table
 from sft.tasks.classification.interpret import find_target_layer, grad_cam, token_attributions
 
-_SECTIONS = ["summary", "per-class", "confusion", "confused-pairs", "calibration", "curves", "top-losses"]
+_SECTIONS = ["summary", "per-class", "confusion", "confused-pairs", "calibration", "sets", "curves", "top-losses"]
 SECTIONS = {"image": _SECTIONS + ["gradcam"], "text": _SECTIONS + ["attributions"]}  # the page's section ids
 TITLES = {"summary": "Summary", "per-class": "Per class", "confusion": "Confusion matrix",
-          "confused-pairs": "Most confused pairs", "calibration": "Calibration", "curves": "Training curves",
+          "confused-pairs": "Most confused pairs", "calibration": "Calibration", "sets": "Prediction sets",
+          "curves": "Training curves",
           "top-losses": "Top losses", "gradcam": "Grad-CAM by class", "attributions": "Token attributions by class"}
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:right}
@@ -169,6 +170,25 @@ def card(samples, i: int, caption: str, explanation) -> str:
 
 # -- the page ---------------------------------------------------------------------------------------------------
 
+def sets_section(sets: dict | None) -> str:
+    """Coverage asked and reached, the mean set size, how the sets were fitted, and how many samples got each size
+    (`conformal.SetCounts.result()`; None: none in this evaluation)."""
+    if not sets:
+        return ("<p>Not computed in this evaluation: it is older than prediction sets, or the run's validation split "
+                "is too small for the default coverage (<code>sft eval</code> said so).</p>")
+    method = f"RAPS (λ {sets['penalty']:g}, k {sets['k_reg']})" if sets["penalty"] else "APS"
+    total = max(sum(sets["set_sizes"]), 1)
+    sizes = [[size, count, count / total] for size, count in enumerate(sets["set_sizes"]) if count]
+    return (f"<p>Coverage asked <b>{sets['coverage_target']:g}</b>, reached <b>{sets['set_coverage']:.4f}</b> on "
+            f"this data; mean set size <b>{sets['mean_set_size']:.3f}</b> of {len(sets['set_sizes']) - 1} classes. "
+            f"{method} sets, split conformal on the run's {sets['val_samples']} validation samples "
+            f"({'fitted now' if sets['fitted_now'] else 'as stored in model.json'}; score threshold "
+            f"{sets['threshold']:.4f}). The guarantee is marginal: over samples exchangeable with the validation "
+            f"split, the true class is in the set at least this often; not for each sample or class. "
+            f"<code>sft predict --coverage</code> and <code>sft serve</code>'s <code>coverage</code> give these sets."
+            f"</p>" + table(["set size", "samples", "share"], sizes))
+
+
 def confused_pairs(cm: np.ndarray, classes: list[str], n: int = 10) -> list[list]:
     pairs = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
     return [[classes[i], classes[j], c, c / max(int(cm[i].sum()), 1)] for c, i, j in sorted(pairs, reverse=True)[:n]]
@@ -199,6 +219,7 @@ def render(results: dict, model, info, samples, dataset, collate_fn) -> str:
         f"{m['nll_calibrated']:.4f}. <code>sft predict</code> reports the scaled probabilities.</p>"
         + "<figure>" + img(reliability_figure(m["reliability"], m["reliability_calibrated"], m["temperature"]),
                            "reliability diagram") + "</figure>")
+    sec["sets"] = sets_section(m.get("sets"))
     rows = read_logs(Path(results["run_dir"]))
     sec["curves"] = (f"<figure>{img(curves_figure(rows), 'training curves')}</figure>" if rows
                      else "<p>No training logs (logs/metrics.csv) in the run directory.</p>")

@@ -1,11 +1,12 @@
-"""A finished classification run's predictions: the top-k labels with the run's (calibrated) probabilities, for
-`sft predict`'s rows and `sft serve`'s answers. Behind `sft serve`, request items (image bytes, texts) become the
-same inputs `sft predict` gives the model (the run's eval transform, its tokenizer), batches run on PyTorch or
-onnxruntime; the image and text predictors differ only there."""
+"""A finished classification run's predictions: the top-k labels with the run's (calibrated) probabilities, and the
+prediction set when a coverage is asked, for `sft predict`'s rows and `sft serve`'s answers. Behind `sft serve`,
+request items (image bytes, texts) become the same inputs `sft predict` gives the model (the run's eval transform,
+its tokenizer), batches run on PyTorch or onnxruntime; the image and text predictors differ only there."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from pydantic import Field
@@ -13,6 +14,7 @@ from torch import nn
 
 from sft.errors import UserError
 from sft.models.export import probabilities
+from sft.tasks.classification.conformal import run_fit, set_rows
 from sft.tasks.classification.export import eval_transform
 from sft.tasks.serving import Params, RunPredictor, decode_image
 
@@ -24,12 +26,17 @@ def ranked(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, f
 
 
 @torch.inference_mode()
+def class_probabilities(model: nn.Module, inputs, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / temperature) of a batch (B, C): the run's calibrated probabilities when `temperature` is its
+    fitted value."""
+    model.eval()
+    return probabilities(model(inputs), temperature)
+
+
 def predict_top_k(model: nn.Module, inputs, classes: list[str], k: int = 1,
                   temperature: float = 1.0) -> list[list[tuple[str, float]]]:
-    """Top-k (class, probability) for each input of a batch; probabilities are softmax(logits / temperature), the
-    run's calibrated ones when `temperature` is its fitted value."""
-    model.eval()
-    return [ranked(p, classes, k) for p in probabilities(model(inputs), temperature)]
+    """Top-k (class, probability) for each input of a batch, in `class_probabilities`."""
+    return [ranked(p, classes, k) for p in class_probabilities(model, inputs, temperature)]
 
 
 def text_item(text: str, pair: bool) -> str | tuple[str, str]:
@@ -43,6 +50,9 @@ def text_item(text: str, pair: bool) -> str | tuple[str, str]:
 
 class TopK(Params):
     top_k: int = Field(1, ge=1, description="the K most probable classes of each item")
+    coverage: Optional[float] = Field(None, gt=0, lt=1, description="adds each item's prediction set: the classes "
+                                      "that hold the true one for this share of samples (e.g. 0.9), from the fit "
+                                      "`sft eval` stored")
 
 
 class ClassifierPredictor(RunPredictor):
@@ -70,8 +80,12 @@ class ClassifierPredictor(RunPredictor):
         return list(probabilities(self.model(self.batch(prepared)), self.info.temperature))
 
     def answer(self, probs: torch.Tensor, params: TopK) -> dict:
-        return {"predictions": [{"label": label, "probability": round(p, 6)}
-                                for label, p in ranked(probs, self.info.classes, params.top_k)]}
+        answer = {"predictions": [{"label": label, "probability": round(p, 6)}
+                                  for label, p in ranked(probs, self.info.classes, params.top_k)]}
+        if params.coverage is not None:
+            fit = run_fit(self.run_dir, self.info)  # a UserError: the request is answered 422
+            answer["set"] = set_rows(probs[None], fit, params.coverage, self.info.classes)[0]
+        return answer
 
 
 class ImagePredictor(ClassifierPredictor):

@@ -30,18 +30,19 @@ from sft.models.vision import create_backbone
 from sft.recipe import Source
 from sft.tasks import load_recipe
 from sft.tasks.base import TaskBase, read_run_info, score_batches, source_of, with_preprocess, write_model_files
-from sft.tasks.classification.calibration import calibrate_run
+from sft.tasks.classification.calibration import calibrate_run, validation_logits
+from sft.tasks.classification.conformal import SetCounts, fit_run, run_fit, set_rows
 from sft.tasks.classification.export import (ModelInfo, TrainedClassifier, eval_transform, load_model, read_encoder,
                                              read_vision_backbone, used_preprocess, write_encoder)
 from sft.tasks.classification.hf import export_text_hf, export_timm_hf
 from sft.tasks.classification.metrics import Scores, summarize
 from sft.tasks.classification.module import Classifier
 from sft.tasks.classification.onnx import OnnxClassifier, OnnxTextClassifier, export_onnx, load_onnx
-from sft.tasks.classification.options import OPTIONS
+from sft.tasks.classification.options import DEFAULT_COVERAGE, OPTIONS
 from sft.tasks.classification.probe import fit_probe, load_probe
 from sft.tasks.classification.recipe import ClassificationRecipe, ImageClassificationRecipe, TextClassificationRecipe
 from sft.tasks.classification.report import build_report, class_samples, write_report
-from sft.tasks.classification.serving import ImagePredictor, TextPredictor, predict_top_k, text_item
+from sft.tasks.classification.serving import ImagePredictor, TextPredictor, class_probabilities, ranked, text_item
 from sft.tasks.classification.tools.audit import audit_data
 from sft.tasks.classification.tools.strategy_auto import choose_strategy
 from sft.tasks.classification.tools.transfer import logme
@@ -196,15 +197,25 @@ class ImageClassification(TaskBase):
         return self.load_run(Path(run_dir), info), info
 
     def score_run(self, run, recipe, source, samples, model, info, options, *, batch_size, progress):
-        """Fit the temperature on the run's validation split if model.json never had it fitted (stored there), score
-        the data under it, and draw the report (top losses, and a gallery per class, with Grad-CAM or token
-        attributions)."""
+        """Fit the temperature and the prediction sets on the run's validation split if model.json never had them
+        fitted (stored there), score the data under them, and draw the report (top losses, and a gallery per class,
+        with Grad-CAM or token attributions)."""
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         inputs = self.run_inputs(model, info)
-        calibration = calibrate_run(run.path, model, info, lambda: self.load_splits(recipe).val, inputs,
-                                    seed=recipe.seed, batch_size=batch_size, progress=progress)
+        held_out = validation_logits(model, lambda: self.load_splits(recipe).val, inputs, seed=recipe.seed,
+                                     batch_size=batch_size, progress=progress)
+        calibration = calibrate_run(run.path, info, held_out)
+        fit, fitted_now = fit_run(run.path, info, held_out, penalty=options.raps_lambda, k_reg=options.raps_k)
+        try:
+            sets = SetCounts(fit, options.coverage or DEFAULT_COVERAGE, len(info.classes), fitted_now)
+        except UserError as e:  # a validation split too small for the coverage: an error only when asked for
+            if options.coverage is not None:
+                raise
+            log.warning(f"no prediction sets in this evaluation: {e}")
+            sets = None
         dataset = inputs.eval(samples)
-        scorer = Scores(len(info.classes), temperature=calibration["temperature"], top_losses=options.top_losses)
+        scorer = Scores(len(info.classes), temperature=calibration["temperature"], top_losses=options.top_losses,
+                        sets=sets)
         scores = score_batches(model, dataset, scorer, batch_size=batch_size, collate_fn=inputs.collate,
                                progress=progress)
         for row in scores["top_losses"]:
@@ -246,13 +257,26 @@ class ImageClassification(TaskBase):
         write_report(out, results, model, info, samples, inputs.eval(samples), inputs.collate, progress=True)
         return out / "report.html"
 
+    def predict(self, run_dir, inputs, options, stream=None):
+        """`sft predict`; with --coverage, the run's prediction-set fit is checked before the model loads."""
+        if options.coverage is not None:
+            run_fit(run_dir, self.run_info(Path(run_dir))).threshold(options.coverage)
+        return super().predict(run_dir, inputs, options, stream)
+
     def predict_rows(self, model, info, inputs, options, folder, stream) -> list[dict]:
-        """The top-k labels of each input, with the run's calibrated probabilities."""
+        """The top-k labels of each input, with the run's calibrated probabilities; with a coverage, each row also
+        holds the input's prediction set (its classes, most probable first)."""
         samples, loaded = self.prediction_samples(info, inputs), self.run_inputs(model, info)
-        results = [r for x, _ in DataLoader(loaded.eval(samples), batch_size=64, collate_fn=loaded.collate)
-                   for r in predict_top_k(model, x, info.classes, options.top_k, temperature=info.temperature)]
-        return [{self.column: item, "rank": r + 1, "label": label, "probability": round(p, 4)}
-                for item, preds in zip(inputs, results) for r, (label, p) in enumerate(preds)]
+        probs = torch.cat([class_probabilities(model, x, info.temperature)
+                           for x, _ in DataLoader(loaded.eval(samples), batch_size=64, collate_fn=loaded.collate)])
+        sets = (set_rows(probs, run_fit("this run", info), options.coverage, info.classes)
+                if options.coverage is not None else None)
+        rows = []
+        for i, item in enumerate(inputs):
+            in_set = {"set": sets[i]} if sets is not None else {}
+            rows += [{self.column: item, "rank": r + 1, "label": label, "probability": round(p, 4), **in_set}
+                     for r, (label, p) in enumerate(ranked(probs[i], info.classes, options.top_k))]
+        return rows
 
     def export(self, run_dir, out, options, *, force: bool, overwrite: bool) -> tuple:
         if options.format == "onnx":
