@@ -158,6 +158,8 @@ def _eval(task, run_dir: Path):
     def body(shared: Evaluation, options):
         out, summary = task.evaluate(run_dir, shared.data, shared.out, options, overwrite=shared.overwrite,
                                      batch_size=shared.batch_size, progress=True)
+        from sft.training.trackers import log_evaluation  # deferred: `sft --help` stays instant
+        log_evaluation(run_dir, out, summary)  # to the MLflow / W&B runs the training logged to, if any
         _print_metrics(out, summary)
         console.print(f"metrics.json and report.html are in {escape(str(out))}")
     return [Evaluation, task.options.get("eval", NoOptions)], body

@@ -140,6 +140,13 @@ class Trainer(Section):
     checkpoint_minutes: float = Field(5.0, gt=0, description="also write checkpoints/last.ckpt inside an epoch this "
                                                              "often, so an interrupted run loses at most this much")
     checkpoint_steps: int | None = Field(None, ge=1, description="instead: inside an epoch every this many steps")
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(
+        ["csv", "tensorboard"], min_length=1, description="where metrics go: csv and tensorboard in RUN/logs; the "
+                                                          "trackers mlflow, wandb (docs/tracking.md)")
+    experiment: str | None = Field(None, description="mlflow experiment / wandb project; default: the run folder's "
+                                                     "name")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (a server, a folder); default: "
+                                                     "$MLFLOW_TRACKING_URI, else RUN/mlruns")
 
 
 class Recipe(Section):

@@ -11,7 +11,8 @@ The run directory's layout (the task adds its model files):
     .sft-run               {"kind": "run", "task": ...}
     recipe.yaml            the resolved recipe
     checkpoints/           best.ckpt (weights only), last.ckpt (Lightning; resume from last)
-    logs/                  metrics.csv (CSV logger), tensorboard/
+    logs/                  metrics.csv (CSV logger), tensorboard/, trackers.json (MLflow / W&B run ids)
+    mlruns/, wandb/        the trackers' local folders (trainer.loggers mlflow, wandb)
     metrics.json           validation/test metrics, train seconds, samples/s
 """
 
@@ -51,7 +52,8 @@ def is_child_process() -> bool:
 _EVAL = ("results.json", "metrics.json", "report.html", ".sft-run")
 WRITES = {
     "run": ("recipe.yaml", "metrics.json", "model.json", "model.safetensors", "classes.txt", "checkpoints/*.ckpt",
-            "logs/metrics*.csv", "logs/hparams.yaml", "logs/tensorboard/*", "lr-find/lr_find.*", "lr-find/.sft-run",
+            "logs/metrics*.csv", "logs/hparams.yaml", "logs/tensorboard/*", "logs/trackers.json", "mlruns/*",
+            "wandb/*", "lr-find/lr_find.*", "lr-find/.sft-run",
             "backbone/*.json", "backbone/*.txt", "adapter/adapter_*", "adapter/README.md", "model/*.json",
             "model/*.safetensors", "model/*.txt", "model/*.jinja",
             *(f"{folder}/{name}" for folder in ("export", "export-*") for name in (

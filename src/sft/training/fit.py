@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sft.core.atomic import atomic_write_text
@@ -30,6 +29,7 @@ from sft.training.lr_find import find_lr, write_lr_find
 from sft.training.module import NonFiniteLoss
 from sft.training.prepare import TrainingTask, prepare
 from sft.training.resume import check_checkpoint, resumed_recipe
+from sft.training.trackers import close_trackers, local_loggers, open_trackers
 from sft.training.trainer import Monitor, build_trainer, optimizer_stepped
 
 log = logging.getLogger("sft")
@@ -90,6 +90,9 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
         if lr_found is not None:
             write_lr_find(run.path / "lr-find", lr_found)
             p.notes["lr_find"] = {k: lr_found[k] for k in ("suggestion", "valley", "steep", "steps_done", "seconds")}
+    # after the folder: a local MLflow store lives in it; rank 0 starts (or continues) the tracker runs
+    trackers = open_trackers(recipe, run.path, resume, rank_zero=not is_child_process())
+    trainer.loggers = [*trainer.loggers, *trackers]
     for warning in p.notes.pop("warnings", []):
         log.warning(warning)
 
@@ -106,6 +109,7 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
     if trainer.global_rank != 0:
         return Run(run.path, {})
     if trainer.interrupted or not run.best_checkpoint.exists():
+        close_trackers(trackers, run.path, None)  # --resume continues their runs
         return Run(run.path, {"interrupted": True, "epochs_done": trainer.current_epoch})
 
     best = _export_best(task, run, p)
@@ -132,6 +136,7 @@ def _fine_tune(task, recipe: Recipe, run: RunDir, overwrite: bool, resume: bool,
     metrics.update(task.final_metrics(p, cached))
     metrics.update(weights=p.backbone.weights_id, **p.notes)
     run.write_metrics(metrics)
+    close_trackers(trackers, run.path, metrics)
     return Run(run.path, metrics)
 
 
@@ -208,8 +213,6 @@ def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extr
     csv_log = run.path / "logs" / "metrics.csv"
     if csv_log.exists():  # Lightning's CSVLogger deletes an existing file: keep a resumed run's earlier epochs
         csv_log.rename(csv_log.with_name(f"metrics.before-resume-{len(list(csv_log.parent.glob('metrics*')))}.csv"))
-    loggers = [CSVLogger(run.path, name="logs", version=""),
-               TensorBoardLogger(run.path / "logs", name="tensorboard", version="")]
-    return build_trainer(recipe, precision, callbacks, max_epochs=t.epochs, logger=loggers,
+    return build_trainer(recipe, precision, callbacks, max_epochs=t.epochs, logger=local_loggers(t, run.path),
                          default_root_dir=run.path, log_every_n_steps=t.log_every_n_steps,
                          accumulate_grad_batches=recipe.optim.accumulate)

@@ -27,7 +27,8 @@ log = logging.getLogger("sft")
 # keys a resumed run takes from the new recipe: how long, where and how visibly it trains, not what it learns
 FREE = ("trainer.epochs", "trainer.early_stopping", "trainer.progress", "trainer.log_every_n_steps",
         "trainer.checkpoint_minutes", "trainer.checkpoint_steps", "trainer.accelerator", "trainer.devices",
-        "trainer.num_nodes", "trainer.strategy", "trainer.deterministic", "data.num_workers", "strategy.cache", "run_dir", "cache_dir")
+        "trainer.num_nodes", "trainer.strategy", "trainer.deterministic", "trainer.loggers", "trainer.experiment",
+        "trainer.mlflow_uri", "data.num_workers", "strategy.cache", "run_dir", "cache_dir")
 RESOLVED = {"optim.lr": ("auto", "find"), "strategy.name": ("auto",)}  # recorded as what they resolved to
 
 
@@ -46,7 +47,7 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
     except Exception as e:  # noqa: BLE001 - a damaged or foreign recipe.yaml: say which file
         raise UserError(f"{saved}: cannot read the run's recipe ({str(e).splitlines()[0]}); it cannot be resumed: "
                         f"train into a new run_dir") from None
-    before, after = _flat(done.model_dump(mode="json")), _flat(recipe.model_dump(mode="json"))
+    before, after = flat_keys(done.model_dump(mode="json")), flat_keys(recipe.model_dump(mode="json"))
     refused, kept = [], []
     for key in sorted(before.keys() & after.keys()):
         a, b = before[key], after[key]
@@ -109,11 +110,12 @@ def check_checkpoint(path: Path, model: nn.Module, facts: dict) -> None:
                         f"recipe the run was started with, or train into a new run_dir")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat_keys(tree: dict, prefix: str = "") -> dict:
+    """A nested mapping as one level of dotted keys."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_keys(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
