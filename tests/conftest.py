@@ -157,6 +157,28 @@ def segmentation_set(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def angles(tmp_path_factory) -> Path:
+    """examples/regression/build.py's rotated garments: 160 train, 60 val, 60 test at 32 px, target `angle`."""
+    return built_example("regression", tmp_path_factory, train=160, val=60, test=60, size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_regression_run(tmp_path_factory, angles) -> Path:
+    """One trained tiny image-regression run (fp32, two-stage from the ridge start) for the regression, export and
+    serve tests; they write only under RUN/eval*, RUN/export* or in copies."""
+    tmp = tmp_path_factory.mktemp("regression-run")
+    recipe = tmp / "angles.yaml"
+    recipe.write_text("\n".join([
+        "task: image-regression", "data:", *(f"  {s}: {angles / s}.csv" for s in ("train", "val", "test")),
+        "  target_columns: [angle]", "  image_size: 32", "  batch_size: 32", "model:",
+        "  backbone: timm/test_efficientnet", "  weights: none", "strategy:", "  name: two-stage", "  head_init: probe",
+        "optim:", "  lr: 0.01", "trainer:", "  epochs: 2", "  precision: 32-true", "  progress: false",
+        f"run_dir: {tmp / 'run'}", f"cache_dir: {tmp / 'cache'}"]) + "\n")
+    assert sft("train", recipe).exit_code == 0
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory) -> Path:
     """A random 2-layer, 64-wide Llama with the shipped SmolLM2 tokenizer (its chat template, pad distinct from eos),
     saved as a Hugging Face folder: trains in seconds. The tokenizer is read from the GGUF file once (about 20 s)."""

@@ -33,6 +33,8 @@ RUN_BY = {  # (document, how the block's first line starts): the test below that
     ("docs/recipe.md", "sft lr-find"): "test_lr_find_rank_auto_block",
     ("README.md", "python examples/fortunes/build.py"): "test_text_classification_blocks",
     ("docs/text-classification.md", "sft train examples/fortunes/fortunes.yaml"): "test_text_classification_blocks",
+    ("README.md", "python examples/regression/build.py"): "test_regression_blocks",
+    ("docs/regression.md", "sft export runs/regression"): "test_regression_blocks",
     ("README.md", "python examples/segmentation/build.py"): "test_segmentation_blocks",
     ("docs/segmentation.md", "sft audit examples/segmentation/segmentation.yaml"): "test_segmentation_blocks",
     ("README.md", "python examples/detection/build.py"): "test_detection_block",
@@ -47,6 +49,8 @@ NOT_RUN = {  # docs/ blocks (never README.md's) that no test here runs, and what
                                                        "tests/serve/test_detection.py serve such runs over HTTP",
     ("docs/deploy.md", "sft serve runs/instruct-fortunes"): "a server: tests/serve/test_openai_api.py serves a "
                                                             "causal-LM run and runs deploy.md's Python example on it",
+    ("docs/regression.md", "sft serve runs/regression"): "a server: tests/serve/test_regression.py serves a "
+                                                         "regression run and asks it for intervals",
 }
 
 
@@ -182,6 +186,21 @@ def test_text_classification_blocks(tmp_path, monkeypatch):
               extra={"train": ["data.train_limit=100", *shorter]})
     assert json.loads(Path("runs/fortunes-lora/metrics.json").read_text())["strategy"] == "lora"
     assert Path("runs/fortunes/export-hf/config.json").exists()
+
+
+@pytest.mark.slow
+def test_regression_blocks(tmp_path, monkeypatch):
+    """README's regression block (a smaller set of rotated garments, one epoch at 32 px), then the regression page's
+    ONNX export and prediction through it on that run."""
+    in_a_copy(tmp_path, monkeypatch, FASHION)
+    result = run_block(block("README.md", "python examples/regression/build.py"),
+                       ["--train", "96", "--val", "32", "--test", "32"],
+                       {"train": ["trainer.epochs=1", "data.image_size=32", f"cache_dir={tmp_path / 'cache'}"]})
+    assert "angle_low" in result.output and "angle_high" in result.output  # the predict line's intervals
+    assert Path("runs/regression/eval/report.html").exists()
+    result = run_block(block("docs/regression.md", "sft export runs/regression"))
+    assert json.loads(Path("runs/regression/export/parity.json").read_text())["passed"]
+    assert "angle_low" in result.output
 
 
 @pytest.mark.slow

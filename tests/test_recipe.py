@@ -83,7 +83,8 @@ def test_group_by_length_is_on_for_texts_unless_balance_samples():
 
 # -- each task's recipe holds what that task reads -------------------------------------------------------------------
 
-TASKS = ["image-classification", "text-classification", "segmentation", "detection", "causal-lm"]
+TASKS = ["image-classification", "text-classification", "image-regression", "text-regression", "segmentation",
+         "detection", "causal-lm"]
 SRC = Path(__file__).resolve().parents[1] / "src" / "sft"
 
 
@@ -115,9 +116,9 @@ def test_a_task_s_recipe_holds_only_the_keys_of_what_it_supports(name):
     assert has("head_epochs") == ("two-stage" in offered)
     assert has("cache", "head_init") == task.uses_feature_cache(task.recipe())
     assert ("auto" in offered) == (type(task).choose_strategy is not TaskBase.choose_strategy)
-    vision = name in ("image-classification", "segmentation", "detection")
+    vision = name in ("image-classification", "image-regression", "segmentation", "detection")
     assert has("image_size") == has("augment") == has("channels_last") == vision
-    assert has("classes") == (name != "causal-lm")
+    assert has("classes") == (name not in ("causal-lm", "image-regression", "text-regression"))  # numbers: columns
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -126,7 +127,8 @@ def test_every_key_of_a_task_s_recipe_is_read_by_its_package_or_the_shared_layer
     the task's own package or in the layers every task shares."""
     from sft.tasks import get_task, _targets
     package = SRC / "tasks" / _targets()[name].split(":")[0].split(".")[2]
-    shared = [p for p in SRC.rglob("*.py") if "tasks" not in p.relative_to(SRC).parts[:1]] + [SRC / "tasks" / "base.py"]
+    shared = [p for p in SRC.rglob("*.py") if "tasks" not in p.relative_to(SRC).parts[:1]] + sorted(
+        (SRC / "tasks").glob("*.py"))  # base.py, pooled.py, ...: the modules every task may use
     code = "\n".join(p.read_text() for p in [*package.rglob("*.py"), *shared])
     unread = [key for key in leaf_keys(get_task(name).recipe)
               if not re.search(rf"\.{key.rsplit('.', 1)[-1]}\b|\"{key.rsplit('.', 1)[-1]}\"", code)]

@@ -165,11 +165,30 @@ class Recipe(Section):
 
 # -- the sections the image tasks share (classification, segmentation, detection) ---------------------------------
 
-class VisionData(Data[SourceT], Generic[SourceT]):
-    classes: list[str] | None = Field(None, description="class names in label order")
+class ImageData(Data[SourceT], Generic[SourceT]):
+    """An image task's input size and augmentation (VisionData adds the class names)."""
     image_size: int | None = Field(None, gt=0, description="input size in pixels; default: the backbone's own")
     augment: Literal["none", "light", "strong"] = Field(
         "light", description="none: resize only; light: random resized crop + flip; strong: + colour and more")
+
+
+class VisionData(ImageData[SourceT], Generic[SourceT]):
+    classes: list[str] | None = Field(None, description="class names in label order")
+
+
+class TextColumns(Section):
+    """A text task's columns and lengths."""
+    text_column: str = Field("text", description="the column (CSV/TSV header or JSONL key) of the text")
+    text_pair_column: str | None = Field(None, description="a second text column, for sentence pairs")
+    max_length: int = Field(128, gt=0, description="tokens per text; longer ones are truncated and counted")
+
+
+class TextModel(Model):
+    """A pooled Hugging Face encoder as the backbone."""
+    backbone: str = Field("minilm", description="minilm (the shipped all-MiniLM-L6-v2), a Hugging Face encoder "
+                                                "folder, or a hub name (online)")
+    weights: Literal["pretrained", "none"] = Field("pretrained", description="pretrained, or none (random init)")
+    pooling: Literal["mean", "cls"] = Field("mean", description="how token states become one vector")
 
 
 class VisionModel(Model):

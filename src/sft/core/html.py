@@ -30,6 +30,14 @@ def img(image, alt: str = "") -> str:
     return f'<img src="{png_uri(image)}" alt="{esc(alt)}">'
 
 
+def thumbnail(image: Image.Image, side: int = 112) -> Image.Image:
+    """An image scaled to fit a `side` px square (nearest neighbour when enlarged: small images stay crisp)."""
+    image = image.copy()
+    scale = side / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.NEAREST if scale > 1 else Image.BILINEAR)
+
+
 def table(header: list[str], rows: list[list], attrs: str = "") -> str:
     cell = lambda v: f"{v:.4f}" if isinstance(v, float) else esc(v)  # noqa: E731
     return (f"<table{' ' + attrs if attrs else ''}><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"

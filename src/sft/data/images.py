@@ -258,4 +258,4 @@ class ImageDataset(EpochSeeded, Dataset):
         except UserError as e:  # also read by the feature cache's loader workers
             raise worker_safe(e) from None
         with self.seeded(i):
-            return self.transform(image), int(self.samples.labels[i])
+            return self.transform(image), self.samples.target(i)

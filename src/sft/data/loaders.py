@@ -120,8 +120,7 @@ class RunData(L.LightningDataModule):
         """A split in eval transform: (features, target) from the cache when `cached`, else (input, target)."""
         if not cached:
             return self.eval_sets[split]
-        labels = torch.as_tensor(getattr(self.splits, split).labels, dtype=torch.long)
-        return TensorDataset(self.features(split, self.eval_sets[split]), labels)
+        return TensorDataset(self.features(split, self.eval_sets[split]), getattr(self.splits, split).target_tensor())
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

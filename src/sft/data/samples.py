@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,24 +34,44 @@ def read_image(path: str | Path) -> Image.Image:
 class Samples:
     """Samples from one source: images (pixels in memory or file paths), texts (strings, or (text, text) pairs) or
     a task's own items, as `kind` says. `labels`: each sample's class index, or None where a sample has no single
-    class (masks, boxes, conversations, inputs to predict)."""
+    class (masks, boxes, conversations, inputs to predict). `targets`: each sample's numbers (N, K) float32 where a
+    task regresses them (`classes` then names the K columns), else None."""
     items: np.ndarray | list
     labels: np.ndarray | None
     classes: list[str]
     ids: list[str]
     kind: str = "image"
+    targets: np.ndarray | None = field(default=None, kw_only=True)  # keyword: subclasses add positional fields
 
     def __post_init__(self):
         if not len(self.items) == len(self.ids) == (len(self.ids) if self.labels is None else len(self.labels)):
             raise ValueError(f"Samples: {len(self.items)} items, {len(self.ids)} ids and "
                              f"{'no' if self.labels is None else len(self.labels)} labels")
+        if self.targets is not None and len(self.targets) != len(self.ids):
+            raise ValueError(f"Samples: {len(self.ids)} ids and {len(self.targets)} targets")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def strata(self) -> np.ndarray:
-        """What splits and subsets keep the proportions of: the classes, or one stratum for unlabelled samples."""
-        return np.zeros(len(self), np.int64) if self.labels is None else self.labels
+        """What splits and subsets keep the proportions of: the classes, quantile bins of the first target column
+        (numbers: up to 10 bins of at least 20 samples), or one stratum for unlabelled samples."""
+        if self.labels is not None:
+            return self.labels
+        if self.targets is not None and len(self):
+            ranks = np.argsort(np.argsort(self.targets[:, 0], kind="stable"), kind="stable")
+            return (ranks * max(1, min(10, len(self) // 20)) // len(self)).astype(np.int64)
+        return np.zeros(len(self), np.int64)
+
+    def target(self, i: int):
+        """What a model learns of sample i: its class index, or its numbers (a float32 tensor of K)."""
+        return int(self.labels[i]) if self.targets is None else torch.from_numpy(self.targets[i])
+
+    def target_tensor(self) -> torch.Tensor:
+        """Every sample's target: class indices (N,) int64, or numbers (N, K) float32."""
+        if self.targets is not None:
+            return torch.as_tensor(self.targets, dtype=torch.float32)
+        return torch.as_tensor(self.labels, dtype=torch.long)
 
     def image(self, i: int) -> Image.Image:
         """Sample i as an RGB image, because every model downstream expects three channels."""
@@ -71,7 +91,8 @@ class Samples:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
         labels = None if self.labels is None else self.labels[idx]
-        return Samples(items, labels, list(self.classes), [self.ids[i] for i in idx], self.kind)
+        targets = None if self.targets is None else self.targets[idx]
+        return Samples(items, labels, list(self.classes), [self.ids[i] for i in idx], self.kind, targets=targets)
 
     def fingerprint(self) -> str:
         """Key for cached features and for "the same data": changes with the pixels or files (read now, so a file
@@ -94,6 +115,13 @@ class Samples:
                     raise UserError(f"{path}: cannot read file ({e.strerror})") from None
                 h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
+
+
+def batch_targets(targets: list) -> torch.Tensor:
+    """A batch's targets as one tensor: class indices (B,) int64, or numbers (B, K) float32."""
+    if targets and isinstance(targets[0], torch.Tensor):
+        return torch.stack(targets)
+    return torch.tensor(targets, dtype=torch.long)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-from sft.data.samples import Samples
+from sft.data.samples import Samples, batch_targets
 from sft.core.textfile import need_file, read_utf8
 from sft.errors import UserError
 
@@ -22,12 +21,7 @@ def read_texts(path, *, format: str = "auto", text_column: str = "text", pair_co
                label_column: str = "label", classes: list[str] | None = None) -> Samples:
     """Labelled texts (or text pairs) from a CSV, TSV or JSONL file; sample ids are `file:line`."""
     path = need_file(path, "a CSV, TSV or JSONL file of texts and labels")
-    if format == "auto":
-        format = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
-            path.suffix.lower(), "")
-    if format not in TEXT_FORMATS:
-        raise UserError(f"{path}: texts are read from {', '.join(TEXT_FORMATS)} files (by suffix or data.*.format)")
-    rows = list(jsonl_rows(path) if format == "jsonl" else table_rows(path, "\t" if format == "tsv" else ","))
+    rows = list(file_rows(path, format, "texts"))
     columns = [text_column, label_column] + ([pair_column] if pair_column else [])
     texts, labels, ids, empty = [], [], [], []
     for line, row in rows:
@@ -54,6 +48,17 @@ def read_texts(path, *, format: str = "auto", text_column: str = "text", pair_co
         raise UserError(f"{first}: label {unknown[0]!r} is not one of the classes {names} "
                         f"({len(unknown)} unknown label(s): {unknown[:5]})")
     return Samples(texts, np.array([index[x] for x in labels], dtype=np.int64), names, ids, kind="text")
+
+
+def file_rows(path: Path, format: str, what: str):
+    """(line, row) pairs of a CSV, TSV or JSONL file, its format from `format` or (auto) the file's suffix; `what`
+    it holds, for the error."""
+    if format == "auto":
+        format = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
+            path.suffix.lower(), "")
+    if format not in TEXT_FORMATS:
+        raise UserError(f"{path}: {what} are read from {', '.join(TEXT_FORMATS)} files (by suffix or data.*.format)")
+    return jsonl_rows(path) if format == "jsonl" else table_rows(path, "\t" if format == "tsv" else ",")
 
 
 def table_rows(path: Path, delimiter: str):
@@ -91,6 +96,16 @@ def jsonl_rows(path: Path):
         yield line, row
 
 
+def text_item(text: str, pair: bool) -> str | tuple[str, str]:
+    """A text given to a finished run (`sft predict`, `sft serve`) as its model takes it: a run on text pairs takes
+    'first<TAB>second' as the pair."""
+    if not pair:
+        return text
+    if "\t" not in text:
+        raise UserError(f"this run reads text pairs: give each as 'first<TAB>second' ({text!r})")
+    return tuple(text.split("\t", 1))
+
+
 class TextDataset(Dataset):
     def __init__(self, samples: Samples):
         self.samples = samples
@@ -99,7 +114,7 @@ class TextDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        return self.samples.items[i], int(self.samples.labels[i])
+        return self.samples.items[i], self.samples.target(i)
 
 
 class Tokenize:
@@ -114,7 +129,7 @@ class Tokenize:
 
     def __call__(self, batch):
         texts, labels = zip(*batch)
-        return self.encode(list(texts)), torch.tensor(labels, dtype=torch.long)
+        return self.encode(list(texts)), batch_targets(list(labels))
 
 
 def token_lengths(tokenizer, samples: Samples) -> np.ndarray:

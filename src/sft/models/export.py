@@ -89,33 +89,49 @@ def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 @torch.inference_mode()
 def parity(reference: nn.Module, exported: nn.Module, batches: Callable[[int], Iterable], sizes: tuple[int, ...],
-           temperature: float = 1.0, tolerance: float = TOLERANCE) -> dict:
+           temperature: float = 1.0, tolerance: float = TOLERANCE, scale: torch.Tensor | None = None) -> dict:
     """Compare the exported model with the PyTorch one on the same real samples, at each batch size of `sizes`:
     the largest absolute difference of probabilities and the share of equal top-1 predictions (per pixel for dense
-    outputs). `batches(size)` yields input batches. `passed` says whether every size is within the tolerance."""
+    outputs); or, given `scale` (a regression's targets' standard deviations, one per output column), the largest
+    absolute difference of the outputs in those units. `batches(size)` yields input batches. `passed` says whether
+    every size is within the tolerance."""
     reference.eval()
-    result: dict = {"tolerance": tolerance, "min_top1_agreement": MIN_AGREEMENT, "batch_sizes": {}}
+    values = scale is not None
+    result: dict = {"tolerance": tolerance, "batch_sizes": {}}
+    if values:
+        result["units"] = "standard deviations of the targets"
+    else:
+        result["min_top1_agreement"] = MIN_AGREEMENT
     for size in sizes:
         worst, agree, total, samples = 0.0, 0, 0, 0
         for x in batches(size):
-            p, q = probabilities(reference(x), temperature), probabilities(exported(x), temperature)
+            if values:
+                p, q = reference(x).float() / scale, exported(x).float().to(scale.device) / scale
+            else:
+                p, q = probabilities(reference(x), temperature), probabilities(exported(x), temperature)
             worst = max(worst, float((p - q).abs().max()))
             same = p.argmax(1) == q.argmax(1)
             agree, total, samples = agree + int(same.sum()), total + same.numel(), samples + p.shape[0]
-        result["batch_sizes"][str(size)] = {"max_abs_diff": worst, "top1_agreement": agree / max(total, 1),
-                                            "samples": samples}
+        result["batch_sizes"][str(size)] = {"max_abs_diff": worst, "samples": samples}
+        if not values:
+            result["batch_sizes"][str(size)]["top1_agreement"] = agree / max(total, 1)
     rows = result["batch_sizes"].values()
     result["max_abs_diff"] = max(r["max_abs_diff"] for r in rows)
-    result["top1_agreement"] = min(r["top1_agreement"] for r in rows)
-    result["passed"] = result["max_abs_diff"] <= tolerance and result["top1_agreement"] >= MIN_AGREEMENT
+    result["passed"] = result["max_abs_diff"] <= tolerance
+    if not values:
+        result["top1_agreement"] = min(r["top1_agreement"] for r in rows)
+        result["passed"] = result["passed"] and result["top1_agreement"] >= MIN_AGREEMENT
     return result
 
 
 def parity_failure(result: dict) -> str:
     """How far a failed parity check missed, for the user."""
+    over = f"(tolerance {result['tolerance']:.3g}, {result['max_abs_diff'] / result['tolerance']:.1f}× over)"
+    if "units" in result:
+        return f"the exported model differs from the PyTorch model: max |Δoutput| {result['max_abs_diff']:.3g} " \
+               f"{result['units']} {over}"
     return (f"the exported model differs from the PyTorch model: max |Δprobability| {result['max_abs_diff']:.3g} "
-            f"(tolerance {result['tolerance']:.3g}, {result['max_abs_diff'] / result['tolerance']:.1f}× over), "
-            f"top-1 agreement {result['top1_agreement']:.4f} (needed {result['min_top1_agreement']})")
+            f"{over}, top-1 agreement {result['top1_agreement']:.4f} (needed {result['min_top1_agreement']})")
 
 
 def record_parity(folder: Path, result: dict, force: bool) -> None:
@@ -187,14 +203,15 @@ def input_batches(parts: list, loader: Callable[[object, int], Iterable]) -> Cal
 
 def export_checked(out: Path, save: Callable[[Path], nn.Module], *, reference: nn.Module,
                    batches: Callable[[int], Iterable], sizes: tuple[int, ...], temperature: float, force: bool,
-                   facts: dict, format: str, task: str | None) -> dict:
+                   facts: dict, format: str, task: str | None, scale: torch.Tensor | None = None) -> dict:
     """An export folder whose model is checked: `save(folder)` writes the model's files and returns the model loaded
-    back from them (as a user of the folder loads it), which is compared with `reference` on `batches`; parity.json
-    holds the result and `facts`. A failed check writes nothing unless `force`. Returns the parity result."""
+    back from them (as a user of the folder loads it), which is compared with `reference` on `batches` (`parity`'s
+    `temperature` or `scale`); parity.json holds the result and `facts`. A failed check writes nothing unless
+    `force`. Returns the parity result."""
     result: dict = {}
 
     def write(folder: Path) -> None:
-        result.update(parity(reference, save(folder), batches, sizes, temperature), **facts)
+        result.update(parity(reference, save(folder), batches, sizes, temperature, scale=scale), **facts)
         record_parity(folder, result, force)
 
     write_export_dir(out, write, format=format, task=task)
@@ -204,24 +221,28 @@ def export_checked(out: Path, save: Callable[[Path], nn.Module], *, reference: n
 def export_onnx_checked(out: Path, *, graph: nn.Module, example: tuple, inputs: list[str],
                         dynamic: dict[str, dict[int, str]], reference: nn.Module, batches: Callable[[int], Iterable],
                         sizes: tuple[int, ...], temperature: float, force: bool, meta: dict, facts: dict,
-                        extra: Callable[[Path], None] | None = None) -> dict:
-    """The ONNX export folder of a task: `graph` converted (output `logits`), checked against `reference` on
-    `batches`, parity.json (with `facts`), model.json (`meta` + the graph's names and axes), `extra(folder)` for the
-    task's own files. A failed check writes nothing unless `force`. Returns the parity result."""
-    dynamic = {**dynamic, "logits": {0: "batch"}}
+                        extra: Callable[[Path], None] | None = None, scale: torch.Tensor | None = None,
+                        output: str = "logits",
+                        meaning: dict | None = None) -> dict:
+    """The ONNX export folder of a task: `graph` converted (its one output named `output`), checked against
+    `reference` on `batches` (`parity`'s `temperature` or `scale`), parity.json (with `facts`), model.json (`meta` +
+    the graph's names and axes + `meaning`, what the output means: by default the probabilities of its logits),
+    `extra(folder)` for the task's own files. A failed check writes nothing unless `force`. Returns the parity
+    result."""
+    dynamic = {**dynamic, output: {0: "batch"}}
+    meaning = {"probabilities": "softmax(logits / temperature) over axis 1"} if meaning is None else meaning
 
     def save(folder: Path) -> nn.Module:
-        to_onnx(graph, example, folder / "model.onnx", inputs, ["logits"], dynamic)
+        to_onnx(graph, example, folder / "model.onnx", inputs, [output], dynamic)
         axes = {name: {str(a): n for a, n in v.items()} for name, v in dynamic.items()}
         (folder / "model.json").write_text(json.dumps(meta | {"format": "onnx", "inputs": inputs, "outputs": [
-            "logits"], "dynamic_axes": axes, "probabilities": "softmax(logits / temperature) over axis 1",
-            "onnx_id": file_id(folder / "model.onnx")}, indent=2) + "\n")
+            output], "dynamic_axes": axes, **meaning, "onnx_id": file_id(folder / "model.onnx")}, indent=2) + "\n")
         if extra is not None:
             extra(folder)
         return OnnxModule(folder / "model.onnx")
 
     return export_checked(out, save, reference=reference, batches=batches, sizes=sizes, temperature=temperature,
-                          force=force, facts=facts, format="onnx", task=meta.get("task"))
+                          force=force, facts=facts, format="onnx", task=meta.get("task"), scale=scale)
 
 
 def check_export(folder: Path, weights: Path, run_dir) -> dict:

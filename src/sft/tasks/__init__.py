@@ -23,6 +23,8 @@ DEFAULT = "image-classification"
 _REGISTRY: dict[str, str] = {
     "image-classification": "sft.tasks.classification.task:ImageClassification",
     "text-classification": "sft.tasks.classification.task:TextClassification",
+    "image-regression": "sft.tasks.regression.task:ImageRegression",
+    "text-regression": "sft.tasks.regression.task:TextRegression",
     "segmentation": "sft.tasks.segmentation.task:Segmentation",
     "detection": "sft.tasks.detection.task:Detection",
     "causal-lm": "sft.tasks.causal_lm.task:CausalLM",

@@ -208,6 +208,11 @@ def source_of(recipe: Recipe, source: str | Path | dict) -> Source:
     return type(recipe.data)(test=source if isinstance(source, dict) else str(source)).test
 
 
+def data_identity(source: Source, samples: Samples) -> dict:
+    """results.json's "data": the source as the recipe gives it, the samples' fingerprint and count."""
+    return {"source": source.model_dump(), "fingerprint": samples.fingerprint(), "samples": len(samples)}
+
+
 def check_eval_out(out: Path, source_path: str, run_path: Path, overwrite: bool,
                    same: Callable[[object], bool] | None = None) -> None:
     """Whether `sft eval` may write `out`: an evaluation of the same data is replaced, one of other data only with

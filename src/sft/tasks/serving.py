@@ -1,6 +1,8 @@
 """What every task's `sft serve` predictor shares: request bytes decoded as an image, arrays answered as base64 PNG,
-and the run behind it (its model.json, model on the engine asked for, weights id, /metadata). A task's serving.py
-adds its parameters (a pydantic model the server validates requests against), `prepare`, `run` and `answer`."""
+the run behind it (its model.json, model on the engine asked for, weights id, /metadata), and for the tasks on pooled
+vectors a request item as the run's model input (`ImageRequests`, `TextRequests`: its eval transform, its tokenizer).
+A task's serving.py adds its parameters (a pydantic model the server validates requests against), `prepare`, `run`
+and `answer`."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 
+from sft.data.texts import text_item
 from sft.errors import UserError
 from sft.models.export import file_id
+from sft.tasks.pooled import eval_transform
 
 
 class Params(BaseModel):
@@ -56,6 +61,41 @@ class RunPredictor:
         self.weights_id = file_id(self.run_dir / "model.safetensors")
 
     def metadata(self) -> dict:
-        return {"task": self.info.task, "classes": self.info.classes, "inputs": self.inputs,
+        named = {"classes": self.info.classes} if hasattr(self.info, "classes") else {}
+        return {"task": self.info.task, **named, "inputs": self.inputs,
                 "preprocess": asdict(self.info.preprocess), "backbone": self.info.backbone,
                 "weights_id": self.weights_id, "engine": self.engine, "run_dir": str(self.run_dir.resolve())}
+
+
+class ImageRequests(RunPredictor):
+    """A predictor of a pooled-vector image run: each request image through the run's eval transform, a batch
+    stacked."""
+    inputs = "image"
+
+    def __init__(self, task, run_dir: str | Path, engine: str):
+        super().__init__(task, run_dir, engine)
+        self.transform = eval_transform(self.info)
+
+    def prepare(self, item: bytes | str) -> torch.Tensor:
+        return self.transform(decode_image(item))
+
+    def batch(self, prepared: list) -> torch.Tensor:
+        return torch.stack(prepared)
+
+
+class TextRequests(RunPredictor):
+    """A predictor of a pooled-vector text run: each request text (a pair as 'first<TAB>second') through the run's
+    tokenizer, a batch padded to its longest."""
+    inputs = "text"
+
+    def __init__(self, task, run_dir: str | Path, engine: str):
+        super().__init__(task, run_dir, engine)
+        self.collate = task.run_inputs(self.model, self.info).collate
+
+    def prepare(self, item: bytes | str) -> str | tuple[str, str]:
+        if not isinstance(item, str) or not item.strip():
+            raise UserError("each text must be a non-empty string")
+        return text_item(item, self.info.preprocess.pair)
+
+    def batch(self, prepared: list) -> dict:
+        return self.collate([(t, 0) for t in prepared])[0]

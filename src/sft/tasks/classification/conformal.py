@@ -18,15 +18,14 @@ coverage's threshold is read off them later, without the validation data and wit
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from sft.core.atomic import atomic_write_json, check_writable
+from sft.core.atomic import check_writable
+from sft.core.conformal import quantile_rank, store_fit
 from sft.errors import UserError
 
 KEY = "prediction_sets"  # model.json's extra[KEY]: the fit
@@ -45,18 +44,6 @@ def class_scores(probs: torch.Tensor, penalty: float = 0.0, k_reg: int = 1) -> t
         mass = mass + penalty * (ranks - k_reg).clamp(min=0)
     mass[:, 0] = 0.0
     return torch.empty_like(mass).scatter_(-1, order, mass)
-
-
-def quantile_rank(n: int, coverage: float) -> int:
-    """k = ceil((n + 1) * coverage), the rank of the validation score that guarantees `coverage`; a UserError
-    naming n when the validation split is too small for it (k > n)."""
-    k = math.ceil((n + 1) * coverage - 1e-9)  # 0.9 * 10 is 9.000000000000002 in floats
-    if k > n:
-        need = math.ceil(coverage / (1 - coverage) - 1e-9)
-        raise UserError(f"coverage {coverage} cannot be guaranteed from the run's {n} validation samples (it needs "
-                        f"at least {need}; {n} guarantee at most {n / (n + 1):.4f}): ask for less, or train with a "
-                        f"larger validation split (data.val or data.val_fraction)")
-    return max(k, 1)
 
 
 @dataclass
@@ -122,9 +109,7 @@ def fit_run(run_dir: str | Path, info, held_out: Callable[[], tuple[torch.Tensor
     logits, labels, _ = held_out()
     fit = fit_sets((logits.float() / info.temperature).softmax(-1), labels, penalty=penalty, k_reg=k_reg,
                    temperature=info.temperature)
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    raw.setdefault("extra", {})[KEY] = info.extra[KEY] = asdict(fit)
-    atomic_write_json(path, raw)
+    store_fit(run_dir, KEY, asdict(fit), info.extra)
     return fit, True
 
 

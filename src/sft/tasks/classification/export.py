@@ -1,32 +1,23 @@
-"""A finished classification run's model: written as model.safetensors + model.json (+ the text encoder's config and
-tokenizer, and a LoRA run's adapter), and rebuilt from those files alone for `sft eval` and `sft predict`.
-
-    model.safetensors      the best weights, backbone + head
-    model.json             how to rebuild and feed the model: backbone name, classes, preprocessing, temperature
-    backbone/              texts: the encoder's config and tokenizer files (the run needs no model folder)
-    adapter/               lora: the peft adapter alone (adapter_config.json, adapter_model.safetensors)
-"""
+"""A finished classification run's model: model.safetensors + model.json (its `ModelInfo`: backbone name, classes,
+preprocessing, temperature) beside the files every pooled-vector task writes (sft.tasks.pooled: a text encoder's
+config and tokenizer, a LoRA run's adapter), rebuilt from those files alone for `sft eval` and `sft predict`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sft.core.atomic import atomic_write_dir
 from sft.core.rundir import RunDir
 from sft.core.torchfile import load_safetensors
-from sft.data.images import build_transforms
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
-from sft.models.lora import add_lora
-from sft.models.text_encoder import TextPreprocess, create_text_encoder
-from sft.models.vision import create_backbone
-from sft.recipe import Lora
+from sft.models.text_encoder import TextPreprocess
 from sft.tasks.base import REBUILD, load_parts
 from sft.tasks.classification.module import logits, new_head
+from sft.tasks.pooled import model_files
 
 
 @dataclass
@@ -53,49 +44,6 @@ class TrainedClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor | dict) -> torch.Tensor:
         return logits(self.backbone, self.head, x, self.channels_last)
-
-
-def model_files(run: RunDir) -> tuple[Path, Path, Path, Path]:
-    """(weights, info, encoder files, adapter) of a run."""
-    return (run.path / "model.safetensors", run.path / "model.json", run.path / "backbone", run.path / "adapter")
-
-
-def used_preprocess(pre, image_size: int | None):
-    """The preprocessing a run trained with: the backbone's own, at data.image_size when set."""
-    if isinstance(pre, Preprocess) and image_size:
-        return replace(pre, input_size=(image_size, image_size))
-    return pre
-
-
-def eval_transform(info: ModelInfo):
-    """An image run's evaluation transform, from what the run stored (`sft eval`, `predict`, `serve`, the export)."""
-    return build_transforms(info.preprocess, None, "none")[1]
-
-
-# -- what differs: the backbone's own files --------------------------------------------------------------------------
-
-def write_encoder(run: RunDir, model: nn.Module, info: ModelInfo) -> None:
-    """A text run's encoder config and tokenizer (backbone/), and a LoRA run's adapter (adapter/)."""
-    _, _, encoder_files, adapter = model_files(run)
-    encoder = model.backbone
-    atomic_write_dir(encoder_files, lambda tmp: (encoder.model.config.save_pretrained(tmp),
-                                                 encoder.tokenizer.save_pretrained(tmp)))
-    if info.lora:
-        atomic_write_dir(adapter, encoder.model.save_pretrained)
-
-
-def read_encoder(run_dir: Path, info: ModelInfo) -> nn.Module:
-    """A text run's encoder, from its backbone/ files (with its LoRA adapters), weights not loaded."""
-    encoder = create_text_encoder(str(model_files(RunDir(run_dir))[2]), "none", info.preprocess.pooling)[0]
-    if info.lora:
-        settings = {k: v for k, v in info.lora.items() if k in Lora.model_fields}  # the run's strategy section
-        encoder.model = add_lora(encoder.model, Lora(**settings))
-    return encoder
-
-
-def read_vision_backbone(run_dir: Path, info: ModelInfo) -> nn.Module:
-    """An image run's backbone, built by name, weights not loaded."""
-    return create_backbone(info.backbone, weights=None).module
 
 
 def load_model(run_dir: str | Path, info: ModelInfo, backbone: nn.Module) -> TrainedClassifier:

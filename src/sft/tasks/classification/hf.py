@@ -31,8 +31,7 @@ from torch import nn
 from sft.core.rundir import RunDir
 from sft.errors import UserError
 from sft.models.export import check_export_dir, default_folder, export_checked, file_id
-from sft.tasks.classification.export import model_files
-from sft.tasks.classification.onnx import PARITY_BATCH, parity_samples, sample_batches
+from sft.tasks.pooled import PARITY_BATCH, model_files, parity_samples, sample_batches
 
 MODELING = '''"""Written by `sft export --format hf`: the fine-tuned encoder, its pooling ({pooling}) and its linear
 head. Load with AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)."""

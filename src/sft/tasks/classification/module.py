@@ -14,24 +14,10 @@ from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.tasks.classification.losses import FocalLoss, class_weights
 from sft.tasks.classification.recipe import ClassificationRecipe
+from sft.tasks.pooled import new_head
+from sft.tasks.pooled import pooled_outputs as logits
 from sft.training.module import FineTuneModule
 from sft.training.strategies import Schedule
-
-
-def new_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """The replaced final layer: the same shape in training and when a run's model is rebuilt."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
-
-
-def logits(backbone: nn.Module, head: nn.Module, x: torch.Tensor | dict, channels_last: bool) -> torch.Tensor:
-    """Logits from images (B,3,H,W), tokenized texts (a dict) or cached features (B,D)."""
-    if isinstance(x, dict):
-        x = backbone(x)
-    elif x.ndim == 4:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = backbone(x)
-    return head(x)
 
 
 def build_loss(recipe: ClassificationRecipe, train) -> nn.Module:

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from sft.data.sampling import SAMPLER_MODES
-from sft.recipe import (Data, FeatureCache, HeadFirst, Lora, Model, Optim, Recipe, Section, Source, Strategy,
-                        VisionData, VisionModel, VisionTrainer)
+from sft.recipe import (Data, FeatureCache, HeadFirst, Lora, Optim, Recipe, Section, Source, Strategy, TextColumns,
+                        TextModel, VisionData, VisionModel, VisionTrainer)
 
 STRATEGY_HELP = "which backbone groups train when; auto: chosen from the data and the backbone"
 
@@ -51,12 +51,9 @@ class ImageClassificationData(Labels, VisionData[ImageSource]):
     classes: list[str] | None = Field(None, description="class names in label order (IDX/numpy labels are indices)")
 
 
-class TextClassificationData(Labels, Data[TextSource]):
+class TextClassificationData(Labels, TextColumns, Data[TextSource]):
     classes: list[str] | None = Field(None, description="class names in label order; default: the labels found")
-    text_column: str = Field("text", description="the column (CSV/TSV header or JSONL key) of the text")
-    text_pair_column: str | None = Field(None, description="a second text column, for sentence pairs")
     label_column: str = Field("label", description="the column of the label")
-    max_length: int = Field(128, gt=0, description="tokens per text; longer ones are truncated and counted")
     group_by_length: bool | Literal["auto"] = Field(
         "auto", validate_default=True, description="batches of similar token length (less padding); auto: on unless "
                                                    "balance samples")
@@ -81,11 +78,8 @@ class ImageClassificationModel(ClassifierHead, VisionModel):
     pass
 
 
-class TextClassificationModel(ClassifierHead, Model):
-    backbone: str = Field("minilm", description="minilm (the shipped all-MiniLM-L6-v2), a Hugging Face encoder "
-                                                "folder, or a hub name (online)")
-    weights: Literal["pretrained", "none"] = Field("pretrained", description="pretrained, or none (random init)")
-    pooling: Literal["mean", "cls"] = Field("mean", description="how token states become one vector")
+class TextClassificationModel(ClassifierHead, TextModel):
+    pass
 
 
 class ImageClassificationStrategy(FeatureCache, HeadFirst, Strategy):

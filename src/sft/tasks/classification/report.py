@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from sft.core.atomic import atomic_write_text
 from sft.core.calibration import reliability_figure
-from sft.core.html import esc, img, page, table
+from sft.core.html import esc, img, page, table, thumbnail
 from sft.tasks.classification.interpret import find_target_layer, grad_cam, token_attributions
 
 _SECTIONS = ["summary", "per-class", "confusion", "confused-pairs", "calibration", "sets", "curves", "top-losses"]
@@ -114,13 +114,6 @@ def curves_figure(rows: list[dict]) -> Figure:
 
 
 # -- interpretation ---------------------------------------------------------------------------------------------
-
-def thumbnail(image: Image.Image, side: int = 112) -> Image.Image:
-    image = image.copy()
-    scale = side / max(image.size)
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                        Image.NEAREST if scale > 1 else Image.BILINEAR)
-
 
 def _batch(dataset, collate_fn, indices: list[int]):
     x, _ = (collate_fn or default_collate)([dataset[i] for i in indices])

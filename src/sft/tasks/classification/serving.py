@@ -5,18 +5,15 @@ its tokenizer), batches run on PyTorch or onnxruntime; the image and text predic
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from sft.errors import UserError
 from sft.models.export import probabilities
 from sft.tasks.classification.conformal import run_fit, set_rows
-from sft.tasks.classification.export import eval_transform
-from sft.tasks.serving import Params, RunPredictor, decode_image
+from sft.tasks.serving import ImageRequests, Params, RunPredictor, TextRequests
 
 
 def ranked(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
@@ -39,15 +36,6 @@ def predict_top_k(model: nn.Module, inputs, classes: list[str], k: int = 1,
     return [ranked(p, classes, k) for p in class_probabilities(model, inputs, temperature)]
 
 
-def text_item(text: str, pair: bool) -> str | tuple[str, str]:
-    """A text as the run's model takes it: a run on text pairs takes 'first<TAB>second' as the pair."""
-    if not pair:
-        return text
-    if "\t" not in text:
-        raise UserError(f"this run classifies text pairs: give each as 'first<TAB>second' ({text!r})")
-    return tuple(text.split("\t", 1))
-
-
 class TopK(Params):
     top_k: int = Field(1, ge=1, description="the K most probable classes of each item")
     coverage: Optional[float] = Field(None, gt=0, lt=1, description="adds each item's prediction set: the classes "
@@ -57,23 +45,12 @@ class TopK(Params):
 
 class ClassifierPredictor(RunPredictor):
     """What `sft serve` asks of a run (sft.tasks.base.Predictor): the run's model on `engine`, its model.json, and
-    the answer; `prepare` and `batch` are the image's or the text's."""
-    inputs = ""
+    the answer; `prepare` and `batch` are the image's or the text's (sft.tasks.serving)."""
     transform = None
     params = TopK
 
-    def __init__(self, task, run_dir: str | Path, engine: str):
-        super().__init__(task, run_dir, engine)
-        self.collate = task.run_inputs(self.model, self.info).collate
-
     def metadata(self) -> dict:
         return {**super().metadata(), "transform": str(self.transform or ""), "temperature": self.info.temperature}
-
-    def prepare(self, item: bytes | str) -> object:
-        raise NotImplementedError
-
-    def batch(self, prepared: list):
-        raise NotImplementedError
 
     @torch.inference_mode()
     def run(self, prepared: list) -> list[torch.Tensor]:
@@ -88,27 +65,9 @@ class ClassifierPredictor(RunPredictor):
         return answer
 
 
-class ImagePredictor(ClassifierPredictor):
-    inputs = "image"
-
-    def __init__(self, task, run_dir: str | Path, engine: str):
-        super().__init__(task, run_dir, engine)
-        self.transform = eval_transform(self.info)
-
-    def prepare(self, item: bytes | str) -> torch.Tensor:
-        return self.transform(decode_image(item))
-
-    def batch(self, prepared: list) -> torch.Tensor:
-        return torch.stack(prepared)
+class ImagePredictor(ClassifierPredictor, ImageRequests):
+    pass
 
 
-class TextPredictor(ClassifierPredictor):
-    inputs = "text"
-
-    def prepare(self, item: bytes | str) -> str | tuple[str, str]:
-        if not isinstance(item, str) or not item.strip():
-            raise UserError("each text must be a non-empty string")
-        return text_item(item, self.info.preprocess.pair)
-
-    def batch(self, prepared: list) -> dict:
-        return self.collate([(t, 0) for t in prepared])[0]
+class TextPredictor(ClassifierPredictor, TextRequests):
+    pass

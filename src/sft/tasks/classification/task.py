@@ -10,42 +10,37 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from sft.core.rundir import RunDir
-from sft.data.images import ImageDataset, build_transforms, read_samples
+from sft.data.images import read_samples
 from sft.data.loaders import Inputs
 from sft.data.samples import Samples, stratified_subset
 from sft.data.splits import Splits, load_splits
-from sft.data.texts import TextDataset, Tokenize, read_texts, token_lengths
+from sft.data.texts import read_texts
 from sft.errors import UserError
-from sft.models.backbone import Backbone, Preprocess
-from sft.models.text_encoder import TextPreprocess, create_text_backbone
-from sft.models.vision import create_backbone
 from sft.recipe import Source
 from sft.tasks import load_recipe
-from sft.tasks.base import TaskBase, read_run_info, score_batches, source_of, with_preprocess, write_model_files
+from sft.tasks.base import data_identity, score_batches, source_of, write_model_files
 from sft.tasks.classification.calibration import calibrate_run, validation_logits
 from sft.tasks.classification.conformal import SetCounts, fit_run, run_fit, set_rows
-from sft.tasks.classification.export import (ModelInfo, TrainedClassifier, eval_transform, load_model, read_encoder,
-                                             read_vision_backbone, used_preprocess, write_encoder)
+from sft.tasks.classification.export import ModelInfo, TrainedClassifier, load_model
 from sft.tasks.classification.hf import export_text_hf, export_timm_hf
 from sft.tasks.classification.metrics import Scores, summarize
 from sft.tasks.classification.module import Classifier
-from sft.tasks.classification.onnx import OnnxClassifier, OnnxTextClassifier, export_onnx, load_onnx
+from sft.tasks.classification.onnx import OnnxClassifier, OnnxTextClassifier, export_onnx
 from sft.tasks.classification.options import DEFAULT_COVERAGE, OPTIONS
 from sft.tasks.classification.probe import fit_probe, load_probe
 from sft.tasks.classification.recipe import ClassificationRecipe, ImageClassificationRecipe, TextClassificationRecipe
 from sft.tasks.classification.report import build_report, class_samples, write_report
-from sft.tasks.classification.serving import ImagePredictor, TextPredictor, class_probabilities, ranked, text_item
+from sft.tasks.classification.serving import ImagePredictor, TextPredictor, class_probabilities, ranked
 from sft.tasks.classification.tools.audit import audit_data
 from sft.tasks.classification.tools.strategy_auto import choose_strategy
 from sft.tasks.classification.tools.transfer import logme
+from sft.tasks.pooled import PooledImages, PooledTask, PooledTexts, prediction_samples
 from sft.training.optim import is_transformer
 from sft.training.prepare import Prepared
 from sft.training.trainer import Monitor
@@ -53,14 +48,13 @@ from sft.training.trainer import Monitor
 log = logging.getLogger("sft")
 
 
-class ImageClassification(TaskBase):
+class ImageClassification(PooledImages, PooledTask):
     name = "image-classification"
     description = "one label per image: a new linear head on a pretrained timm/torchvision backbone"
     recipe = ImageClassificationRecipe
     monitor = Monitor("val_acc", "max")
-    column = "file"  # what `sft predict` rows call an input
     options = OPTIONS
-    preprocess = Preprocess  # model.json's preprocessing
+    info_type = ModelInfo  # model.json
     onnx = OnnxClassifier  # `sft export --format onnx` and `--engine onnx`
     serving = ImagePredictor  # `sft serve`
 
@@ -73,39 +67,11 @@ class ImageClassification(TaskBase):
         return load_splits(d, recipe.seed, lambda source, classes: self.read_split(source, recipe, classes),
                            classes=d.classes, exclude=d.exclude, relabel=d.relabel)
 
-    def build_backbone(self, recipe: ClassificationRecipe) -> Backbone:
-        return create_backbone(recipe.model.backbone, recipe.model.weights)
-
-    def build_inputs(self, backbone: Backbone, recipe: ClassificationRecipe | None) -> Inputs:
-        """Datasets and collate in the backbone's transforms; recipe=None: evaluation inputs (no augmentation)."""
-        size, augment = (recipe.data.image_size, recipe.data.augment) if recipe is not None else (None, "none")
-        train_tf, eval_tf = build_transforms(backbone.preprocess, size, augment)
-        return Inputs(lambda s: ImageDataset(s, train_tf), lambda s: ImageDataset(s, eval_tf), None, key=str(eval_tf))
-
-    def trained_preprocess(self, p: Prepared):
-        """The preprocessing the run trained with: the backbone's own, at data.image_size when set."""
-        return used_preprocess(p.backbone.preprocess, p.recipe.data.image_size)
-
-    def run_inputs(self, model, info: ModelInfo) -> Inputs:
-        """A finished run's evaluation inputs, from what the run stored: its eval transform."""
-        eval_tf = eval_transform(info)
-        return Inputs(lambda s: ImageDataset(s, eval_tf), lambda s: ImageDataset(s, eval_tf), None, key=str(eval_tf))
-
     def prediction_samples(self, info: ModelInfo, inputs: list[str]) -> Samples:
-        """`sft predict`'s image files as samples."""
-        return Samples(inputs, np.zeros(len(inputs), dtype=np.int64), info.classes, inputs, "image")
-
-    def write_backbone(self, run: RunDir, model, info: ModelInfo) -> None:
-        """The files beside model.safetensors that rebuild the backbone: none, its name in model.json does."""
-
-    def read_backbone(self, run_dir: Path, info: ModelInfo):
-        """The run's backbone module, built from its files, its weights not loaded yet."""
-        return read_vision_backbone(run_dir, info)
+        """`sft predict`'s inputs as samples."""
+        return prediction_samples(self, info, inputs, info.classes)
 
     # -- training ------------------------------------------------------------------------------------------------
-    def uses_feature_cache(self, recipe: ClassificationRecipe) -> bool:
-        return True
-
     def loader_options(self, recipe: ClassificationRecipe, splits: Splits, inputs: Inputs, notes: dict) -> dict:
         return {"balance": recipe.data.balance}
 
@@ -169,32 +135,14 @@ class ImageClassification(TaskBase):
         return metrics
 
     # -- a finished run: the skeleton's steps --------------------------------------------------------------------
-    def run_info(self, run_dir: Path) -> ModelInfo:
-        return read_run_info(run_dir, ModelInfo, partial(with_preprocess, kind=self.preprocess))
+    def load_torch(self, run_dir: Path, info: ModelInfo) -> TrainedClassifier:
+        return load_model(run_dir, info, self.read_backbone(run_dir, info))
 
     def eval_samples(self, recipe: ClassificationRecipe, source: Source, info: ModelInfo) -> Samples:
         """The labelled data, read with the run's classes (texts: with the recipe's columns), which it must have."""
         samples = self.read_split(source, recipe, info.classes)
         check_classes(samples.classes, info.classes, source.path)
         return samples
-
-    def same_data(self, source: Source, samples: Samples):
-        """The same source and the same samples (by fingerprint): the same data again, say after retraining."""
-        this = data_identity(source, samples)
-        return lambda data: (data["source"], data["fingerprint"]) == (this["source"], this["fingerprint"])
-
-    def load_run(self, run_dir: Path, info: ModelInfo, engine: str = "torch"):
-        """The run's model on PyTorch, or its ONNX export through onnxruntime."""
-        if engine == "onnx":
-            return load_onnx(run_dir, self.onnx)
-        if engine != "torch":
-            raise UserError(f"--engine {engine}: expected torch or onnx")
-        return load_model(run_dir, info, self.read_backbone(Path(run_dir), info))
-
-    def load_trained(self, run_dir: Path) -> tuple[TrainedClassifier, ModelInfo]:
-        """(model, info) of a finished run on PyTorch: what `sft export` converts and tests inspect."""
-        info = self.run_info(Path(run_dir))
-        return self.load_run(Path(run_dir), info), info
 
     def score_run(self, run, recipe, source, samples, model, info, options, *, batch_size, progress):
         """Fit the temperature and the prediction sets on the run's validation split if model.json never had them
@@ -294,17 +242,12 @@ class ImageClassification(TaskBase):
                 "suspects": dict(Counter(s.kind for s in report.suspects)), "train_counts": report.counts["train"],
                 "train_without_them": f"data.exclude={out}/suspects.csv"}
 
-    def predictor(self, run_dir, options):
-        return self.serving(self, run_dir, options.engine)
 
 
-class TextClassification(ImageClassification):
+class TextClassification(PooledTexts, ImageClassification):
     name = "text-classification"
     description = "one label per text (or text pair): a new linear head on a pooled Hugging Face encoder"
     recipe = TextClassificationRecipe
-    column = "text"
-    inputs = "texts"
-    preprocess = TextPreprocess
     onnx = OnnxTextClassifier
     serving = TextPredictor
 
@@ -313,47 +256,8 @@ class TextClassification(ImageClassification):
         return read_texts(source.path, format=source.format, text_column=d.text_column,
                           pair_column=d.text_pair_column, label_column=d.label_column, classes=classes)
 
-    def build_backbone(self, recipe: ClassificationRecipe) -> Backbone:
-        m = recipe.model
-        return create_text_backbone(m.backbone, m.weights, m.pooling, recipe.data.max_length,
-                                    pair=recipe.data.text_pair_column is not None,
-                                    lora=recipe.strategy if recipe.strategy.name == "lora" else None)
-
-    def build_inputs(self, backbone: Backbone, recipe: ClassificationRecipe | None) -> Inputs:
-        pre, tokenizer = backbone.preprocess, backbone.module.tokenizer
-        return Inputs(TextDataset, TextDataset, Tokenize(tokenizer, pre.max_length),
-                      key=f"text {pre} {tokenizer.name_or_path} {len(tokenizer)}",
-                      lengths=lambda samples: token_lengths(tokenizer, samples), decodes=False)
-
-    def trained_preprocess(self, p: Prepared):
-        return p.backbone.preprocess
-
-    def run_inputs(self, model, info: ModelInfo) -> Inputs:
-        """A finished run's evaluation inputs: its own tokenizer."""
-        return Inputs(TextDataset, TextDataset, Tokenize(model.backbone.tokenizer, info.preprocess.max_length), "",
-                      decodes=False)
-
-    def prediction_samples(self, info: ModelInfo, inputs: list[str]) -> Samples:
-        """`sft predict`'s texts as samples (a run on text pairs takes each as 'first<TAB>second')."""
-        items = [text_item(text, info.preprocess.pair) for text in inputs]
-        return Samples(items, np.zeros(len(items), dtype=np.int64), info.classes, list(inputs), "text")
-
-    def write_backbone(self, run: RunDir, model, info: ModelInfo) -> None:
-        """The encoder's config and tokenizer (backbone/), and a LoRA run's adapter (adapter/)."""
-        write_encoder(run, model, info)
-
-    def read_backbone(self, run_dir: Path, info: ModelInfo):
-        return read_encoder(run_dir, info)
-
     def loader_options(self, recipe: ClassificationRecipe, splits: Splits, inputs: Inputs, notes: dict) -> dict:
-        lengths = inputs.lengths(splits.train)  # one tokenizer pass: counts truncation, groups batches by length
-        truncated = int((lengths > recipe.data.max_length).sum())
-        notes["truncated_train_texts"] = truncated
-        if truncated:
-            notes.setdefault("warnings", []).append(
-                f"{truncated} of {len(splits.train)} training texts are longer than data.max_length="
-                f"{recipe.data.max_length} tokens and are truncated")
-        return {"balance": recipe.data.balance, "lengths": lengths if recipe.data.group_by_length else None}
+        return {"balance": recipe.data.balance, "lengths": self.text_lengths(recipe, splits, inputs, notes)}
 
     def export_hf(self, run_dir, out, *, force: bool, overwrite: bool) -> tuple:
         """`sft export --format hf`: a transformers folder with the encoder, the run's pooling and head."""
@@ -368,7 +272,3 @@ def check_classes(data: list[str], run: list[str], where) -> None:
                   else f"same names in another order: data {list(data)}, run {list(run)}")
         raise UserError(f"{where}: classes differ from the run's ({detail})")
 
-
-def data_identity(source: Source, samples: Samples) -> dict:
-    """results.json's "data": the source as the recipe gives it, the samples' fingerprint and count."""
-    return {"source": source.model_dump(), "fingerprint": samples.fingerprint(), "samples": len(samples)}
