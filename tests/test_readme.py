@@ -35,6 +35,8 @@ RUN_BY = {  # (document, how the block's first line starts): the test below that
     ("docs/text-classification.md", "sft train examples/fortunes/fortunes.yaml"): "test_text_classification_blocks",
     ("README.md", "python examples/regression/build.py"): "test_regression_blocks",
     ("docs/regression.md", "sft export runs/regression"): "test_regression_blocks",
+    ("README.md", "python examples/multilabel/build.py"): "test_multilabel_blocks",
+    ("docs/multilabel.md", "sft export runs/multilabel"): "test_multilabel_blocks",
     ("README.md", "python examples/segmentation/build.py"): "test_segmentation_blocks",
     ("docs/segmentation.md", "sft audit examples/segmentation/segmentation.yaml"): "test_segmentation_blocks",
     ("README.md", "python examples/detection/build.py"): "test_detection_block",
@@ -201,6 +203,21 @@ def test_regression_blocks(tmp_path, monkeypatch):
     result = run_block(block("docs/regression.md", "sft export runs/regression"))
     assert json.loads(Path("runs/regression/export/parity.json").read_text())["passed"]
     assert "angle_low" in result.output
+
+
+@pytest.mark.slow
+def test_multilabel_blocks(tmp_path, monkeypatch):
+    """README's multi-label block (a smaller set of mosaics, one epoch at 32 px), then the multi-label page's ONNX
+    export and prediction through it on that run."""
+    in_a_copy(tmp_path, monkeypatch, FASHION)
+    result = run_block(block("README.md", "python examples/multilabel/build.py"),
+                       ["--train", "96", "--val", "32", "--test", "32"],
+                       {"train": ["trainer.epochs=1", "data.image_size=32", f"cache_dir={tmp_path / 'cache'}"]})
+    assert '"labels"' in result.output and '"probabilities"' in result.output
+    assert Path("runs/multilabel/eval/report.html").exists()
+    result = run_block(block("docs/multilabel.md", "sft export runs/multilabel"))
+    assert json.loads(Path("runs/multilabel/export/parity.json").read_text())["passed"]
+    assert "labels" in result.output
 
 
 @pytest.mark.slow

@@ -83,8 +83,8 @@ def test_group_by_length_is_on_for_texts_unless_balance_samples():
 
 # -- each task's recipe holds what that task reads -------------------------------------------------------------------
 
-TASKS = ["image-classification", "text-classification", "image-regression", "text-regression", "segmentation",
-         "detection", "causal-lm"]
+TASKS = ["image-classification", "text-classification", "image-regression", "text-regression", "image-multilabel",
+         "text-multilabel", "segmentation", "detection", "causal-lm"]
 SRC = Path(__file__).resolve().parents[1] / "src" / "sft"
 
 
@@ -116,7 +116,7 @@ def test_a_task_s_recipe_holds_only_the_keys_of_what_it_supports(name):
     assert has("head_epochs") == ("two-stage" in offered)
     assert has("cache", "head_init") == task.uses_feature_cache(task.recipe())
     assert ("auto" in offered) == (type(task).choose_strategy is not TaskBase.choose_strategy)
-    vision = name in ("image-classification", "image-regression", "segmentation", "detection")
+    vision = name in ("image-classification", "image-regression", "image-multilabel", "segmentation", "detection")
     assert has("image_size") == has("augment") == has("channels_last") == vision
     assert has("classes") == (name not in ("causal-lm", "image-regression", "text-regression"))  # numbers: columns
 

@@ -131,3 +131,11 @@ def last_linear(module: nn.Module) -> nn.Linear | None:
     """A head's last nn.Linear (the classifier layer inside Dropout/Sequential wrappers), or None."""
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
+
+
+def load_linear(head: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Put a fitted linear start (a probe's weights (outputs, features) and bias) into the head's last nn.Linear."""
+    linear = last_linear(head)
+    with torch.no_grad():
+        linear.weight.copy_(weight.to(linear.weight))
+        linear.bias.copy_(bias.to(linear.bias))

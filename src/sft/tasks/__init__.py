@@ -25,6 +25,8 @@ _REGISTRY: dict[str, str] = {
     "text-classification": "sft.tasks.classification.task:TextClassification",
     "image-regression": "sft.tasks.regression.task:ImageRegression",
     "text-regression": "sft.tasks.regression.task:TextRegression",
+    "image-multilabel": "sft.tasks.multilabel.task:ImageMultilabel",
+    "text-multilabel": "sft.tasks.multilabel.task:TextMultilabel",
     "segmentation": "sft.tasks.segmentation.task:Segmentation",
     "detection": "sft.tasks.detection.task:Detection",
     "causal-lm": "sft.tasks.causal_lm.task:CausalLM",

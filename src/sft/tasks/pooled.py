@@ -33,6 +33,7 @@ A LoRA run is merged into the encoder before conversion, and the parity check co
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sft.core.atomic import atomic_write_dir
+from sft.core.atomic import atomic_write_dir, atomic_write_text
 from sft.core.rundir import RunDir
 from sft.data.images import ImageDataset, build_transforms
 from sft.data.loaders import Inputs
@@ -60,7 +61,8 @@ from sft.models.text_encoder import TextPreprocess, create_text_backbone, create
 from sft.models.vision import create_backbone
 from sft.recipe import Lora, Recipe, Source
 from sft.tasks import load_recipe
-from sft.tasks.base import TaskBase, data_identity, read_run_info, with_preprocess
+from sft.tasks.base import (TaskBase, data_identity, load_model_files, read_run_info, score_batches, source_of,
+                            with_preprocess)
 from sft.training.prepare import Prepared
 
 
@@ -208,6 +210,32 @@ class PooledTexts:
         return lengths if recipe.data.group_by_length else None
 
 
+def split_scorer(p: Prepared, model: nn.Module, cached: bool) -> Callable[[str, object], dict]:
+    """`score(split, scorer)` at training's end: a split scored by the finished `model` in fp32, as `sft eval` and
+    `predict` see it, on the cached features only when training ran in fp32 (bf16 features would score another model
+    than the export)."""
+    cached = cached and p.precision == "32-true"
+
+    def score(split: str, scorer) -> dict:
+        return score_batches(model, p.data.eval_dataset(split, cached), scorer, batch_size=128,
+                             collate_fn=None if cached else p.data.collate, precision="32-true",
+                             progress=p.recipe.trainer.progress and split == "test")
+    return score
+
+
+def load_pooled(task, run_dir: Path, info, outputs: int,
+                wrap: Callable[[nn.Module, nn.Module], nn.Module]) -> nn.Module:
+    """A finished run's model in eval mode: its backbone and a head of `outputs` from its files, `wrap(backbone,
+    head)` the task's finished model, in the memory layout it trained in (mixed layouts are several times slower on
+    CPU)."""
+    backbone, head = load_model_files(run_dir, task.read_backbone(run_dir, info),
+                                      new_head(info.num_features, outputs, info.dropout))
+    model = wrap(backbone, head).eval()
+    if info.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def prediction_samples(task, info, inputs: list[str], names: list[str], outputs: int = 0) -> Samples:
     """`sft predict`'s inputs as samples of the task's input kind: without labels (class indices 0), or with `outputs`
     numbers of 0 each when the task regresses that many."""
@@ -256,6 +284,32 @@ class PooledTask(TaskBase):
 
     def predictor(self, run_dir, options):
         return self.serving(self, run_dir, options.engine)
+
+    render: Callable[[dict, Samples], str]  # the task's report.html of results.json and the evaluated samples
+
+    def report_samples(self, recipe: Recipe, source: Source, results: dict) -> Samples:
+        """The evaluated samples again, read as `sft eval` read them (the task's `read_split`)."""
+        return self.read_split(source, recipe)
+
+    def report(self, run_dir, eval_dir):
+        """`sft report`: report.html again from an evaluation's results.json and the evaluated data (which must be
+        unchanged)."""
+        out = Path(eval_dir) if eval_dir else Path(run_dir) / "eval"
+        try:
+            results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+            stored, fingerprint = results["data"]["source"], results["data"]["fingerprint"]
+        except FileNotFoundError:
+            raise UserError(f"{out}: no results.json; run `sft eval {run_dir}` first") from None
+        except (OSError, ValueError, LookupError, TypeError) as e:  # damaged, or not what sft eval writes
+            raise UserError(f"{out / 'results.json'}: damaged or not an evaluation of sft ({type(e).__name__}); run "
+                            f"`sft eval {run_dir} --overwrite` again") from None
+        recipe = load_recipe(RunDir(run_dir).recipe)
+        samples = self.report_samples(recipe, source_of(recipe, stored), results)
+        if samples.fingerprint() != fingerprint:
+            raise UserError(f"{stored['path']}: the data changed since it was evaluated; run `sft eval` again (with "
+                            f"--overwrite)")
+        atomic_write_text(out / "report.html", type(self).render(results, samples) + "\n")
+        return out / "report.html"
 
 
 # -- the ONNX export ---------------------------------------------------------------------------------------------

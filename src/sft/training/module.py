@@ -64,6 +64,14 @@ class FineTuneModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.stop_if_not_finite()
 
+    def training_step(self, batch, batch_idx):
+        """The plain step (a task with more to log has its own): the task's `loss_fn` of the outputs against the
+        batch's targets, checked finite and logged."""
+        x, y = batch
+        loss = self.check_finite(self.loss_fn(self(x).float(), y))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        return loss
+
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optim, self.backbone, self.head, self.schedule)
         scheduler = build_scheduler(self.optim, self.epochs, optimizer, int(self.trainer.estimated_stepping_batches))

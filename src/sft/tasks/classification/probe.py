@@ -8,16 +8,15 @@ keeping the weights that score best on the validation split. Runs whose first ep
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sft.models.backbone import last_linear
+from sft.models.backbone import last_linear, load_linear
+from sft.training.probe import L2_PATH, fit_l2_path
 
-L2_PATH = tuple(10.0 ** -(k / 2) for k in range(2, 13))  # 1e-1 ... 1e-6, half-decades, strong to weak
 
 
 @dataclass
@@ -37,42 +36,16 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
               patience: int = 2) -> ProbeFit:
     """Weights of a multinomial logistic regression (cross-entropy + l2/2 |W|^2) for each L2 on the path, keeping
     the best on validation; the path stops after `patience` strengths without gain. Deterministic (CPU)."""
-    started = time.perf_counter()
     x, y = train_x.to("cpu", torch.float32).clone(), train_y.to("cpu", torch.long)  # clone: cached features may
     vx, vy = val_x.to("cpu", torch.float32), val_y.to("cpu", torch.long)              # be inference tensors
     weight = None if class_weight is None else class_weight.detach().to("cpu", torch.float32)
-    linear = nn.Linear(x.shape[1], classes)
-    nn.init.zeros_(linear.weight), nn.init.zeros_(linear.bias)
-    best, since_best = None, 0
-    for l2 in l2_path:
-        optimizer = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=max_iter, history_size=20,
-                                      tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = F.cross_entropy(linear(x), y, weight=weight) + 0.5 * l2 * linear.weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-        with torch.no_grad():
-            acc = (linear(vx).argmax(1) == vy).double().mean().item()
-        if best is None or acc > best.val_acc:
-            best = ProbeFit(linear.weight.detach().clone(), linear.bias.detach().clone(), l2, acc, 0.0)
-            since_best = 0
-        else:
-            since_best += 1
-            if since_best >= patience:
-                break
-    best.seconds = time.perf_counter() - started
-    return best
+    fit = fit_l2_path(x, classes, lambda logits: F.cross_entropy(logits, y, weight=weight),
+                      lambda linear: (linear(vx).argmax(1) == vy).double().mean().item(), l2_path, max_iter, patience)
+    return ProbeFit(fit.weight, fit.bias, fit.l2, fit.score, fit.seconds)
 
 
 def load_probe(head: nn.Module, fit: ProbeFit) -> None:
     """Put the probe's weights into the head's last nn.Linear."""
-    linear = last_linear(head)
-    if linear is None:
+    if last_linear(head) is None:
         raise ValueError("the head has no nn.Linear layer")
-    with torch.no_grad():
-        linear.weight.copy_(fit.weight.to(linear.weight))
-        linear.bias.copy_(fit.bias.to(linear.bias))
+    load_linear(head, fit.weight, fit.bias)

@@ -6,14 +6,11 @@ model is built."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
-from sft.core.textfile import need_file
-from sft.data.images import _verify_image
+from sft.data.manifest import manifest_rows, manifest_samples
 from sft.data.samples import Samples
-from sft.data.texts import file_rows
 from sft.errors import UserError
 
 
@@ -37,36 +34,14 @@ def read_targets(path, *, kind: str, format: str = "auto", target_columns: list[
     """The samples of one manifest: image files (`kind` "image", `column` the path column) or texts (`kind` "text",
     `column` the text column, `pair_column` a second text), with their targets (N, K) float32 in the order of
     `target_columns`, which name them (`Samples.classes`). Sample ids are `file:line`."""
-    what = "image paths" if kind == "image" else "texts"
-    path = need_file(path, f"a CSV, TSV or JSONL manifest of {what} and target columns")
-    needed = [column] + ([pair_column] if pair_column else []) + list(target_columns)
     items, targets, ids = [], [], []
-    for line, row in file_rows(path, format, f"{what} and targets"):
-        where = f"{path}:{line}"
-        missing = [c for c in needed if c not in row]
-        if missing:
-            keys = "data.path_column" if kind == "image" else "data.text_column / data.text_pair_column"
-            raise UserError(f"{where}: no column {missing[0]!r}; the columns are {sorted(row)} (set "
-                            f"data.target_columns, {keys})")
+    for where, row, item in manifest_rows(path, kind=kind, format=format, column=column, pair_column=pair_column,
+                                          columns=target_columns, what="target columns",
+                                          hint="data.target_columns"):
         targets.append([number(row[c], c, where) for c in target_columns])
-        parts = [str(row[c] or "").strip() for c in needed[:2 if pair_column else 1]]
-        if not all(parts):
-            raise UserError(f"{where}: empty {column if not parts[0] else pair_column!r}")
-        if kind == "image":
-            file = os.path.abspath(path.parent / parts[0])  # an absolute path stays itself
-            if not os.path.isfile(file):
-                raise UserError(f"{where}: image file not found: {file}")
-            items.append(file)
-        else:
-            items.append(tuple(str(row[c]) for c in needed[:2]) if pair_column else str(row[column]))
+        items.append(item)
         ids.append(where)
-    if not items:
-        raise UserError(f"{path}: no rows after the header; expected one row per sample")
-    if kind == "image":
-        for file, where in zip(items, ids):
-            if err := _verify_image(file):
-                raise UserError(f"{where}: not a readable image: {file} ({err})")
-    return Samples(items, None, list(target_columns), ids, kind, targets=np.asarray(targets, dtype=np.float32))
+    return manifest_samples(path, kind, items, ids, target_columns, targets)
 
 
 def standardization(targets: np.ndarray, names: list[str], standardize: bool, where: str) -> tuple[list, list]:

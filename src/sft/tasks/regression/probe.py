@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sft.models.backbone import last_linear
+from sft.models.backbone import load_linear
 
 PENALTIES = tuple(10.0 ** -(k / 2) for k in range(0, 17))  # times the largest squared singular value: 1 ... 1e-8
 
@@ -55,7 +55,4 @@ def fit_ridge(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
 
 def load_ridge(head: nn.Module, fit: RidgeFit) -> None:
     """Put the ridge weights into the head's last nn.Linear."""
-    linear = last_linear(head)
-    with torch.no_grad():
-        linear.weight.copy_(fit.weight.to(linear.weight))
-        linear.bias.copy_(fit.bias.to(linear.bias))
+    load_linear(head, fit.weight, fit.bias)

@@ -5,21 +5,13 @@ samples, so `sft report` rebuilds it."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from pathlib import Path
-
 import numpy as np
 from matplotlib.figure import Figure
 
-from sft.core.html import esc, img, page, table, thumbnail
+from sft.core.html import esc, evaluation_page, img, table, thumbnail
 from sft.data.samples import Samples
 
 FIGURES = 6  # target columns drawn at most (the tables list them all)
-CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:10px}
-.card{border:1px solid #ccc;border-radius:6px;padding:6px;font-size:12px;max-width:360px}
-.card img{width:112px;height:112px;image-rendering:pixelated}figure img{max-width:100%}nav a{margin-right:1em}"""
 TITLES = {"summary": "Summary", "per-target": "Per target", "intervals": "Prediction intervals",
           "scatter": "Predicted against true", "residuals": "Residuals", "worst": "Largest errors"}
 
@@ -91,11 +83,4 @@ def render(results: dict, samples: Samples) -> str:
     sec["worst"] = (f"<p>The {len(m['worst'])} samples of largest error (in training standard deviations when "
                     f"there are several targets).</p><div class=\"grid\">"
                     + "".join(card(samples, row, names) for row in m["worst"]) + "</div>")
-    body = "".join(f'<section id="{s}"><h2>{TITLES[s]}</h2>{sec[s]}</section>' for s in TITLES)
-    nav = "".join(f'<a href="#{s}">{TITLES[s]}</a>' for s in TITLES)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    data = results["data"]
-    return page(f'sft evaluation: {Path(results["run_dir"]).name}',
-                f'<h1>Evaluation of {esc(results["run_dir"])}</h1><p>Data: {esc(data["source"]["path"])} '
-                f'({data["samples"]} samples, targets {esc(", ".join(names))}). Written {when} by <code>sft eval'
-                f'</code>.</p><nav>{nav}</nav>{body}', CSS)
+    return evaluation_page(results, f"targets {', '.join(names)}", sec, TITLES)

@@ -8,7 +8,6 @@ and in how a manifest row names its input."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from sft.core.atomic import atomic_write_text
 from sft.core.conformal import store_fit
 from sft.core.rundir import RunDir
 from sft.data.loaders import Inputs
@@ -26,10 +24,9 @@ from sft.errors import UserError
 from sft.models.backbone import Preprocess
 from sft.models.text_encoder import TextPreprocess
 from sft.recipe import Source
-from sft.tasks import load_recipe
-from sft.tasks.base import data_identity, load_model_files, score_batches, source_of, write_model_files
-from sft.tasks.pooled import (OnnxPooled, OnnxPooledText, PooledImages, PooledTask, PooledTexts, export_onnx, new_head,
-                              prediction_samples)
+from sft.tasks.base import data_identity, score_batches, write_model_files
+from sft.tasks.pooled import (OnnxPooled, OnnxPooledText, PooledImages, PooledTask, PooledTexts, export_onnx,
+                              load_pooled, prediction_samples, split_scorer)
 from sft.tasks.regression.data import read_targets, target_scale
 from sft.tasks.regression.intervals import KEY, IntervalCounts, fit_intervals, fit_run, run_fit
 from sft.tasks.regression.metrics import RegressionScores, summarize
@@ -74,6 +71,7 @@ class ImageRegression(PooledImages, PooledTask):
     info_type = RegressionInfo  # model.json
     onnx = OnnxPooled  # `sft export --format onnx` and `--engine onnx`
     serving = ImageRegressionPredictor  # `sft serve`
+    render = staticmethod(render)  # report.html
 
     # -- data and model ------------------------------------------------------------------------------------------
     def read_split(self, source: Source, recipe: RegressionRecipe) -> Samples:
@@ -117,15 +115,9 @@ class ImageRegression(PooledImages, PooledTask):
         """Validation and test scores of the best model in the targets' units, as `sft eval` and `predict` see it (in
         fp32); the intervals fitted on the validation residuals and stored in model.json, and their coverage at
         DEFAULT_COVERAGE on the test split."""
-        cached = cached and p.precision == "32-true"  # bf16 features would score another model than the export
         m = p.model
-        model = TrainedRegressor(m.backbone, m.head, m.mean, m.std, p.channels_last)
+        score = split_scorer(p, TrainedRegressor(m.backbone, m.head, m.mean, m.std, p.channels_last), cached)
         scale = target_scale(p.splits.train.targets)
-
-        def score(split: str, scorer: RegressionScores) -> dict:
-            return score_batches(model, p.data.eval_dataset(split, cached), scorer, batch_size=128,
-                                 collate_fn=None if cached else p.data.collate, precision="32-true",
-                                 progress=p.recipe.trainer.progress and split == "test")
 
         val = RegressionScores(p.splits.classes, scale)
         metrics = split_metrics("val", score("val", val))
@@ -148,12 +140,8 @@ class ImageRegression(PooledImages, PooledTask):
     # -- a finished run: the skeleton's steps --------------------------------------------------------------------
     def load_torch(self, run_dir: Path, info: RegressionInfo) -> TrainedRegressor:
         """The run's model, its outputs in the targets' units."""
-        backbone, head = load_model_files(run_dir, self.read_backbone(run_dir, info),
-                                          new_head(info.num_features, len(info.targets), info.dropout))
-        model = TrainedRegressor(backbone, head, info.mean, info.std, info.channels_last).eval()
-        if info.channels_last:  # the layout it trained in: mixed layouts are several times slower on CPU
-            model.to(memory_format=torch.channels_last)
-        return model
+        return load_pooled(self, run_dir, info, len(info.targets), lambda backbone, head: TrainedRegressor(
+            backbone, head, info.mean, info.std, info.channels_last))
 
     def eval_samples(self, recipe: RegressionRecipe, source: Source, info: RegressionInfo) -> Samples:
         """The data with its targets, read with the run's recipe (its columns)."""
@@ -194,26 +182,6 @@ class ImageRegression(PooledImages, PooledTask):
                                         progress=progress)
         return out, summary if len(summary["per_target"]) > 1 else {k: v for k, v in summary.items()
                                                                      if k != "per_target"}
-
-    def report(self, run_dir, eval_dir):
-        """`sft report`: report.html again from an evaluation's results.json and the evaluated data (which must be
-        unchanged)."""
-        out = Path(eval_dir) if eval_dir else Path(run_dir) / "eval"
-        try:
-            results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-            stored, fingerprint = results["data"]["source"], results["data"]["fingerprint"]
-        except FileNotFoundError:
-            raise UserError(f"{out}: no results.json; run `sft eval {run_dir}` first") from None
-        except (OSError, ValueError, LookupError, TypeError) as e:  # damaged, or not what sft eval writes
-            raise UserError(f"{out / 'results.json'}: damaged or not an evaluation of sft ({type(e).__name__}); run "
-                            f"`sft eval {run_dir} --overwrite` again") from None
-        recipe = load_recipe(RunDir(run_dir).recipe)
-        samples = self.read_split(source_of(recipe, stored), recipe)
-        if samples.fingerprint() != fingerprint:
-            raise UserError(f"{stored['path']}: the data changed since it was evaluated; run `sft eval` again (with "
-                            f"--overwrite)")
-        atomic_write_text(out / "report.html", render(results, samples) + "\n")
-        return out / "report.html"
 
     def predict(self, run_dir, inputs, options, stream=None):
         """`sft predict`; with --coverage, the run's interval fit is checked before the model loads."""

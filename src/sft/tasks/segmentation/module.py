@@ -114,12 +114,6 @@ class Segmenter(FineTuneModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return segment(self.backbone, self.head, x, self.channels_last)
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.check_finite(self.loss_fn(self(x).float(), y))
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
-        return loss
-
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x).float()
