@@ -150,6 +150,21 @@ def built_example(kind: str, tmp_path_factory, **sizes) -> Path:
     return out
 
 
+def edited_copy(data: Path, tmp_path: Path, change) -> Path:
+    """A copy of a built example in tmp_path/data whose train.csv rows (dicts) `change(rows)` edits in place."""
+    import csv
+    import shutil
+    copy = shutil.copytree(data, tmp_path / "data")
+    with open(copy / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    change(rows)
+    with open(copy / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return copy
+
+
 @pytest.fixture(scope="session")
 def segmentation_set(tmp_path_factory) -> Path:
     """examples/segmentation/build.py's composites: 24 train, 8 val, 8 test at 64 px, garments of 20-40 px."""

@@ -185,8 +185,8 @@ class TaskBase:
         raise UserError(f"task {self.name} cannot be served by `sft serve` yet")
 
     def audit(self, recipe, out, *, overwrite, also):
-        raise UserError(f"task {self.name} has no `sft audit` yet (image and text classification and segmentation "
-                        f"have one)")
+        raise UserError(f"task {self.name} has no `sft audit` yet (classification, regression, multi-label and "
+                        f"segmentation have one)")
 
 
 def evaluation_target(run_dir: str | Path, data: str | Path | None,

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from sft.data.splits import read_relabels, read_sample_list
-from sft.tasks.classification.tools.audit import CSV_COLUMNS, audit, write_audit
+from sft.tasks.classification.tools.audit import audit, write_audit
+from sft.tasks.label_audit import CSV_COLUMNS
 from sft.errors import UserError
 from sft.data.samples import Samples
 

@@ -28,6 +28,7 @@ from sft.models.backbone import Preprocess
 from sft.models.text_encoder import TextPreprocess
 from sft.recipe import Source
 from sft.tasks.base import data_identity, score_batches, write_model_files
+from sft.tasks.multilabel.audit import audit_data
 from sft.tasks.multilabel.data import read_multilabel
 from sft.tasks.multilabel.metrics import MultilabelScores, f1_thresholds, summarize
 from sft.tasks.multilabel.module import MultilabelClassifier, TrainedMultilabel, positive_weights
@@ -228,6 +229,14 @@ class ImageMultilabel(PooledImages, PooledTask):
         result["figures"] = {"passed": result["passed"], "max |Δprobability|": f"{result['max_abs_diff']:.2e}",
                              "tolerance": f"{result['tolerance']:.0e}", "samples": result["samples"]}
         return folder, result
+
+    def audit(self, recipe: MultilabelRecipe, out, *, overwrite, also):
+        """`sft audit`: the train and val label sets an out-of-fold one-vs-rest probe on the cached features disagrees
+        with, flagged and ranked by cleanlab (audit.py)."""
+        if also:
+            raise UserError("--also adds backbones to classification's probes; a multi-label audit probes the "
+                            "recipe's own backbone")
+        return audit_data(self, recipe, out, overwrite=overwrite)
 
 
 class TextMultilabel(PooledTexts, ImageMultilabel):

@@ -27,6 +27,7 @@ from sft.recipe import Source
 from sft.tasks.base import data_identity, score_batches, write_model_files
 from sft.tasks.pooled import (OnnxPooled, OnnxPooledText, PooledImages, PooledTask, PooledTexts, export_onnx,
                               load_pooled, prediction_samples, split_scorer)
+from sft.tasks.regression.audit import audit_data
 from sft.tasks.regression.data import read_targets, target_scale
 from sft.tasks.regression.intervals import KEY, IntervalCounts, fit_intervals, fit_run, run_fit
 from sft.tasks.regression.metrics import RegressionScores, summarize
@@ -209,6 +210,14 @@ class ImageRegression(PooledImages, PooledTask):
         result["figures"] = {"passed": result["passed"], "max |Δoutput| (target std)": f"{result['max_abs_diff']:.2e}",
                              "tolerance": f"{result['tolerance']:.0e}", "samples": result["samples"]}
         return folder, result
+
+    def audit(self, recipe: RegressionRecipe, out, *, overwrite, also):
+        """`sft audit`: the train and val targets an out-of-fold ridge probe on the cached features disagrees with
+        most, rated by cleanlab (audit.py)."""
+        if also:
+            raise UserError("--also adds backbones to classification's probes; a regression audit probes the "
+                            "recipe's own backbone")
+        return audit_data(self, recipe, out, overwrite=overwrite)
 
 
 

@@ -29,10 +29,10 @@ from sft.core.rundir import check_replaceable, mark
 from sft.data.loaders import eval_batches
 from sft.data.samples import Samples, read_image
 from sft.errors import UserError
+from sft.tasks.label_audit import CSV_COLUMNS  # the columns every task's suspects.csv has
 from sft.tasks.segmentation.data import eval_dataset
 from sft.tasks.segmentation.report import overlay
 
-CSV_COLUMNS = ["split", "sample", "index", "kind", "given_label", "suggested_label", "score", "detail"]  # as images'
 SPLITS = ("val", "test")
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1150px}.grid{display:flex;flex-wrap:wrap;
 gap:10px}.card{font-size:12px;max-width:400px}.card img{width:128px;height:128px;image-rendering:pixelated;margin:1px}

@@ -7,9 +7,7 @@ review; a hand-edited suspects.csv then feeds back as an exclude list or a relab
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -17,24 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sft.core.atomic import atomic_write_json, atomic_write_text
-from sft.core.html import esc, img, page
+from sft.core.atomic import atomic_write_json
+from sft.core.html import esc
 from sft.core.rundir import check_replaceable, mark
 from sft.data.samples import Samples
 from sft.errors import UserError
 from sft.recipe import Recipe
 from sft.tasks.classification.tools.rank import backbone_features, parse_candidate
-from sft.training.prepare import prepare
+from sft.tasks.label_audit import audit_features, write_suspects
 
 KINDS = ("label_issue", "leak", "exact_duplicate", "near_duplicate", "outlier")  # ranking order
-CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222} table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right} td:first-child{text-align:left}
-.grid{display:flex;flex-wrap:wrap;gap:.8em} .card{width:140px;font-size:12px;display:flex;flex-direction:column}
-.card img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;background:#eee}
-.id{color:#666;overflow-wrap:anywhere} .missing{width:128px;height:128px;background:#fdd}
-.text{width:128px;height:128px;overflow:auto;background:#eee;white-space:pre-wrap;overflow-wrap:anywhere;font-size:11px}
-"""
-CSV_COLUMNS = ["split", "sample", "index", "kind", "given_label", "suggested_label", "score", "detail"]
 
 
 @dataclass
@@ -262,29 +252,11 @@ def write_audit(report: AuditReport, samples: dict[str, Samples], out_dir: Path,
     atomic_write_json(out_dir / "audit.json", {
         "classes": report.classes, "counts": report.counts, "imbalance_ratio": _num(report.imbalance_ratio),
         "oof_accuracy": _num(report.oof_accuracy), "backbones": report.backbones, "suspects": rows})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({**r, "score": f"{r['score']:.6g}"} for r in rows)
-    atomic_write_text(out_dir / "suspects.csv", buf.getvalue())
-    atomic_write_text(out_dir / "audit.html", _html(report, samples, thumbnails))
+    write_suspects(out_dir, rows, samples, _heading(report), thumbnails=thumbnails)
 
 
-def _thumbnail(samples: Samples, i: int, chars: int = 280) -> str:
-    """An inline PNG of an image sample; for a text sample its first `chars` characters, HTML-escaped."""
-    if samples.kind == "text":
-        text = samples.text(i)
-        snippet = text if len(text) <= chars else text[:chars].rstrip() + "\u2026"
-        return f'<div class=text title="{esc(text[:2000])}">{esc(snippet)}</div>'
-    try:
-        im = samples.image(i)
-    except UserError:  # the file went away since the audit: show the row anyway
-        return "<div class=missing>image unavailable</div>"
-    im.thumbnail((128, 128))
-    return img(im)
-
-
-def _html(report: AuditReport, samples: dict[str, Samples], thumbnails: int) -> str:
+def _heading(report: AuditReport) -> str:
+    """audit.html's part above the suspects: class counts, imbalance, probe accuracy, suspects per kind."""
     e = esc
     splits = list(report.counts)
     head = "".join(f"<th>{e(s)}</th>" for s in splits)
@@ -292,19 +264,12 @@ def _html(report: AuditReport, samples: dict[str, Samples], thumbnails: int) -> 
                    for c in report.classes)
     tally = {k: sum(s.kind == k for s in report.suspects) for k in KINDS}
     probed = f" (features of {e(' + '.join(report.backbones))})" if report.backbones else ""
-    cards = []
-    for s in report.suspects[:thumbnails]:
-        change = e(s.given_label) + (f" &rarr; {e(s.suggested_label)}" if s.suggested_label != s.given_label else "")
-        cards.append(f'<div class=card>{_thumbnail(samples[s.split], s.index)}<b>{e(s.kind)}</b>'
-                     f'<span>{change}</span><span>score {s.score:.3f}</span>'
-                     f'<span class=id title="{e(s.detail)}">{e(s.split)}/{e(s.sample)}</span></div>')
     fmt = lambda x: "n/a" if not math.isfinite(x) else f"{x:.3g}"  # noqa: E731
-    return page("sft audit", f"""<h1>Dataset audit</h1>
+    return f"""
 <h2>Class counts</h2><table><tr><th>class</th>{head}</tr>{body}</table>
 <p>Train imbalance ratio (largest / smallest class): <b>{fmt(report.imbalance_ratio)}</b>.
 Out-of-fold linear-probe accuracy on train: <b>{fmt(report.oof_accuracy)}</b>{probed}.</p>
-<p>Suspects: {", ".join(f"{n} {e(k)}" for k, n in tally.items())}. Full list in suspects.csv.</p>
-<h2>Worst {len(cards)} suspects</h2><div class=grid>{"".join(cards)}</div>""", CSS)
+<p>Suspects: {", ".join(f"{n} {e(k)}" for k, n in tally.items())}. Full list in suspects.csv.</p>"""
 
 
 def audit_data(task, recipe: Recipe, out_dir: str | Path, *, overwrite: bool = False, also: list[str] | tuple = ()):
@@ -313,11 +278,7 @@ def audit_data(task, recipe: Recipe, out_dir: str | Path, *, overwrite: bool = F
     more backbones (`backbone` or `backbone@weights`) whose probes join the label-issue vote."""
     out = Path(out_dir)
     check_replaceable(out, "audit", overwrite=overwrite)
-    plain = {"augment": "none"} if "augment" in type(recipe.data).model_fields else {}  # images: no augmentation
-    p = prepare(task, recipe.model_copy(update={"data": recipe.data.model_copy(update=plain)}))
-    samples = {name: s for name, s in (("train", p.splits.train), ("val", p.splits.val), ("test", p.splits.test))
-               if s}
-    arrays = {name: p.data.features(name, p.data.eval_sets[name]).numpy() for name in samples}
+    samples, arrays, p = audit_features(task, recipe)
     more = []
     for text in also:
         features, _ = backbone_features(task, p.recipe, *parse_candidate(text, p.recipe), samples)
