@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,19 @@ def test_exclude_and_relabel(fashion_slice, tmp_path):
     exclude.write_text("sample\n" + "\n".join(bags) + "\n")
     with pytest.raises(UserError, match=r"no samples of class\(es\) \['3'\] remain"):
         load_splits(Data(train=fashion_slice["train"]), seed=0, read=read, exclude=str(exclude))
+
+
+def test_label_sets_are_held_out_by_iterative_stratification():
+    """Each label keeps about the validation share of its positives, a rare one too (first-label strata would put
+    all 6 positives of label 3 on one side by chance)."""
+    from sft.data.samples import Samples
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((400, 4)) < [0.5, 0.3, 0.1, 0.015]).astype(np.float32)
+    targets[:6, 3] = 1
+    samples = Samples(list(range(400)), None, list("abcd"), [str(i) for i in range(400)], "text", targets=targets)
+    train, val = samples.holdout(0.25, seed=0)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 400
+    share = targets[val].sum(0) / targets.sum(0)
+    assert np.all(np.abs(share - 0.25) < 0.06), share
+    assert (samples.holdout(0.25, seed=0)[1] == val).all()  # seeded

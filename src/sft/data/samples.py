@@ -53,6 +53,14 @@ class Samples:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def holdout(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train_idx, val_idx): a seeded `fraction` held out, stratified on the classes or the target bins, or by
+        iterative stratification for label sets (several 0/1 target columns: multi-label)."""
+        t = self.targets
+        if self.labels is None and t is not None and t.ndim == 2 and t.shape[1] > 1 and np.isin(t, (0, 1)).all():
+            return label_set_split(t, fraction, seed)
+        return stratified_split(self.strata(), fraction, seed)
+
     def strata(self) -> np.ndarray:
         """What splits and subsets keep the proportions of: the classes, quantile bins of the first target column
         (numbers: up to 10 bins of at least 20 samples), or one stratum for unlabelled samples."""
@@ -137,6 +145,41 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         val.append(idx[:k]), train.append(idx[k:])
     empty = np.zeros(0, np.int64)
     return np.sort(np.concatenate([empty, *train])), np.sort(np.concatenate([empty, *val]))
+
+
+def label_set_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) of multi-hot label sets (N, C): about `fraction` of every label's positives to val, by
+    iterative stratification (Sechidis et al., 2011), which keeps rare labels in both parts where stratifying on one
+    label or on whole label combinations cannot. The rarest label's samples are placed first, each to the part that
+    still wants the most of that label (then the most samples; then a seeded coin). Written here because the one
+    packaged implementation (iterstrat) installs a top-level `tests` package that shadows the user's own."""
+    if not 0 < fraction < 1:
+        raise UserError(f"validation fraction must be in (0, 1), got {fraction}")
+    y = np.asarray(targets) > 0.5
+    rng = np.random.default_rng(seed)
+    share = np.array([1 - fraction, fraction])
+    want = share[:, None] * y.sum(0)[None, :]  # (2, C): positives each part still wants
+    room = share * len(y)  # samples each part still wants
+    part = np.full(len(y), -1)
+    left = y.copy()
+    while left.any():
+        counts = left.sum(0)
+        label = np.flatnonzero(counts == counts[counts > 0].min())[0]
+        for i in rng.permutation(np.flatnonzero(left[:, label])):
+            j = _most_wanted(want[:, label], room, rng)
+            part[i], left[i] = j, False
+            want[j] -= y[i]
+            room[j] -= 1
+    for i in rng.permutation(np.flatnonzero(part < 0)):  # samples without a label
+        part[i] = j = _most_wanted(room, room, rng)
+        room[j] -= 1
+    return np.flatnonzero(part == 0), np.flatnonzero(part == 1)
+
+
+def _most_wanted(first: np.ndarray, then: np.ndarray, rng) -> int:
+    best = np.flatnonzero(first == first.max())
+    best = best[then[best] == then[best].max()]
+    return int(best[0] if len(best) == 1 else rng.choice(best))
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

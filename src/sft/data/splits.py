@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from sft.core.csvfile import read_rows
-from sft.data.samples import Samples, stratified_split, stratified_subset
+from sft.data.samples import Samples, stratified_subset
 from sft.errors import UserError
 from sft.recipe import Data, Source
 
@@ -49,7 +49,7 @@ def load_splits(cfg: Data, seed: int, read: Reader, classes: list[str] | None = 
         if rare:
             raise UserError(f"data.train: class(es) {rare[:10]} have a single sample, too few to hold out a "
                             f"validation share; add samples, give data.val, or drop the class")
-        train_idx, val_idx = stratified_split(train.strata(), cfg.val_fraction, seed)
+        train_idx, val_idx = train.holdout(cfg.val_fraction, seed)
         train, val = train.subset(train_idx), train.subset(val_idx)
     test = read(cfg.test, classes) if cfg.test is not None else None
     for name, split in (("val", val), ("test", test)):
