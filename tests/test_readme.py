@@ -31,6 +31,7 @@ RUN_BY = {  # (document, how the block's first line starts): the test below that
     ("docs/deploy.md", "sft export runs/fashion_mnist"): "test_image_classification_blocks",
     ("docs/image-classification.md", "sft audit examples/fashion_mnist.yaml"): "test_audit_block",
     ("docs/recipe.md", "sft lr-find"): "test_lr_find_rank_auto_block",
+    ("docs/sweeps.md", "sft sweep examples/fashion_mnist.yaml"): "test_sweep_block",
     ("README.md", "python examples/fortunes/build.py"): "test_text_classification_blocks",
     ("docs/text-classification.md", "sft train examples/fortunes/fortunes.yaml"): "test_text_classification_blocks",
     ("README.md", "python examples/regression/build.py"): "test_regression_blocks",
@@ -172,6 +173,18 @@ def test_lr_find_rank_auto_block(tmp_path, monkeypatch):
     assert Path("runs/fashion_mnist-rank/rank.json").exists()
     metrics = json.loads(Path("runs/auto/metrics.json").read_text())
     assert metrics["strategy_auto"]["chosen"] == metrics["strategy"] and metrics["lr_find"]["suggestion"] > 0
+
+
+@pytest.mark.slow
+def test_sweep_block(tmp_path, monkeypatch):
+    """The sweeps page's block: 3 trials of the demo's space on a slice, then the best recipe trained."""
+    in_a_copy(tmp_path, monkeypatch, FASHION)
+    data = ["data.train_limit=300", "data.test_limit=300", f"cache_dir={tmp_path / 'cache'}"]
+    run_block(block("docs/sweeps.md", "sft sweep examples/fashion_mnist.yaml"),
+              extra={"sweep": ["--trials", "3", *data], "train": [*data, "trainer.epochs=1"]})
+    summary = json.loads(Path("runs/fashion_mnist-sweep/summary.json").read_text())
+    assert sum(summary["trials"].values()) == 3 and summary["test"]["accuracy"] > 0.4
+    assert json.loads(Path("runs/best/metrics.json").read_text())["strategy"] == summary["best_params"]["strategy.name"]
 
 
 @pytest.mark.slow

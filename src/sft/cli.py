@@ -274,6 +274,32 @@ def lr_find(recipe: Path = typer.Argument(..., help="recipe YAML (its model, str
     console.print(escape(f"lr_find.png and lr_find.json are in {out}; train with optim.lr={result['suggestion']:.3g}"))
 
 
+@app.command()
+def sweep(recipe: Path = typer.Argument(..., help="recipe YAML (what the trials share)"),
+          overrides: Optional[list[str]] = typer.Argument(None, help="dotted.key=value overrides"),
+          space: Path = typer.Option(..., help="search space YAML: recipe keys and their ranges or choices"),
+          trials: int = typer.Option(20, min=1, help="trials in all (workers and machines together)"),
+          workers: int = typer.Option(1, min=1, help="processes on this machine, each running trials"),
+          storage: Optional[str] = typer.Option(None, help="Optuna storage URL shared by machines (e.g. "
+                                                           "postgresql://...); default: a journal file in the folder"),
+          out: Optional[Path] = typer.Option(None, help="sweep folder; default: <run_dir>-sweep"),
+          resume: bool = typer.Option(False, help="continue the sweep in the folder (interrupted trials run again) "
+                                                  "or join it from another process"),
+          overwrite: bool = typer.Option(False, help="replace an existing sweep")):
+    """Search the recipe's settings with Optuna (TPE, median pruning): each trial a run, chosen on validation; the
+    best trial's recipe (best.yaml) scored once on the test split; trials.csv and sweep.html in the folder."""
+    try:
+        from sft.sweep.study import run_sweep
+        summary = run_sweep(recipe, overrides or [], space, trials=trials, workers=workers, storage=storage, out=out,
+                            resume=resume, overwrite=overwrite, say=lambda line: console.print(escape(line)))
+    except UserError as e:
+        _fail(e)
+    shown = {"best trial": summary["best_trial"], summary["monitor"]: summary["best_value"],
+             **summary["best_params"], "trials": {k: n for k, n in summary["trials"].items() if n}}
+    _print_metrics(summary["folder"], shown)
+    console.print(escape(f"best.yaml, trials.csv and sweep.html are in {summary['folder']}"))
+
+
 class RecipeArguments(BaseModel):
     recipe: Path = Field(description="recipe YAML", json_schema_extra=ARGUMENT)
     overrides: list[str] = Field([], description="dotted.key=value overrides", json_schema_extra=ARGUMENT)

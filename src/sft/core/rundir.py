@@ -33,7 +33,7 @@ from sft.errors import UserError
 MARKER = ".sft-run"
 KIND_NAMES = {"run": "a run", "eval": "an evaluation", "audit": "an audit", "rank": "a ranking",
               "lr-find": "an LR range test", "predictions": "predictions",
-              "export": "an export"}
+              "export": "an export", "sweep": "a sweep"}
 
 
 # where each launcher says which process this is: Lightning's own (LOCAL_RANK, NODE_RANK), torchrun (RANK,

@@ -189,7 +189,7 @@ class TaskBase:
                         f"segmentation have one)")
 
 
-def evaluation_target(run_dir: str | Path, data: str | Path | None,
+def evaluation_target(run_dir: str | Path, data: str | Path | dict | None,
                       out: str | Path | None) -> tuple[RunDir, Recipe, Source, Path]:
     """What `sft eval` scores: the run, its recipe, the labelled data (default: the run's test split) and the
     output folder (default RUN_DIR/eval, or RUN_DIR/eval-<data name> for other data)."""
@@ -197,7 +197,7 @@ def evaluation_target(run_dir: str | Path, data: str | Path | None,
     if not run.recipe.is_file():
         raise UserError(f"{run.path}: no recipe.yaml; not a run directory")
     recipe = load_recipe(run.recipe)
-    source = source_of(recipe, Path(data).resolve()) if data else recipe.data.test
+    source = source_of(recipe, data if isinstance(data, dict) else Path(data).resolve()) if data else recipe.data.test
     if source is None:
         raise UserError(f"{run.path}: the run has no test split; pass --data with labelled data")
     return run, recipe, source, Path(out) if out else default_eval_dir(run.path, data)
