@@ -125,3 +125,23 @@ def read_relabels(path: Path) -> dict[str, str]:
             raise UserError(f"{path} line {line}: {sample!r} relabelled both {out[sample]!r} and {label!r}")
         out[sample] = label
     return out
+
+
+def fill_splits(data: dict, splits_of: Callable[[str, str], list[str]]) -> dict:
+    """The raw data section with each source that holds several splits (`splits_of(path, format)` names them: a
+    data.yaml, a VOC root, ...) read at its key's split, and data.train's filling the absent val and test keys; a
+    source with its own `split`, and a key given (even as null), are kept."""
+    data = dict(data)
+    for name in ("train", "val", "test"):
+        source = {"path": str(data[name])} if isinstance(data.get(name), (str, Path)) else data.get(name)
+        if not isinstance(source, dict) or not isinstance(source.get("path"), str) or "split" in source:
+            continue
+        format = source.get("format", "auto")
+        splits = splits_of(source["path"], format)
+        if name not in splits:
+            continue
+        data[name] = {**source, "split": name}
+        for other in ("val", "test") if name == "train" else ():
+            if other not in data and other in splits:
+                data[other] = {"path": source["path"], "format": format, "split": other}
+    return data

@@ -1,13 +1,15 @@
-"""Images with boxes: COCO JSON (an instances file, images beside it) or YOLO (images/ + labels/*.txt of normalised
-`class cx cy w h`). Images without boxes are negatives: kept, and counted.
+"""Images with boxes: COCO JSON (an instances file, images beside it), YOLO (images + labels/*.txt of normalised
+`class cx cy w h`, found by Ultralytics' images -> labels rule, in sft's and Roboflow's `<split>/images`, the
+Ultralytics `images/<split>` tree or an Ultralytics data.yaml) or Pascal VOC XML; where each layout's files are is
+sft.tasks.detection.layouts. Images without boxes are negatives: kept, and counted.
 
 Every annotation is checked when the split is read, so a box outside its image or of non-positive size, an unknown
 category, a label file without an image, an empty split, a coordinate that is not a finite number (NaN passes every
 comparison, so it would slip past the other checks and train to the end), or a box written in the other convention
 (xyxy where COCO wants xywh, xyxy or pixels where YOLO wants normalised cx cy w h) stops the run before training,
-naming the file and the annotation id or line. Images and boxes are transformed together (torchvision.transforms.v2 with
-`tv_tensors.BoundingBoxes`), and in training boxes that a crop leaves empty are dropped with their labels
-(SanitizeBoundingBoxes); evaluation keeps them all.
+naming the file and the annotation id, line or object. Images and boxes are transformed together
+(torchvision.transforms.v2 with `tv_tensors.BoundingBoxes`), and in training boxes that a crop leaves empty are
+dropped with their labels (SanitizeBoundingBoxes); evaluation keeps them all.
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from sft.data.images import IMAGE_EXTS
 from sft.data.samples import EpochSeeded, Samples, read_image
 from sft.errors import UserError
+from sft.tasks.detection.layouts import (detect_format, label_file, labels_folder, load_yaml, voc_ids, yaml_names,
+                                         yaml_split, yolo_images)
 
 TOLERANCE = 1.0  # pixels a box may pass the image border by (rounding in exporters); it is clamped
 
@@ -64,28 +67,21 @@ class DetectionSamples(Samples):
         return h.hexdigest()
 
 
-def detect_format(path: Path, format: str) -> tuple[str, Path]:
-    """("coco", instances file) or ("yolo", folder)."""
-    if not path.exists():
-        raise UserError(f"{path}: detection data not found (a COCO .json or a folder)")
-    if format in ("auto", "coco") and path.is_file():
-        return "coco", path
-    if not path.is_dir():
-        raise UserError(f"{path}: a COCO instances .json or a folder, not {format}")
-    jsons = sorted(path.glob("*.json"))
-    if format == "yolo" or (format == "auto" and (path / "labels").is_dir()):
-        return "yolo", path
-    if len(jsons) == 1:
-        return "coco", jsons[0]
-    raise UserError(f"{path}: expected YOLO (images/ and labels/) or one COCO .json in the folder "
-                    f"(found {len(jsons)} .json files); give the .json path or data.*.format")
-
-
-def read_detection(path: str | Path, format: str, classes: list[str] | None) -> DetectionSamples:
-    """One split, every box checked. Class names: `classes` (the recipe), else the file's (COCO categories, YOLO
-    classes.txt or data.yaml)."""
+def read_detection(path: str | Path, format: str, classes: list[str] | None,
+                   split: str | None = None) -> DetectionSamples:
+    """One split, every box checked; `split` picks one of a source holding several (a data.yaml, a VOC root, a
+    dataset root with split folders). Class names: `classes` (the recipe), else the data's own (COCO categories,
+    data.yaml names, classes.txt, the names in the VOC annotations)."""
     kind, where = detect_format(Path(path), format)
-    images, boxes, labels, sizes, classes = (read_coco if kind == "coco" else read_yolo)(where, classes)
+    if kind == "coco":
+        columns = read_coco(where, classes)
+    elif kind == "voc":
+        columns = read_voc(where, split, classes)
+    elif kind == "ultralytics":
+        columns = read_ultralytics(where, split or "train", classes)
+    else:
+        columns = read_yolo(where, classes, split)
+    images, boxes, labels, sizes, classes = columns
     if not images:
         raise UserError(f"{where}: no images in this split")
     return DetectionSamples(images, None, classes, list(images), "detection", boxes,
@@ -149,29 +145,44 @@ def read_coco(path: Path, classes: list[str] | None):
     return _columns(images, found, sizes, order, classes)
 
 
-def read_yolo(root: Path, classes: list[str] | None):
-    images_dir, labels_dir = root / "images", root / "labels"
-    for folder in (images_dir, labels_dir):
-        if not folder.is_dir():
-            raise UserError(f"{root}: expected the subfolders images/ and labels/ (no {folder.name}/)")
-    classes = classes or yolo_classes(root)
-    images = {p.stem: os.path.abspath(p) for p in sorted(images_dir.iterdir())
-              if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")}
-    for label_file in sorted(labels_dir.glob("*.txt")):
-        if label_file.stem not in images:
-            raise UserError(f"{label_file}: a label file without an image (no {images_dir}/{label_file.stem}.*)")
-    found = {stem: ([], []) for stem in images}
-    sizes = {stem: _image_size(image) for stem, image in images.items()}
-    for stem, image in images.items():
-        label_file = labels_dir / f"{stem}.txt"
-        if not label_file.is_file():
-            continue  # no label file: a negative, as in YOLO
-        w, h = sizes[stem]
-        for line, text in enumerate(label_file.read_text().splitlines(), 1):
+def read_yolo(path: Path, classes: list[str] | None, split: str | None = None):
+    """A YOLO split folder (or a .txt list of images); each image's labels by Ultralytics' images -> labels rule."""
+    files, folder = yolo_images(path, split)
+    if folder is None:
+        return read_yolo_files(files, classes or yolo_classes(path.parent))
+    tree = Path(*folder.parts[:len(folder.parts) - 1 - folder.parts[::-1].index("images")]) \
+        if "images" in folder.parts else folder.parent
+    classes = classes or yolo_classes(path, path.parent, tree, labels_folder(folder))
+    expected = {os.path.normcase(label_file(f)) for f in files}
+    for label in sorted(labels_folder(folder).rglob("*.txt")):
+        if os.path.normcase(os.path.abspath(label)) not in expected and label.name != "classes.txt":
+            raise UserError(f"{label}: a label file without an image (no {folder}/{label.stem}.*)")
+    return read_yolo_files(files, classes)
+
+
+def read_ultralytics(path: Path, split: str, classes: list[str] | None):
+    """One split of an Ultralytics data.yaml; its `names` are the classes (data.classes must agree)."""
+    names = yaml_names(load_yaml(path), path)
+    if classes is not None and list(classes) != names:
+        raise UserError(f"{path}: names {names} differ from data.classes {list(classes)}; the label files number "
+                        f"the yaml's classes, so remove data.classes or make it the same list")
+    return read_yolo_files(yaml_split(path, split), names)
+
+
+def read_yolo_files(files: list[str], classes: list[str]):
+    """Boxes of each image from its label file (none: a negative, as in YOLO), every line checked."""
+    found = {file: ([], []) for file in files}
+    sizes = {file: _image_size(file) for file in files}
+    for file in files:
+        label = Path(label_file(file))
+        if not label.is_file():
+            continue
+        w, h = sizes[file]
+        for line, text in enumerate(label.read_text().splitlines(), 1):
             parts = text.split()
             if not parts:
                 continue
-            where = f"{label_file} line {line}"
+            where = f"{label} line {line}"
             try:
                 cls, cx, cy, bw, bh = int(parts[0]), *(float(v) for v in parts[1:])
             except ValueError:
@@ -188,9 +199,60 @@ def read_yolo(root: Path, classes: list[str] | None):
             box = check_box([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], w, h,
                             where, f"box {text.strip()!r}", xyxy_hint=bw > cx and bh > cy,
                             hint="it looks like x1 y1 x2 y2 (xyxy); YOLO wants cx cy w h")
-            found[stem][0].append(box)
-            found[stem][1].append(cls)
+            found[file][0].append(box)
+            found[file][1].append(cls)
+    return _columns({f: f for f in files}, found, sizes, files, classes)
+
+
+def read_voc(where: Path, split: str | None, classes: list[str] | None):
+    """Pascal VOC XML: one Annotations/<id>.xml per image of JPEGImages/. Boxes are 1-based inclusive pixels, made
+    0-based xyxy as torchvision's VOC references do (xmin - 1, ymin - 1, xmax, ymax). Objects marked difficult are
+    kept as ordinary boxes: the COCO-style mAP here has no ignore flag, so dropping them would count a correct
+    detection of one as a false positive, while keeping them only asks the detector to find real objects.
+    Classes: data.classes, else every name in the root's annotations (all splits), sorted."""
+    root, ids = voc_ids(where, split)
+    classes = list(classes) if classes else voc_classes(root)
+    images, found, sizes = {}, {}, {}
+    for image_id, listed in ids:
+        xml = root / "Annotations" / f"{image_id}.xml"
+        if not xml.is_file():
+            raise UserError(f"{listed}: no annotation {xml}")
+        tree = _parse_xml(xml)
+        name = (tree.findtext("filename") or "").strip()
+        candidates = [root / "JPEGImages" / name] if name else []
+        candidates += sorted((root / "JPEGImages").glob(f"{image_id}.*"))
+        image = next((p for p in candidates if p.is_file()), None)
+        if image is None:
+            raise UserError(f"{xml}: image {name or image_id + '.*'} not found in {root / 'JPEGImages'}")
+        images[image_id], found[image_id] = os.path.abspath(image), ([], [])
+        sizes[image_id] = w, h = _image_size(images[image_id])
+        for n, obj in enumerate(tree.findall("object")):
+            label = (obj.findtext("name") or "").strip()
+            at = f"{xml}: object {n} ({label or 'no name'})"
+            if label not in classes:
+                raise UserError(f"{at}: class {label!r} is not in data.classes {classes}")
+            text = [obj.findtext(f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")]
+            try:
+                x0, y0, x1, y1 = (float(v) for v in text)
+            except (TypeError, ValueError):
+                raise UserError(f"{at}: expected <bndbox> with xmin, ymin, xmax, ymax numbers, got {text}") from None
+            check_finite([x0, y0, x1, y1], at, f"bndbox {text}")
+            found[image_id][0].append(check_box([x0 - 1, y0 - 1, x1, y1], w, h, at, f"bndbox {text}", False, ""))
+            found[image_id][1].append(classes.index(label))
     return _columns(images, found, sizes, list(images), classes)
+
+
+def voc_classes(root: Path) -> list[str]:
+    names = {(obj.findtext("name") or "").strip() for xml in sorted((root / "Annotations").glob("*.xml"))
+             for obj in _parse_xml(xml).findall("object")}
+    return sorted(names - {""})
+
+
+def _parse_xml(path: Path) -> ET.Element:
+    try:
+        return ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise UserError(f"{path}: cannot read this VOC annotation ({e})") from None
 
 
 def check_finite(values: list[float], where: str, shown: str) -> None:
@@ -222,18 +284,15 @@ def check_box(box: list[float], w: float, h: float, where: str, shown: str, xyxy
     return [max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))]
 
 
-def yolo_classes(root: Path) -> list[str]:
-    """Class names from classes.txt or a data.yaml `names` (list or {index: name}) beside or above the split."""
-    for folder in (root, root.parent):
+def yolo_classes(*folders: Path) -> list[str]:
+    """Class names from the first classes.txt or data.yaml `names` (list or {index: name}) in `folders`."""
+    for folder in dict.fromkeys(folders):
         if (folder / "classes.txt").is_file():
             return [s.strip() for s in (folder / "classes.txt").read_text().splitlines() if s.strip()]
-        if (folder / "data.yaml").is_file():
-            names = (yaml.safe_load((folder / "data.yaml").read_text()) or {}).get("names")
-            if isinstance(names, dict):
-                names = [names[k] for k in sorted(names)]
-            if names:
-                return [str(n) for n in names]
-    raise UserError(f"{root}: set data.classes or put a classes.txt (or data.yaml with names) beside the data")
+        for name in ("data.yaml", "data.yml"):
+            if (folder / name).is_file():
+                return yaml_names(load_yaml(folder / name), folder / name)
+    raise UserError(f"{folders[0]}: set data.classes or put a classes.txt (or data.yaml with names) beside the data")
 
 
 def _find_image(folder: Path, name: str, where: str) -> str:

@@ -1,20 +1,30 @@
-"""The detection recipe: the vision sections plus the box formats (COCO, YOLO), the detector, its FPN and anchors;
-every strategy that trains a head (no LoRA, no feature cache)."""
+"""The detection recipe: the vision sections plus the box formats (COCO, YOLO, Ultralytics data.yaml, Pascal VOC), the
+detector, its FPN and anchors; every strategy that trains a head (no LoRA, no feature cache).
+
+A source holding several splits (a data.yaml, a VOC root with ImageSets/Main, a dataset root with split folders) is
+read at the split of its key, and as `data.train` it fills the absent `data.val` and `data.test` with its own val and
+test splits when validated, so the run's recipe.yaml names every split it used and `sft eval RUN` finds the test
+split; a split given explicitly, even as null, is kept."""
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from sft.data.splits import fill_splits
 from sft.recipe import HeadFirst, Recipe, Source, Strategy, VisionData, VisionModel, VisionTrainer
+from sft.tasks.detection.layouts import dataset_splits
 
 
 class DetectionSource(Source):
-    path: str = Field(description="COCO: an instances .json (images beside it) or a folder holding one; YOLO: a "
-                                   "folder with images/ and labels/*.txt")
-    format: Literal["auto", "coco", "yolo"] = Field(
-        "auto", description="auto: a .json or a folder with one .json is COCO, a folder with labels/ is YOLO")
+    path: str = Field(description="a COCO .json, a YOLO / Roboflow folder, images/<split>, a data.yaml or a VOC "
+                                  "folder (docs/detection.md)")
+    format: Literal["auto", "coco", "yolo", "ultralytics", "voc"] = Field(
+        "auto", description="auto: .json COCO, .yaml Ultralytics, Annotations/ VOC, labels/ YOLO")
+    split: Literal["train", "val", "test"] | None = Field(
+        None, description="the split of a source holding several (data.yaml, VOC, dataset root); default: train")
 
 
 class DetectionData(VisionData[DetectionSource]):
@@ -23,6 +33,15 @@ class DetectionData(VisionData[DetectionSource]):
     image_size: int | None = Field(None, gt=0, description="images are resized to this square side (the detector's "
                                                            "own resize is set to match); default: the backbone's")
     batch_size: int = Field(8, gt=0, description="images per step and process")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _splits_of_one_source(cls, data: Any) -> Any:
+        """A source holding several splits is read at the split of its key; data.train's fills the absent val and
+        test keys."""
+        if not isinstance(data, dict):
+            return data
+        return fill_splits(data, lambda path, format: dataset_splits(Path(path), format))
 
 
 class DetectionModel(VisionModel):

@@ -1,6 +1,6 @@
-"""Object detection behind the Task protocol: COCO or YOLO boxes, an ImageNet backbone in feature-map mode with an
-FPN and a torchvision detector, val_map50 monitored, and a finished run that evaluates (COCO mAP, per-class AP,
-precision-recall curves, class confusions at IoU 0.5, the worst images drawn) and predicts boxes.
+"""Object detection behind the Task protocol: COCO, YOLO/Ultralytics or Pascal VOC boxes, an ImageNet backbone in
+feature-map mode with an FPN and a torchvision detector, val_map50 monitored, and a finished run that evaluates (COCO
+mAP, per-class AP, precision-recall curves, class confusions at IoU 0.5, the worst images drawn) and predicts boxes.
 
 The feature cache is not used (as for segmentation): a frozen backbone's maps are large, and the box-aware crops and
 flips change them every epoch. When the validation mAP50 stays near 0, the run says what it checked in the data and
@@ -27,6 +27,7 @@ from sft.models.vision import create_backbone
 from sft.tasks.base import TaskBase, load_model_files, read_run_info, score_batches, write_model_files
 from sft.tasks.detection.data import BoxDataset, box_transforms, collate, load_image, read_detection, transform_image
 from sft.tasks.detection.diagnosis import CHECKS, check_before_training, diagnose
+from sft.tasks.detection.layouts import dataset_splits
 from sft.tasks.detection.metrics import DetectionScorer
 from sft.tasks.detection.module import Detector, auto_anchor_sizes, build_detector, from_detector
 from sft.tasks.detection.onnx import export_onnx, load_onnx
@@ -75,10 +76,10 @@ class Detection(TaskBase):
     # -- training ------------------------------------------------------------------------------------------------
     def load_splits(self, recipe: DetectionRecipe) -> Splits:
         d = recipe.data
-        splits = load_splits(d, recipe.seed, lambda source, classes: read_detection(source.path, source.format,
-                                                                                   classes), classes=d.classes)
-        where = {name: s.path if s is not None else f"held out of {d.train.path}"
-                 for name, s in (("train", d.train), ("val", d.val), ("test", d.test))}
+        splits = load_splits(d, recipe.seed, lambda source, classes: read_detection(
+            source.path, source.format, classes, source.split), classes=d.classes)
+        where = {name: (f"{s.path} ({s.split})" if s.split else s.path) if s is not None else
+                 f"held out of {d.train.path}" for name, s in (("train", d.train), ("val", d.val), ("test", d.test))}
         check_before_training({"train": splits.train, "val": splits.val, "test": splits.test}, where)
         return splits
 
@@ -134,7 +135,10 @@ class Detection(TaskBase):
         return read_run_info(run_dir, DetectionInfo)
 
     def eval_samples(self, recipe, source, info: DetectionInfo):
-        return read_detection(source.path, source.format, info.classes)
+        """A source holding several splits (`--data data.yaml`) is scored on its test split, else its val split."""
+        split = source.split or next((s for s in ("test", "val")
+                                      if s in dataset_splits(Path(source.path), source.format)), None)
+        return read_detection(source.path, source.format, info.classes, split)
 
     def load_run(self, run_dir: Path, info: DetectionInfo, engine: str = "torch") -> nn.Module:
         """The PyTorch model, or with engine onnx the run's export through onnxruntime (the same call: per image a

@@ -1,5 +1,7 @@
-"""Images with masks: a folder holding `images/` and `masks/` (paired by file name), or a CSV manifest `image,mask`;
-masks of class indices (single-channel or palette PNGs) or RGB masks mapped through `data.palette`.
+"""Images with masks: a folder holding `images/` and `masks/` (paired by file name), a CSV manifest `image,mask`, a
+Pascal VOC or a Cityscapes folder (sft.tasks.segmentation.layouts); masks of class indices (single-channel or palette
+PNGs, read as the indices, never as colours), RGB masks mapped through `data.palette`, or ids mapped through
+`data.label_map` (a lookup table: ids it does not name become the ignore index).
 
 Every mask is read once when the split is loaded, so a missing mask, an image/mask size mismatch, values outside the
 classes or an RGB mask without a palette stop the run before training, naming the file. Image and mask are
@@ -23,42 +25,51 @@ from sft.data.images import IMAGE_EXTS
 from sft.data.samples import EpochSeeded, Samples, read_image
 from sft.errors import UserError
 from sft.models.backbone import Preprocess
+from sft.tasks.segmentation.layouts import LAYOUTS, cityscapes_pairs, layout, voc_pairs
 
 MASK_EXTS = (".png", ".bmp", ".tif", ".tiff")
 
 
 def read_pairs(path: str | Path, format: str, classes: list[str], ignore_index: int,
-               palette: dict[str, list[int]] | None) -> Samples:
-    """One split's (image, mask) pairs, every mask checked; `items` are (image path, mask path)."""
+               palette: dict[str, list[int]] | None, label_map: dict | None = None,
+               split: str | None = None) -> Samples:
+    """One split's (image, mask) pairs, every mask checked; `items` are (image path, mask path). `split` picks one
+    of a VOC or Cityscapes root's splits (default: train; a VOC root without ImageSets: every mask)."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: data folder or CSV not found")
-    if format == "auto":
-        format = "csv" if path.suffix.lower() == ".csv" else "folder"
-    if format not in ("folder", "csv"):
-        raise UserError(f"{path}: segmentation data is a folder (images/ + masks/) or a CSV manifest, not {format}")
-    pairs = _csv_pairs(path) if format == "csv" else _folder_pairs(path)
+        raise UserError(f"{path}: data folder or CSV not found; sft reads {LAYOUTS}")
+    kind = layout(path, format)
+    if kind == "csv":
+        pairs = _csv_pairs(path)
+    elif kind == "voc":
+        pairs = voc_pairs(path, split if split or path.is_file() or not _has_sets(path) else "train")
+    elif kind == "cityscapes":
+        pairs = cityscapes_pairs(path, split)
+    else:
+        pairs = _folder_pairs(path)
     if not pairs:
-        raise UserError(f"{path}: no images; expected {path}/images/*.png|jpg with masks/ of the same names")
+        raise UserError(f"{path}: no images; expected {path}/images/*.png|jpg with masks/ of the same names, or "
+                        f"{LAYOUTS}")
     lookup = palette_lookup(palette, classes) if palette else None
+    table = label_table(label_map, ignore_index)
     for image, mask in pairs:
-        values = np.unique(read_mask(mask, lookup, image))
+        values = np.unique(read_mask(mask, lookup, image, table))
         bad = [int(v) for v in values if v >= len(classes) and v != ignore_index]
         if bad:
             raise UserError(f"{mask}: mask values {bad[:8]} are not classes 0..{len(classes) - 1} nor the "
-                            f"ignore index {ignore_index}; set data.classes or data.ignore_index")
+                            f"ignore index {ignore_index}; set data.classes, data.ignore_index or data.label_map")
     ids = [image for image, _ in pairs]
     return Samples(pairs, None, list(classes), ids, kind="segmentation")
 
 
 def check_layout(path: str | Path, format: str = "auto") -> None:
-    """A UserError unless `path` is laid out as a segmentation split (a folder with images/ and masks/, or a CSV
-    manifest), saying what was found: a classification folder or an empty one is a wrong layout, not missing names."""
+    """A UserError unless `path` is laid out as a segmentation split (a folder with images/ and masks/, a CSV
+    manifest, a VOC or Cityscapes folder), saying what was found: a classification folder or an empty one is a wrong
+    layout, not missing names."""
     path = Path(path)
-    if not path.exists() or format == "csv" or (format == "auto" and path.suffix.lower() == ".csv"):
-        return  # read_pairs names a missing path; read_rows checks a manifest
-    expected = ("expected the subfolders images/ and masks/ (the pictures, and for each a mask of class indices with "
-                "the same name) or a CSV manifest `image,mask`")
+    if not path.exists() or layout(path, format) != "folder":
+        return  # read_pairs names a missing path; read_rows checks a manifest; the VOC and Cityscapes readers theirs
+    expected = f"expected the subfolders images/ and masks/, or another layout sft reads: {LAYOUTS}"
     if not path.is_dir():
         raise UserError(f"{path}: is a file; {expected}")
     entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
@@ -75,6 +86,10 @@ def check_layout(path: str | Path, format: str = "auto") -> None:
         pictures = sum(p.suffix.lower() in IMAGE_EXTS for p in entries)
         found = f"{pictures} images and no subfolders" if pictures else f"no subfolders ({len(entries)} files)"
     raise UserError(f"{path}: {expected}; found {found}")
+
+
+def _has_sets(root: Path) -> bool:
+    return (root / "ImageSets" / "Segmentation" / "train.txt").is_file()
 
 
 def _folder_pairs(root: Path) -> list[tuple[str, str]]:
@@ -116,8 +131,21 @@ def palette_lookup(palette: dict[str, list[int]], classes: list[str]) -> dict[tu
     return {tuple(rgb): classes.index(name) for name, rgb in palette.items()}
 
 
-def read_mask(path: str, lookup: dict[tuple, int] | None, image: str | None = None) -> np.ndarray:
-    """A mask as class indices (H, W) uint8; with `image`, checks that both have the same size."""
+def label_table(label_map: dict | None, ignore_index: int) -> np.ndarray | None:
+    """data.label_map as a lookup table over every 16-bit id (and one more, for ids beyond): the ids it does not name
+    become `ignore_index`."""
+    if not label_map:
+        return None
+    table = np.full((1 << 16) + 1, ignore_index, np.uint8)
+    for label_id, train_id in label_map.items():
+        table[int(label_id)] = int(train_id)
+    return table
+
+
+def read_mask(path: str, lookup: dict[tuple, int] | None, image: str | None = None,
+              table: np.ndarray | None = None) -> np.ndarray:
+    """A mask as class indices (H, W) uint8, ids mapped through `table` (label_table) when given; with `image`,
+    checks that both have the same size."""
     try:
         with Image.open(path) as m:
             mode, size = m.mode, m.size
@@ -135,6 +163,9 @@ def read_mask(path: str, lookup: dict[tuple, int] | None, image: str | None = No
         if image_size != size:
             raise UserError(f"{path}: mask is {size[0]}x{size[1]} but its image {image} is "
                             f"{image_size[0]}x{image_size[1]}")
+    if array.ndim == 2 and table is not None:  # the table's last entry is the ignore index: ids beyond it map there
+        ids = array.astype(np.int64)
+        return table[np.where((ids >= 0) & (ids < len(table)), ids, len(table) - 1)]
     if array.ndim == 2:
         return array.astype(np.uint8)
     if lookup is None:
@@ -167,8 +198,8 @@ def joint_transforms(pre: Preprocess, size: int, augment: str, ignore_index: int
 class PairDataset(EpochSeeded, Dataset):
     """(normalised image (3, S, S), mask (S, S) int64) of each pair."""
 
-    def __init__(self, samples: Samples, transform, lookup: dict[tuple, int] | None):
-        self.samples, self.transform, self.lookup = samples, transform, lookup
+    def __init__(self, samples: Samples, transform, lookup: dict[tuple, int] | None, table: np.ndarray | None = None):
+        self.samples, self.transform, self.lookup, self.table = samples, transform, lookup, table
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -176,7 +207,7 @@ class PairDataset(EpochSeeded, Dataset):
     def __getitem__(self, i: int):
         image_path, mask_path = self.samples.items[i]
         image = tv_tensors.Image(torch.from_numpy(np.array(read_image(image_path))).permute(2, 0, 1))
-        mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path, self.lookup).astype(np.int64)))
+        mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path, self.lookup, table=self.table).astype(np.int64)))
         with self.seeded(i):
             image, mask = self.transform(image, mask)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
@@ -184,6 +215,7 @@ class PairDataset(EpochSeeded, Dataset):
 
 def eval_dataset(info, samples: Samples) -> PairDataset:
     """A finished run's eval dataset of `samples` (`info`: its model.json: preprocessing, image size, ignore_index,
-    palette and classes)."""
+    palette, label map and classes)."""
     _, eval_tf = joint_transforms(info.preprocess, info.image_size, "none", info.ignore_index)
-    return PairDataset(samples, eval_tf, palette_lookup(info.palette, info.classes) if info.palette else None)
+    return PairDataset(samples, eval_tf, palette_lookup(info.palette, info.classes) if info.palette else None,
+                       label_table(getattr(info, "label_map", None), info.ignore_index))

@@ -23,7 +23,7 @@ from sft.data.splits import Splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone
 from sft.tasks.segmentation.starting_weights import load_segmentation_start
-from sft.tasks.segmentation.data import palette_lookup, read_mask
+from sft.tasks.segmentation.data import label_table, palette_lookup, read_mask
 from sft.tasks.segmentation.losses import PixelLoss
 from sft.tasks.segmentation.metrics import ConfusionMatrix, scores
 from sft.tasks.segmentation.recipe import SegmentationRecipe
@@ -82,13 +82,14 @@ def segment(backbone: nn.Module, head: nn.Module, x: torch.Tensor, channels_last
     return head([x, *backbone(x)])
 
 
-def pixel_class_weights(splits: Splits, ignore_index: int, palette) -> torch.Tensor:
+def pixel_class_weights(splits: Splits, ignore_index: int, palette, label_map=None) -> torch.Tensor:
     """Inverse pixel frequency of each class in train (n / (C * count_c)); classes without pixels weigh 0."""
     lookup = palette_lookup(palette, splits.classes) if palette else None
+    table = label_table(label_map, ignore_index)
     n = len(splits.classes)
     counts = np.zeros(n, dtype=np.int64)
     for _, mask in splits.train.items:
-        values = read_mask(mask, lookup)
+        values = read_mask(mask, lookup, table=table)
         counts += np.bincount(values[values != ignore_index].ravel(), minlength=n)[:n]
     weights = np.where(counts > 0, counts.sum() / (n * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
@@ -107,7 +108,8 @@ class Segmenter(FineTuneModule):
                      "(another class count)") + (f"; not used: {', '.join(c['skipped'][:6])}" if c["skipped"] else ""))
         super().__init__(backbone.module, head, schedule, recipe.optim, recipe.trainer.epochs, channels_last)
         self.classes = classes
-        weight = pixel_class_weights(splits, d.ignore_index, d.palette) if d.class_weights == "inverse" else None
+        weight = (pixel_class_weights(splits, d.ignore_index, d.palette, d.label_map)
+                  if d.class_weights == "inverse" else None)
         self.loss_fn = PixelLoss(recipe.optim.loss, d.ignore_index, weight)
         self.val_matrix = ConfusionMatrix(len(classes), d.ignore_index)
 

@@ -29,8 +29,9 @@ from sft.models.vision import create_backbone
 from sft.tasks.base import TaskBase, load_model_files, read_run_info, score_batches, write_model_files
 from sft.tasks.segmentation.audit import audit_masks
 from sft.tasks.segmentation.calibration import calibrate_run
-from sft.tasks.segmentation.data import (PairDataset, check_layout, eval_dataset, joint_transforms, palette_lookup,
-                                         read_pairs)
+from sft.tasks.segmentation.data import (PairDataset, check_layout, eval_dataset, joint_transforms, label_table,
+                                         palette_lookup, read_pairs)
+from sft.tasks.segmentation.layouts import dataset_splits
 from sft.tasks.segmentation.metrics import SegmentationScorer
 from sft.tasks.segmentation.module import DecoderHead, Segmenter, segment
 from sft.tasks.segmentation.onnx import export_onnx, load_onnx
@@ -56,6 +57,7 @@ class SegmentationInfo:
     palette: dict | None = None
     channels_last: bool = False
     task: str = "segmentation"
+    label_map: dict | None = None
 
 
 class TrainedSegmenter(nn.Module):
@@ -80,7 +82,8 @@ class Segmentation(TaskBase):
         if not d.classes:  # a wrong layout is the mistake to name, not the class names it has no file for
             check_layout(d.train.path, d.train.format)
         classes = d.classes or _classes_file(d.train.path)
-        read = lambda source, _: read_pairs(source.path, source.format, classes, d.ignore_index, d.palette)  # noqa
+        read = lambda source, _: read_pairs(source.path, source.format, classes, d.ignore_index, d.palette,  # noqa
+                                            d.label_map, source.split)
         return load_splits(d, recipe.seed, read, classes=d.classes)
 
     def build_backbone(self, recipe: SegmentationRecipe) -> Backbone:
@@ -91,8 +94,9 @@ class Segmentation(TaskBase):
         size = image_size(d.image_size, backbone.preprocess)
         train_tf, eval_tf = joint_transforms(backbone.preprocess, size, d.augment, d.ignore_index)
         lookup = palette_lookup(d.palette, d.classes or _classes_file(d.train.path)) if d.palette else None
-        return Inputs(lambda s: PairDataset(s, train_tf, lookup), lambda s: PairDataset(s, eval_tf, lookup), None,
-                      key=str(eval_tf))
+        table = label_table(d.label_map, d.ignore_index)
+        return Inputs(lambda s: PairDataset(s, train_tf, lookup, table),
+                      lambda s: PairDataset(s, eval_tf, lookup, table), None, key=str(eval_tf))
 
     def build_module(self, recipe, backbone, splits, schedule, channels_last) -> Segmenter:
         return Segmenter(backbone, splits, schedule, recipe, channels_last)
@@ -102,7 +106,7 @@ class Segmentation(TaskBase):
         info = SegmentationInfo(p.backbone.name, p.recipe.model.decoder, p.recipe.model.decoder_channels,
                                 p.splits.classes,
                                 image_size(d.image_size, p.backbone.preprocess), p.backbone.preprocess,
-                                d.ignore_index, d.palette, p.channels_last)
+                                d.ignore_index, d.palette, p.channels_last, label_map=d.label_map)
         write_model_files(run.path, p.model, info)
 
     def final_metrics(self, p: Prepared, cached: bool) -> dict:
@@ -122,7 +126,11 @@ class Segmentation(TaskBase):
         return read_run_info(run_dir, SegmentationInfo)
 
     def eval_samples(self, recipe, source, info: SegmentationInfo):
-        return read_pairs(source.path, source.format, info.classes, info.ignore_index, info.palette)
+        """A VOC or Cityscapes root given as `--data` is scored on its test split, else its val split."""
+        split = source.split or next((s for s in ("test", "val")
+                                      if s in dataset_splits(Path(source.path), source.format)), None)
+        return read_pairs(source.path, source.format, info.classes, info.ignore_index, info.palette, info.label_map,
+                          split)
 
     def load_run(self, run_dir: Path, info: SegmentationInfo, engine: str = "torch"):
         """The PyTorch model, or with engine onnx the run's export through onnxruntime (the same transform and
@@ -218,5 +226,6 @@ def _val_dataset(task: Segmentation, recipe: SegmentationRecipe, info: Segmentat
     if d.val is None or d.val_limit:
         val = task.load_splits(recipe).val
     else:
-        val = read_pairs(d.val.path, d.val.format, info.classes, info.ignore_index, info.palette)
+        val = read_pairs(d.val.path, d.val.format, info.classes, info.ignore_index, info.palette, info.label_map,
+                         d.val.split)
     return eval_dataset(info, val) if val is not None else None
