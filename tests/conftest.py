@@ -258,3 +258,45 @@ def tiny_text_runs(tmp_path_factory, fortunes_slice, tiny_bert) -> dict[str, Pat
         fine_tune(tiny_text_recipe(tmp, fortunes_slice, tiny_bert, *extra))
         runs[name] = tmp / "run"
     return runs
+
+
+# a short and a long text: an exported text model's free sequence axis is tried at both ends
+SHORT_TEXT = "Ok"
+LONG_TEXT = ("The court found that the defendant, a computer programmer who had fed his cat nothing but cold pizza for "
+             "a week, was guilty of cruelty to animals and of writing the worst code the judge had ever seen; the jury "
+             "agreed, the lawyers billed by the hour, and the cat, asleep on the keyboard, typed the verdict.")
+
+
+def assert_text_cards(page: str, suspects: list[dict], first_text: str) -> None:
+    """audit.html of a text task: a card per suspect (at most 48), each a text snippet, the first suspect's shown."""
+    from sft.core.html import esc
+    assert page.count("class=card") == min(len(suspects), 48) and "<img" not in page
+    assert page.count("<div class=text") == page.count("class=card")
+    assert esc(first_text[:40]) in page
+
+
+def exported_text_checks(run, predict, assert_same, outputs: int):
+    """The ONNX export of text run `run` (written): its batch and sequence axes free, `sft predict --engine onnx`
+    (`predict(run, *args)`) answering as the torch engine (`assert_same`) for SHORT_TEXT and LONG_TEXT alone and
+    padded into one batch. Returns (the ONNX session, its input names, export/model.json, the torch rows of both
+    texts, the two texts as the export's own tokenizer pads them)."""
+    import json
+    from transformers import AutoTokenizer
+    from sft.models.export import session
+    meta = json.loads((run / "export" / "model.json").read_text())
+    ort = session(run / "export" / "model.onnx")
+    names = [i.name for i in ort.get_inputs()]
+    for shape in ((1, 5), (3, 17), (2, 48)):
+        assert ort.run(None, {n: np.ones(shape, np.int64) for n in names})[0].shape == (shape[0], outputs)
+    alone = {t: predict(run, "--text", t) for t in (SHORT_TEXT, LONG_TEXT)}
+    for t, rows in alone.items():
+        assert_same(predict(run, "--text", t, "--engine", "onnx"), rows)
+    both_torch = predict(run, "--text", SHORT_TEXT, "--text", LONG_TEXT)
+    both_onnx = predict(run, "--text", SHORT_TEXT, "--text", LONG_TEXT, "--engine", "onnx")
+    assert_same(both_onnx, both_torch)
+    assert_same(both_onnx, alone[SHORT_TEXT] + alone[LONG_TEXT])  # the short text padded to the long one's length
+    tokenizer = AutoTokenizer.from_pretrained(run / "export")
+    batch = tokenizer([SHORT_TEXT, LONG_TEXT], padding=True, truncation=True,
+                      max_length=meta["preprocess"]["max_length"], return_tensors="np")
+    assert batch["input_ids"].shape == (2, 48) and batch["attention_mask"][0].sum() < 5
+    return ort, names, meta, both_torch, {n: batch[n].astype(np.int64) for n in names}

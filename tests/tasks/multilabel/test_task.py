@@ -72,32 +72,10 @@ def test_without_an_fnr_fit_predict_says_how_to_make_one_and_eval_makes_it(tiny_
     assert metrics_of(run / "eval")["map_macro"] == pytest.approx(metrics_of(run)["test_map_macro"], abs=1e-4)
 
 
-@pytest.fixture(scope="module")
-def topics(fortunes_slice, tmp_path_factory):
-    """Quotes with two 0/1 label columns: long (over 12 words) and `the` (has the word)."""
-    import csv
-    out, folder = {}, tmp_path_factory.mktemp("topics")
-    for split in ("train", "test"):
-        with open(fortunes_slice[split], newline="") as f:
-            quotes = [row["text"] for row in csv.DictReader(f)]
-        out[split] = folder / f"{split}.jsonl"
-        out[split].write_text("".join(json.dumps({"text": q, "long": int(len(q.split()) > 12),
-                                                  "the": int(" the " in f" {q.lower()} ")}) + "\n" for q in quotes))
-    return out
-
-
-def test_a_text_run_with_binary_columns_trains_and_predicts(topics, tiny_bert, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("text-multilabel")
-    recipe = tmp / "r.yaml"
-    recipe.write_text(f"task: text-multilabel\ndata:\n  train: {topics['train']}\n  test: {topics['test']}\n"
-                      f"  label_columns: [long, the]\n  allow_empty: true\n  val_fraction: 0.25\n  batch_size: 16\n"
-                      f"  max_length: 48\nmodel:\n  backbone: {tiny_bert}\nstrategy:\n  name: linear-probe\n"
-                      f"optim:\n  pos_weight: auto\ntrainer:\n  epochs: 1\n  precision: 32-true\n  progress: false\n"
-                      f"run_dir: {tmp / 'run'}\ncache_dir: {tmp / 'cache'}\n")
-    result = sft("train", recipe)
-    assert result.exit_code == 0, result.output
-    metrics = metrics_of(tmp / "run")
+def test_a_text_run_with_binary_columns_trains_and_predicts(tiny_text_multilabel_run):
+    run = tiny_text_multilabel_run
+    metrics = metrics_of(run)
     assert set(metrics["test_per_label"]) == {"long", "the"} and metrics["probe"]["l2"] > 0
-    result = sft("predict", tmp / "run", "--text", "The cat sat on the mat", "--text", "Ok", "--format", "csv")
+    result = sft("predict", run, "--text", "The cat sat on the mat", "--text", "Ok", "--format", "csv")
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[0] == "text,labels,probabilities"
