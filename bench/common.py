@@ -99,3 +99,20 @@ def report(figures: dict) -> None:
     for key, value in figures.items():
         print(f"{key:>28}: {value}")
     print(json.dumps(figures))
+
+
+def held_out(train: int) -> int:
+    """Composites in each of val and test beside `train` training ones: a fifth, 16 to 200."""
+    return min(200, max(16, train // 5))
+
+
+def example_composites(kind: str, root: Path, train: int, canvas: int, seed: int = 0) -> Path:
+    """examples/<kind>/build.py's composites of real Fashion-MNIST garments (train, and held_out(train) each for val
+    and test, `canvas` px) built into `root`."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"{kind}_build", Path(__file__).parents[1] / "examples" / kind /
+                                                  "build.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    builder.build(root, train=train, val=held_out(train), test=held_out(train), size=canvas, seed=seed)
+    return root

@@ -13,7 +13,8 @@ The sweep folder:
     space.yaml         the search space (a resumed sweep must be given the same one)
     study.journal      the Optuna study (without --storage)
     trials/NNN/        trial NNN's run directory (markers, lock, checkpoints, resume as for any run); a pruned
-                       trial's is an unfinished run `sft train --resume` can finish
+                       trial's is an unfinished run `sft train --resume` can finish (none when pruned after its
+                       first epoch, before any checkpoint)
     trials.csv         one row per trial: state, value, parameters, epochs, seconds, run folder
     best.yaml          the best trial's recipe, a file `sft train` takes (test split included)
     best-test/         the best trial's evaluation on the test split: the one time test data is scored
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import socket
 import time
 import warnings
@@ -202,7 +204,7 @@ def work(s: Settings, index: int, threads: int, say: Callable[[str], None]) -> N
     study.sampler = optuna.samplers.TPESampler(
         seed=zlib.crc32(f"{s.seed}:{socket.gethostname()}:{index}".encode()),  # workers and machines draw apart
         n_startup_trials=max(2, min(10, s.trials // 3)), constant_liar=True)
-    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         tracked = trial_overrides(Path(s.folder), s.study, base)
@@ -251,7 +253,9 @@ def objective(trial, s: Settings, task, space: list[Dimension], tracked: list[st
         raise
     except optuna.TrialPruned as e:
         trial.set_user_attr("sft.seconds", round(time.perf_counter() - started, 1))
-        say(f"trial {trial.number}: pruned ({e}; epochs count from 0)")
+        epoch = re.search(r"epoch (\d+)", str(e))  # the callback's message names the 0-based epoch
+        say(f"trial {trial.number}: pruned after epoch {int(epoch.group(1)) + 1 if epoch else '?'} "
+            f"(below the median of the earlier trials there)")
         raise
     except UserError as e:
         trial.set_user_attr(ERROR, str(e))
