@@ -31,7 +31,9 @@ allocations). Quality is the test mAP50 of both, scored by sft's own `DetectionS
 MeanAveragePrecision, faster_coco_eval backend, fp32); sft's is its best-val checkpoint, the plain loop's its last
 epoch. Seeds: 0 on both sides (data order, weights of the new FPN and heads).
 
-    .venv/bin/python bench/detection_throughput.py [train_images] [size] [epochs]     # default 1000 128 3
+    .venv/bin/python bench/detection_throughput.py [train_images] [size] [epochs] [key=value ...]
+
+(default 1000 128 3; `key=value` arguments are added to sft's recipe, to measure what a setting costs or gives.)
 
 About 6 minutes on 2 quiet CPU cores with the defaults: 3,000 training images a side at about 23 images/s (the
 rate docs/benchmarks.md gives for this model and batch on this machine; the smoke runs here shared the cores), plus
@@ -167,7 +169,7 @@ def evaluate(model: Detector, dataset: Boxes, classes: list[str]) -> dict:
     return scorer.result()
 
 
-def sft_run(data: Path, size: int, epochs: int, tmp: str) -> dict:
+def sft_run(data: Path, size: int, epochs: int, tmp: str, extra: list[str]) -> dict:
     """`sft train`: images/s of the second epoch (EpochTimer: its training steps, validation excluded), seconds of
     the whole `fine_tune` (validation, final scoring and the model files included) and its metrics."""
     timer = EpochTimer()
@@ -177,18 +179,18 @@ def sft_run(data: Path, size: int, epochs: int, tmp: str) -> dict:
         f"data.test={data}/test/annotations.json", f"data.image_size={size}", f"data.batch_size={BATCH}",
         "data.augment=none", f"model.detector={DETECTOR}", f"model.fpn_channels={FPN}", "strategy.name=full",
         f"trainer.epochs={epochs}", "trainer.progress=false", f"seed={SEED}", f"run_dir={tmp}/run",
-        f"cache_dir={tmp}/cache"])
+        f"cache_dir={tmp}/cache", *extra])
     metrics = fine_tune(recipe, callbacks=[timer]).metrics
     return {"images_per_second": metrics["train_samples"] / timer.seconds[1], "seconds": time.perf_counter() - started,
             "epoch_seconds": timer.seconds, "metrics": metrics}
 
 
-def main(train_images: int = 1000, size: int = 128, epochs: int = 3) -> None:
+def main(train_images: int = 1000, size: int = 128, epochs: int = 3, extra: tuple = ()) -> None:
     if epochs < 2:
         raise SystemExit("epochs must be at least 2: the figure is the second epoch")
     with tempfile.TemporaryDirectory() as tmp:
         data = example_composites("detection", Path(tmp) / "data", train_images, CANVAS, SEED)
-        sft = sft_run(data, size, epochs, tmp)
+        sft = sft_run(data, size, epochs, tmp, list(extra))
         m = sft["metrics"]
         if not str(m["precision"]).startswith("32"):
             raise SystemExit(f"sft trained in {m['precision']}, the plain loop in fp32: not the same work")
@@ -209,9 +211,10 @@ def main(train_images: int = 1000, size: int = 128, epochs: int = 3) -> None:
             "val_and_test_images": held_out(train_images), "canvas": CANVAS, "size": size, "epochs": epochs,
             "batch_size": BATCH, "detector": DETECTOR, "fpn_channels": FPN, "backbone": BACKBONE,
             "anchor_sizes": m["anchor_sizes"], "lr": m["lr_auto"]["lr"], "precision": m["precision"],
-            "sft_num_workers": m.get("num_workers"), "plain_num_workers": min(8, os.cpu_count() or 1),
+            "sft_num_workers": m.get("num_workers"),
+            "plain_num_workers": min(8, os.cpu_count() or 1), "sft_overrides": list(extra),
             "threads": torch.get_num_threads(), "device": str(device()), "cores": os.cpu_count()})
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    main(*(int(a) for a in sys.argv[1:] if "=" not in a), extra=tuple(a for a in sys.argv[1:] if "=" in a))

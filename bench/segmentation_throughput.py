@@ -25,7 +25,9 @@ allocations). Quality is the test mIoU of both scored by sft's own code (`Segmen
 `score_batches`, fp32, one confusion matrix over the split); sft's is its best-val checkpoint, the plain loop's its
 last epoch. Seeds: 0 on both sides (data order, weights of the new decoder).
 
-    .venv/bin/python bench/segmentation_throughput.py [train_images] [size] [epochs]     # default 1000 128 4
+    .venv/bin/python bench/segmentation_throughput.py [train_images] [size] [epochs] [key=value ...]
+
+(default 1000 128 4; `key=value` arguments are added to sft's recipe, to measure what a setting costs or gives.)
 
 About 6 minutes on 2 quiet CPU cores with the defaults: 4,000 training images a side at about 25 images/s (the
 training rate docs/benchmarks.md gives for this model on this machine; the smoke runs here shared the cores), plus
@@ -129,7 +131,7 @@ def plain_loop(data: Path, classes: list[str], size: int, epochs: int, precision
             "train_images": len(train), **{f"{k}_miou": v for k, v in miou.items()}}
 
 
-def sft_run(data: Path, size: int, epochs: int, tmp: str) -> dict:
+def sft_run(data: Path, size: int, epochs: int, tmp: str, extra: list[str]) -> dict:
     """`sft train`: images/s of the second epoch (EpochTimer: its training steps, validation excluded), seconds of
     the whole `fine_tune` (validation, final scoring and the model files included) and its metrics."""
     timer = EpochTimer()
@@ -138,19 +140,19 @@ def sft_run(data: Path, size: int, epochs: int, tmp: str) -> dict:
         "task=segmentation", f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test",
         f"data.image_size={size}", f"data.batch_size={BATCH}", "data.augment=none", f"model.decoder={DECODER}",
         f"model.decoder_channels={WIDTH}", "strategy.name=full", f"trainer.epochs={epochs}", "trainer.progress=false",
-        f"seed={SEED}", f"run_dir={tmp}/run", f"cache_dir={tmp}/cache"])
+        f"seed={SEED}", f"run_dir={tmp}/run", f"cache_dir={tmp}/cache", *extra])
     metrics = fine_tune(recipe, callbacks=[timer]).metrics
     return {"images_per_second": metrics["train_samples"] / timer.seconds[1], "seconds": time.perf_counter() - started,
             "epoch_seconds": timer.seconds, "metrics": metrics}
 
 
-def main(train_images: int = 1000, size: int = 128, epochs: int = 4) -> None:
+def main(train_images: int = 1000, size: int = 128, epochs: int = 4, extra: tuple = ()) -> None:
     if epochs < 2:
         raise SystemExit("epochs must be at least 2: the figure is the second epoch")
     with tempfile.TemporaryDirectory() as tmp:
         data = example_composites("segmentation", Path(tmp) / "data", train_images, CANVAS, SEED)
         classes = (data / "classes.txt").read_text().split("\n")[:-1]
-        sft = sft_run(data, size, epochs, tmp)
+        sft = sft_run(data, size, epochs, tmp, list(extra))
         m = sft["metrics"]
         plain = plain_loop(data, classes, size, epochs, m["precision"], m["lr_auto"]["lr"])
     report({"ratio": round(sft["images_per_second"] / plain["images_per_second"], 3),
@@ -167,9 +169,10 @@ def main(train_images: int = 1000, size: int = 128, epochs: int = 4) -> None:
             "val_and_test_images": held_out(train_images), "size": size, "epochs": epochs, "batch_size": BATCH,
             "decoder": DECODER, "decoder_channels": WIDTH, "backbone": BACKBONE, "lr": m["lr_auto"]["lr"],
             "precision": m["precision"], "sft_num_workers": m.get("num_workers"),
-            "plain_num_workers": min(8, os.cpu_count() or 1), "threads": torch.get_num_threads(),
+            "plain_num_workers": min(8, os.cpu_count() or 1),
+            "sft_overrides": list(extra), "threads": torch.get_num_threads(),
             "device": str(device()), "cores": os.cpu_count()})
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    main(*(int(a) for a in sys.argv[1:] if "=" not in a), extra=tuple(a for a in sys.argv[1:] if "=" in a))
