@@ -189,12 +189,13 @@ def _export(task, run_dir: Path):
     return [Exporting, task.options.get("export", NoOptions)], body
 
 
-@on_a_run("serve", "Serve a trained run over HTTP with dynamic batching: POST /predict for image and text runs, the "
-                   "OpenAI-compatible POST /v1/chat/completions and GET /v1/models for causal-LM runs; GET /health, "
-                   "GET /metadata, /docs.")
+@on_a_run("serve", "Serve a trained run over HTTP with dynamic batching: POST /predict, or the API the run's task "
+                   "speaks (OpenAI-compatible POST /v1/chat/completions and GET /v1/models for a tuned language "
+                   "model); GET /health, GET /metadata, /docs.")
 def _serve(task, run_dir: Path):
     def body(s: Serving, options):
-        from sft.serve.server import Limits, run_server
+        from sft.serve.limits import Limits
+        from sft.serve.server import run_server
         limits = Limits(s.max_batch, s.max_wait_ms, s.max_items, int(s.max_body_mb * 2**20))
         run_server(run_dir, options, s.host, s.port, limits,  # the URL on one line: logs keep it whole
                    announce=lambda url: console.print(f"serving {escape(str(run_dir))} on {url} (API docs: "

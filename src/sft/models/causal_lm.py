@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from sft.core.atomic import atomic_write, atomic_write_dir
+from sft.core.digest import sha256_file
 from sft.core.lock import holding
 from sft.errors import UserError
 from sft.models.backbone import Backbone
@@ -86,7 +87,6 @@ def shipped_gguf(name: str, cache_dir: str | Path | None = None) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    from sft.core.digest import sha256_file
     return sha256_file(path)
 
 
@@ -204,7 +204,6 @@ def base_digest(folder: str) -> str | None:
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
     if not files:
         return None
-    from sft.core.digest import sha256_file
     return "sha256:" + ",".join(sha256_file(f)[:16] for f in files)
 
 

@@ -44,7 +44,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from sft.errors import UserError
-from sft.serve.server import BadRequest, Limits, read_body
+from sft.serve.limits import BadRequest, Limits, read_body
 
 ROLES = ("system", "user", "assistant")
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}  # no effect on the answer
@@ -256,8 +256,6 @@ class Scheduler:
 
 def build_openai_app(predictor, limits: Limits):
     """The FastAPI application around a causal-LM run's predictor (sft.tasks.causal_lm.serving.ChatPredictor)."""
-    from sft.tasks.causal_lm.serving import Request as Generation  # deferred with the predictor it belongs to
-
     scheduler = Scheduler(predictor, limits.max_batch, limits.max_wait_ms)
 
     @asynccontextmanager
@@ -319,8 +317,8 @@ def build_openai_app(predictor, limits: Limits):
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the body is not valid JSON ({e})") from None
         asked = parse_chat(data, predictor)
-        job = Job(Generation(asked["prompt"], asked["max_new_tokens"], asked["temperature"], asked["top_p"],
-                             asked["seed"], asked["stop"]), asyncio.get_running_loop())
+        job = Job(predictor.request(asked["prompt"], asked["max_new_tokens"], asked["temperature"], asked["top_p"],
+                                    asked["seed"], asked["stop"]), asyncio.get_running_loop())
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": predictor.model_id}
         scheduler.submit(job)
 

@@ -32,7 +32,7 @@ import binascii
 import json
 import socket
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Callable
@@ -44,21 +44,9 @@ from starlette.exceptions import HTTPException
 
 from sft.errors import UserError
 from sft.serve.batching import MicroBatcher
+from sft.serve.limits import BadRequest, Limits, read_body
+from sft.serve.openai_api import build_openai_app
 from sft.tasks import task_of_run
-
-
-@dataclass
-class Limits:
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    max_items: int = 64  # per request
-    max_body: int = 16 * 2**20  # bytes
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def predict_body(inputs: str, params: type[BaseModel]) -> dict:
@@ -133,22 +121,6 @@ def _prepare_all(prepare: Callable, items: list) -> list:
         except UserError as e:
             raise UserError(f"item {i}: {e}") from None
     return prepared
-
-
-async def read_body(request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes `limit` bytes, declared or streamed."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(413, f"request body is over the limit of {limit} bytes")
-    if not body:
-        raise BadRequest(400, "empty request body: send JSON ({\"images\": [...]} or {\"texts\": [...]}) or "
-                              "multipart `file` parts")
-    return bytes(body)
 
 
 async def read_request(request, predictor, limits: Limits) -> tuple[list, BaseModel]:
@@ -259,7 +231,6 @@ def run_server(run_dir: str | Path, options, host: str, port: int, limits: Limit
                 from None
     predictor = task_of_run(run_dir).predictor(run_dir, options)
     if getattr(predictor, "api", "predict") == "openai":  # a language model: the OpenAI-compatible API
-        from sft.serve.openai_api import build_openai_app
         app = build_openai_app(predictor, limits)
     else:
         app = build_app(predictor, limits)

@@ -44,9 +44,12 @@ from sft.core.atomic import atomic_write_json, atomic_write_text
 from sft.core.hardware import usable_cores
 from sft.core.rundir import check_replaceable, folder_kind, replace_folder
 from sft.errors import Interrupted, UserError
+from sft.sweep.page import best_recipe_text, sweep_page, trials_table
 from sft.sweep.space import Dimension, check_space, overrides, read_space
 from sft.sweep.tracking import adopt, close_parent, open_parent, trial_overrides
 from sft.tasks import get_task, load_recipe
+from sft.training.fit import fine_tune
+from sft.training.interrupt import die_with_launcher
 
 log = logging.getLogger("sft")
 INTERRUPTED, RETRY_OF, RUN_DIR, HOST, PID, ERROR = ("sft.interrupted", "sft.retry_of", "sft.run_dir", "sft.host",
@@ -181,7 +184,6 @@ def work_together(s: Settings, say: Callable[[str], None]) -> None:
 
 
 def _worker_main(settings: dict, index: int, threads: int) -> None:
-    from sft.training.interrupt import die_with_launcher
     die_with_launcher()  # the sweep's first process killed: its workers end too
     try:
         work(Settings(**settings), index, threads, print)
@@ -231,7 +233,6 @@ def objective(trial, s: Settings, task, space: list[Dimension], tracked: list[st
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from sft.training.fit import fine_tune
     params = {d.key: d.suggest(trial) for d in space}
     run_dir = Path(trial.user_attrs.get(RUN_DIR) or Path(s.folder) / "trials" / f"{trial.number:03d}")
     for key, value in ((RUN_DIR, str(run_dir)), (HOST, socket.gethostname()), (PID, os.getpid())):
@@ -275,7 +276,6 @@ def finish(s: Settings, study, *, seconds: float, say: Callable[[str], None]) ->
     """trials.csv, best.yaml, the best trial's test evaluation, summary.json and sweep.html in the sweep folder."""
     from optuna.trial import TrialState
 
-    from sft.sweep.page import best_recipe_text, sweep_page, trials_table
     folder, trials = Path(s.folder), study.get_trials()
     atomic_write_text(folder / "trials.csv", trials_table(trials))
     states = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}

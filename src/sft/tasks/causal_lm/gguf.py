@@ -37,6 +37,7 @@ import torch
 from sft.core.rundir import RunDir
 from sft.data.chat import IGNORE, encode_chat, end_tokens
 from sft.errors import UserError
+from sft.models.causal_lm import MARKER
 from sft.models.export import check_export_dir, default_folder, file_id, parity_parts, write_export_dir
 from sft.models.text_encoder import quiet_transformers
 from sft.tasks import load_recipe
@@ -153,8 +154,6 @@ def pre_tokenizer(tokenizer, base: str | None) -> str:
 
 def _source_gguf(base: str | None) -> Path | None:
     """The GGUF file a converted base model folder came from (its sft-conversion.json), when it is still there."""
-    from sft.models.causal_lm import MARKER
-
     marker = Path(base) / MARKER if base else None
     if marker is None or not marker.is_file():
         return None

@@ -242,5 +242,10 @@ class ChatPredictor:
             raise UserError(f"the run's chat template refuses these messages: {e}") from None
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def request(self, prompt: list[int], max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                stop: list[str]) -> Request:
+        """One chat completion as this predictor's batches take it (the server knows no model's request type)."""
+        return Request(prompt, max_new_tokens, temperature, top_p, seed, stop)
+
     def batch(self) -> ChatBatch:
         return ChatBatch(self)

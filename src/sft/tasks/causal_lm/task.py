@@ -25,8 +25,10 @@ from sft.tasks import load_recipe
 from sft.tasks.base import TaskBase
 from sft.tasks.causal_lm.export import ChatInfo, export_run, load_base, load_tuned, read_chat_info
 from sft.tasks.causal_lm.generation import generate, prompt_of
+from sft.tasks.causal_lm.gguf import export_gguf
 from sft.tasks.causal_lm.metrics import answer_distribution, held_out_loss, label_scores
 from sft.tasks.causal_lm.module import ChatLM
+from sft.tasks.causal_lm.serving import ChatPredictor
 from sft.tasks.causal_lm.options import OPTIONS
 from sft.tasks.causal_lm.recipe import CausalLMRecipe, Generation
 from sft.tasks.causal_lm.report import render_report
@@ -166,12 +168,10 @@ class CausalLM(TaskBase):
     def export(self, run_dir, out, options, *, force: bool, overwrite: bool) -> tuple:
         """`sft export --format gguf`: the merged model as GGUF with its chat template and stop tokens, checked by
         reading it back (tasks.causal_lm.gguf)."""
-        from sft.tasks.causal_lm.gguf import export_gguf  # deferred: only export needs gguf
         return export_gguf(self, run_dir, out, options.quant, force=force, overwrite=overwrite)
 
     def predictor(self, run_dir, options):
         """`sft serve`: the OpenAI-compatible chat API; settings a request leaves out are the run's own."""
-        from sft.tasks.causal_lm.serving import ChatPredictor  # deferred: only `sft serve` needs it
         return ChatPredictor(run_dir, _recipe_generation(run_dir), options.batching)
 
 

@@ -58,4 +58,4 @@ class RankOptions(BaseModel):
 
 OPTIONS = {"predict": PredictOptions, "eval": EvalOptions, "export": ExportOptions, "serve": ServeOptions}
 RANK = Tool("Rank pretrained backbones for the recipe's data by transferability (LogME, H-score, NCE, LEEP, kNN).",
-            RankOptions, "sft.tasks.classification.tools.rank:rank_command")
+            RankOptions, "sft.tasks.classification.tools.rank_command:rank_command")
