@@ -132,3 +132,11 @@ def test_the_sweep_folder_is_guarded(tmp_path, fashion_slice):
     assert result.exit_code == 0, result.output
     assert len((folder / "trials.csv").read_text().splitlines()) == 3
     assert np.isfinite(json.loads((folder / "summary.json").read_text())["best_value"])
+
+
+def test_a_storage_optuna_cannot_open_is_a_clear_error_before_any_folder(tmp_path, fashion_slice):
+    recipe, args = setup(tmp_path, fashion_slice)
+    result = sft("sweep", recipe, *args, "--space", tmp_path / "space.yaml", "--out", tmp_path / "sweep",
+                 "--storage", "nosuch://host/db")
+    assert result.exit_code == 2 and "--storage nosuch://host/db: Optuna cannot open it" in result.output
+    assert not (tmp_path / "sweep").exists()

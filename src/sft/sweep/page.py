@@ -8,6 +8,8 @@ import csv
 import io
 import warnings
 
+import matplotlib.pyplot as plt
+import optuna.visualization.matplotlib as ov
 import yaml
 
 from sft.core.html import esc, img, page, table
@@ -56,9 +58,6 @@ def best_recipe_text(recipe: str, overrides: list[str]) -> str:
 
 def _plots(study) -> list[tuple[str, str]]:
     """(title, inline image) of each of Optuna's plots that the study's trials allow."""
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as ov
-
     shown = []
     for title, plot in (("Optimisation history", ov.plot_optimization_history),
                         ("Parameter importances (fANOVA)", ov.plot_param_importances),

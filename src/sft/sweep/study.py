@@ -38,6 +38,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import optuna
+import torch
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
 from pydantic import BaseModel
 
 from sft.core.atomic import atomic_write_json, atomic_write_text
@@ -83,8 +87,10 @@ def run_sweep(recipe: Path, given: list[str], space_file: Path, *, trials: int, 
     check_space(space, lambda extra: load_recipe(recipe, [*given, *extra]))
     folder = Path(out) if out else Path(f"{base.run_dir}-sweep")
     settings = Settings(str(recipe), list(given), trials, workers, str(folder), storage, folder.name, base.seed)
+    mode = get_task(base.task).monitor.mode
+    shared = open_study(settings, mode) if storage else None  # a URL Optuna cannot open stops before any folder
     _open_folder(settings, space_file, resume, overwrite, keep=(recipe, space_file))
-    study = open_study(settings, get_task(base.task).monitor.mode)
+    study = shared or open_study(settings, mode)
     open_parent(folder, settings.study, load_recipe(recipe, [*given, *trial_overrides(folder, settings.study, base)]))
     if resume:
         for line in retry_interrupted(study):
@@ -113,14 +119,18 @@ def _open_folder(s: Settings, space_file: Path, resume: bool, overwrite: bool, k
 
 def open_study(s: Settings, mode: str):
     """The sweep's Optuna study, created or loaded: its direction is the task's monitored value's."""
-    import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=_storage(s), study_name=s.study, load_if_exists=True,
-                               direction="maximize" if mode == "max" else "minimize")
+    try:
+        return optuna.create_study(storage=_storage(s), study_name=s.study, load_if_exists=True,
+                                   direction="maximize" if mode == "max" else "minimize")
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy, a driver or Optuna: each has its own types
+        if not s.storage:
+            raise
+        raise UserError(f"--storage {s.storage}: Optuna cannot open it ({type(e).__name__}: {e}); give a URL such "
+                        f"as sqlite:///sweep.db or postgresql://user@host/db, or leave --storage out") from None
 
 
 def _storage(s: Settings):
-    import optuna
     if s.storage:
         return s.storage
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(s.journal)))
@@ -130,7 +140,6 @@ def retry_interrupted(study) -> list[str]:
     """Queue again, with their parameters and run folders, the trials stopped by Ctrl-C and those left running by a
     process of this machine that no longer exists (killed); trials of live processes and of other machines are left
     alone. Returns a line per trial queued."""
-    from optuna.trial import TrialState
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get(RETRY_OF) for t in trials}
     lines = []
@@ -196,8 +205,6 @@ def _worker_main(settings: dict, index: int, threads: int) -> None:
 
 def work(s: Settings, index: int, threads: int, say: Callable[[str], None]) -> None:
     """Take trials (queued retries first) until the study holds `s.trials` of them, then return."""
-    import optuna
-    import torch
     torch.set_num_threads(threads)
     base = load_recipe(s.recipe, s.overrides)
     task = get_task(base.task)
@@ -216,13 +223,11 @@ def work(s: Settings, index: int, threads: int, say: Callable[[str], None]) -> N
 
 def taken(study) -> int:
     """Trials that count towards the sweep's number: all but those interrupted (each is queued again)."""
-    from optuna.trial import TrialState
     return sum(not (t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED))
                for t in study.get_trials(deepcopy=False))
 
 
 def waiting(study) -> bool:
-    from optuna.trial import TrialState
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
@@ -230,9 +235,6 @@ def objective(trial, s: Settings, task, space: list[Dimension], tracked: list[st
               say: Callable[[str], None]) -> float:
     """One trial: a run with the drawn parameters, on train and validation only; its best monitored value.
     `tracked`: the overrides that put its tracker runs beside the sweep's."""
-    import optuna
-    from optuna_integration import PyTorchLightningPruningCallback
-
     params = {d.key: d.suggest(trial) for d in space}
     run_dir = Path(trial.user_attrs.get(RUN_DIR) or Path(s.folder) / "trials" / f"{trial.number:03d}")
     for key, value in ((RUN_DIR, str(run_dir)), (HOST, socket.gethostname()), (PID, os.getpid())):
@@ -274,7 +276,6 @@ def objective(trial, s: Settings, task, space: list[Dimension], tracked: list[st
 
 def finish(s: Settings, study, *, seconds: float, say: Callable[[str], None]) -> dict:
     """trials.csv, best.yaml, the best trial's test evaluation, summary.json and sweep.html in the sweep folder."""
-    from optuna.trial import TrialState
 
     folder, trials = Path(s.folder), study.get_trials()
     atomic_write_text(folder / "trials.csv", trials_table(trials))

@@ -35,7 +35,7 @@ def open_parent(folder: Path, study: str, recipe: Recipe) -> None:
     """The sweep's MLflow run (created once, kept in the folder for --resume), where the trial's runs nest."""
     if "mlflow" not in recipe.trainer.loggers or (folder / PARENT).exists():
         return
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # deferred: mlflow is optional (the trackers extra)
     uri = mlflow_uri(recipe.trainer.mlflow_uri, folder)
     client = MlflowClient(uri)
     name = recipe.trainer.experiment
