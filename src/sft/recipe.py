@@ -197,6 +197,19 @@ class VisionModel(Model):
         "imagenet", description="imagenet (shipped packages), a .pth/.safetensors file, hub (online), or none")
 
 
+class PooledHead(Section):
+    """The new head on a backbone's pooled vector (a class, a label set or numbers per sample)."""
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new head")
+
+
+class VisionHeadModel(PooledHead, VisionModel):
+    """An image backbone with a new pooled head."""
+
+
+class TextHeadModel(PooledHead, TextModel):
+    """A text encoder with a new pooled head."""
+
+
 class VisionTrainer(Trainer):
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: on for convnets (faster in oneDNN/cuDNN)")
 

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from sft.data.sampling import SAMPLER_MODES
 from sft.recipe import (Data, FeatureCache, HeadFirst, Lora, Optim, Recipe, Section, Source, Strategy, TextColumns,
-                        TextModel, VisionData, VisionModel, VisionTrainer)
+                        TextHeadModel, VisionData, VisionHeadModel, VisionTrainer)
 
 STRATEGY_HELP = "which backbone groups train when; auto: chosen from the data and the backbone"
 
@@ -70,18 +70,6 @@ class TextClassificationData(Labels, TextColumns, Data[TextSource]):
         return value
 
 
-class ClassifierHead(Section):
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new head")
-
-
-class ImageClassificationModel(ClassifierHead, VisionModel):
-    pass
-
-
-class TextClassificationModel(ClassifierHead, TextModel):
-    pass
-
-
 class ImageClassificationStrategy(FeatureCache, HeadFirst, Strategy):
     name: Literal["auto", "linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
         "two-stage", description=STRATEGY_HELP)
@@ -100,7 +88,7 @@ class ClassificationOptim(Optim):
 
 class ImageClassificationRecipe(Recipe):
     data: ImageClassificationData = Field(default_factory=ImageClassificationData)
-    model: ImageClassificationModel = Field(default_factory=ImageClassificationModel)
+    model: VisionHeadModel = Field(default_factory=VisionHeadModel)
     strategy: ImageClassificationStrategy = Field(default_factory=ImageClassificationStrategy)
     optim: ClassificationOptim = Field(default_factory=ClassificationOptim)
     trainer: VisionTrainer = Field(default_factory=VisionTrainer)
@@ -108,7 +96,7 @@ class ImageClassificationRecipe(Recipe):
 
 class TextClassificationRecipe(Recipe):
     data: TextClassificationData = Field(default_factory=TextClassificationData)
-    model: TextClassificationModel = Field(default_factory=TextClassificationModel)
+    model: TextHeadModel = Field(default_factory=TextHeadModel)
     strategy: TextClassificationStrategy = Field(default_factory=TextClassificationStrategy)
     optim: ClassificationOptim = Field(default_factory=ClassificationOptim)
 

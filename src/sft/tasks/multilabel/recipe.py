@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from sft.recipe import (Data, FeatureCache, HeadFirst, ImageData, Lora, Optim, Recipe, Section, Source, Strategy,
-                        TextColumns, TextModel, VisionModel, VisionTrainer)
+                        TextColumns, TextHeadModel, VisionHeadModel, VisionTrainer)
 
 STRATEGY_HELP = "which backbone groups train when (linear-probe: one-vs-rest logistic regression on features)"
 FORMAT_HELP = "how to read `path`; auto: by its suffix"
@@ -47,18 +47,6 @@ class TextMultilabelData(Labels, TextColumns, Data[TextMultilabelSource]):
     group_by_length: bool = Field(True, description="batches of similar token length (less padding)")
 
 
-class MultilabelHead(Section):
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new head")
-
-
-class ImageMultilabelModel(MultilabelHead, VisionModel):
-    pass
-
-
-class TextMultilabelModel(MultilabelHead, TextModel):
-    pass
-
-
 class ImageMultilabelStrategy(FeatureCache, HeadFirst, Strategy):
     name: Literal["linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
         "two-stage", description=STRATEGY_HELP)
@@ -83,7 +71,7 @@ class MultilabelOptim(Optim):
 
 class ImageMultilabelRecipe(Recipe):
     data: ImageMultilabelData = Field(default_factory=ImageMultilabelData)
-    model: ImageMultilabelModel = Field(default_factory=ImageMultilabelModel)
+    model: VisionHeadModel = Field(default_factory=VisionHeadModel)
     strategy: ImageMultilabelStrategy = Field(default_factory=ImageMultilabelStrategy)
     optim: MultilabelOptim = Field(default_factory=MultilabelOptim)
     trainer: VisionTrainer = Field(default_factory=VisionTrainer)
@@ -91,7 +79,7 @@ class ImageMultilabelRecipe(Recipe):
 
 class TextMultilabelRecipe(Recipe):
     data: TextMultilabelData = Field(default_factory=TextMultilabelData)
-    model: TextMultilabelModel = Field(default_factory=TextMultilabelModel)
+    model: TextHeadModel = Field(default_factory=TextHeadModel)
     strategy: TextMultilabelStrategy = Field(default_factory=TextMultilabelStrategy)
     optim: MultilabelOptim = Field(default_factory=MultilabelOptim)
 

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from sft.recipe import (Data, FeatureCache, HeadFirst, ImageData, Lora, Optim, Recipe, Section, Source, Strategy,
-                        TextColumns, TextModel, VisionModel, VisionTrainer)
+                        TextColumns, TextHeadModel, VisionHeadModel, VisionTrainer)
 
 STRATEGY_HELP = "which backbone groups train when (linear-probe: a ridge regression on the cached features)"
 FORMAT_HELP = "how to read `path`; auto: by its suffix"
@@ -46,18 +46,6 @@ class TextRegressionData(Targets, TextColumns, Data[TextRegressionSource]):
     group_by_length: bool = Field(True, description="batches of similar token length (less padding)")
 
 
-class RegressionHead(Section):
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new head")
-
-
-class ImageRegressionModel(RegressionHead, VisionModel):
-    pass
-
-
-class TextRegressionModel(RegressionHead, TextModel):
-    pass
-
-
 class ImageRegressionStrategy(FeatureCache, HeadFirst, Strategy):
     name: Literal["linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
         "two-stage", description=STRATEGY_HELP)
@@ -77,7 +65,7 @@ class RegressionOptim(Optim):
 
 class ImageRegressionRecipe(Recipe):
     data: ImageRegressionData = Field(default_factory=ImageRegressionData)
-    model: ImageRegressionModel = Field(default_factory=ImageRegressionModel)
+    model: VisionHeadModel = Field(default_factory=VisionHeadModel)
     strategy: ImageRegressionStrategy = Field(default_factory=ImageRegressionStrategy)
     optim: RegressionOptim = Field(default_factory=RegressionOptim)
     trainer: VisionTrainer = Field(default_factory=VisionTrainer)
@@ -85,7 +73,7 @@ class ImageRegressionRecipe(Recipe):
 
 class TextRegressionRecipe(Recipe):
     data: TextRegressionData = Field(default_factory=TextRegressionData)
-    model: TextRegressionModel = Field(default_factory=TextRegressionModel)
+    model: TextHeadModel = Field(default_factory=TextHeadModel)
     strategy: TextRegressionStrategy = Field(default_factory=TextRegressionStrategy)
     optim: RegressionOptim = Field(default_factory=RegressionOptim)
 
