@@ -181,9 +181,12 @@ def work_together(s: Settings, say: Callable[[str], None]) -> None:
               for i in range(1, s.workers)]
     for p in others:
         p.start()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # this process's share while it runs trials, given back after
     try:
-        work(s, 0, threads, say)
+        work(s, 0, say)
     finally:
+        torch.set_num_threads(before)
         for p in others:
             p.join()
     failed = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(others, 1) if p.exitcode]
@@ -195,7 +198,8 @@ def work_together(s: Settings, say: Callable[[str], None]) -> None:
 def _worker_main(settings: dict, index: int, threads: int) -> None:
     die_with_launcher()  # the sweep's first process killed: its workers end too
     try:
-        work(Settings(**settings), index, threads, print)
+        torch.set_num_threads(threads)
+        work(Settings(**settings), index, print)
     except Interrupted as e:
         raise SystemExit(e.exit_code) from None
     except UserError as e:
@@ -203,9 +207,8 @@ def _worker_main(settings: dict, index: int, threads: int) -> None:
         raise SystemExit(2) from None
 
 
-def work(s: Settings, index: int, threads: int, say: Callable[[str], None]) -> None:
+def work(s: Settings, index: int, say: Callable[[str], None]) -> None:
     """Take trials (queued retries first) until the study holds `s.trials` of them, then return."""
-    torch.set_num_threads(threads)
     base = load_recipe(s.recipe, s.overrides)
     task = get_task(base.task)
     space = read_space(Path(s.folder) / "space.yaml")
