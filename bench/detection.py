@@ -14,7 +14,14 @@ docs/benchmarks.md holds the results.
     .venv/bin/python bench/detection.py [train_images] [epochs] [image_size] [detector] [fpn_channels] [lr]
         [strategy] [augment]
 
-Last line: JSON with map50_pretrained, map_pretrained, map50_random, map_random, minutes_pretrained,
+    .venv/bin/python bench/detection.py defaults [train_images] [epochs]
+
+`defaults` trains this recipe (pretrained), a recipe holding only task, data and epochs, and that one with
+`trainer.ema=0.999`, and evaluates the defaults run again with `--tta flip`; its last line: tuned_map50,
+defaults_map50, defaults_gap (target ≥ −0.02), ema_map50 and ema_gain, tta_map50 and tta_gain, what `auto` chose,
+minutes.
+
+Last line otherwise: JSON with map50_pretrained, map_pretrained, map50_random, map_random, minutes_pretrained,
 minutes_random, minutes (their total), train_images and val_and_test_images.
 """
 
@@ -28,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from common import OUT, report
+from common import OUT, defaults_against_tuned, report
 from sft import fine_tune, load_recipe
 
 BUILD = Path(__file__).parents[1] / "examples" / "detection" / "build.py"
@@ -51,6 +58,17 @@ def composites(train: int) -> Path:
     if not (out / builder.MARKER).exists():
         builder.build(out, train=train, val=held_out(train), test=held_out(train), size=CANVAS, seed=0)
     return out
+
+
+def defaults(train: int = TRAIN, epochs: int = EPOCHS) -> None:
+    data = composites(train)
+    splits = [f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test"]
+    tuned = ["task=detection", *splits, f"data.image_size={SIZE}", f"data.batch_size={BATCH}",
+             f"data.augment={AUGMENT}", "model.backbone=torchvision/mobilenet_v2", f"model.detector={DETECTOR}",
+             f"model.fpn_channels={FPN}", f"strategy.name={STRATEGY}", "strategy.head_epochs=1", f"optim.lr={LR}",
+             f"trainer.epochs={epochs}"]
+    report({**defaults_against_tuned(tuned, ["task=detection", *splits, f"trainer.epochs={epochs}"], "map50"),
+            "train_images": train, "epochs": epochs, "threads": torch.get_num_threads()})
 
 
 def main() -> None:
@@ -90,4 +108,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["defaults"]:
+        defaults(*(int(a) for a in sys.argv[2:4]))
+    else:
+        main()

@@ -9,6 +9,11 @@ decay with warm-up), cross-entropy + Dice, smp's FPN decoder 64 wide, at 128 px,
 docs/segmentation.md says why these defaults, and docs/benchmarks.md holds the results.
 
     .venv/bin/python bench/segmentation.py [train_images] [epochs] [image_size]
+    .venv/bin/python bench/segmentation.py defaults [train_images] [epochs]
+
+`defaults` trains this recipe (pretrained), a recipe holding only task, data and epochs, and that one with
+`trainer.ema=0.999`, and evaluates the defaults run again with `--tta flip`. Last line: tuned_miou, defaults_miou,
+defaults_gap (target ≥ −0.02), ema_miou and ema_gain, tta_miou and tta_gain, what `auto` chose, minutes.
 
 image_size is the model's input: the 128 px canvases are resized to it (the data stays the same). Last line: JSON
 with miou_pretrained, miou_random, pixel_acc, minutes (and per run), the per-class IoU, and the data's geometry.
@@ -27,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from common import OUT, report
+from common import OUT, defaults_against_tuned, report
 from sft import fine_tune, load_recipe
 
 BUILD = Path(__file__).parents[1] / "examples" / "segmentation" / "build.py"
@@ -45,6 +50,23 @@ def composites(train: int) -> Path:
     return out
 
 
+def tuned(data: Path, size: int, weights: str, epochs: int) -> list[str]:
+    """The bench's recipe (examples/segmentation/segmentation.yaml's choices) as overrides."""
+    return ["task=segmentation", f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test",
+            f"data.image_size={size}", "data.augment=none", "data.batch_size=16",
+            "model.backbone=torchvision/mobilenet_v2", f"model.weights={weights}", "model.decoder=fpn",
+            "model.decoder_channels=64", "strategy.name=full", "optim.lr=0.001", "optim.loss=ce+dice",
+            f"trainer.epochs={epochs}"]
+
+
+def defaults(train: int = 3000, epochs: int = 4) -> None:
+    data = composites(train)
+    given = ["task=segmentation", f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test",
+             f"trainer.epochs={epochs}"]
+    report({**defaults_against_tuned(tuned(data, CANVAS, "imagenet", epochs), given, "miou"),
+            "train_images": train, "epochs": epochs, "threads": torch.get_num_threads()})
+
+
 def main() -> None:
     train = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 4
@@ -54,13 +76,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # the runs stay in bench/out (the README's report picture)
         for weights in ("imagenet", "none"):
             started = time.perf_counter()
-            recipe = load_recipe(None, [
-                "task=segmentation", f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test",
-                f"data.image_size={size}", "data.augment=none", "data.batch_size=16",
-                "model.backbone=torchvision/mobilenet_v2",
-                f"model.weights={weights}", "model.decoder=fpn", "model.decoder_channels=64", "strategy.name=full",
-                "optim.lr=0.001", "optim.loss=ce+dice", f"trainer.epochs={epochs}", "trainer.progress=false",
-                f"run_dir={OUT}/segmentation-run-{weights}", f"cache_dir={tmp}/cache"])
+            recipe = load_recipe(None, [*tuned(data, size, weights, epochs), "trainer.progress=false",
+                                        f"run_dir={OUT}/segmentation-run-{weights}", f"cache_dir={tmp}/cache"])
             results[weights] = fine_tune(recipe, overwrite=True).metrics
             minutes[weights] = (time.perf_counter() - started) / 60
     pretrained, random = results["imagenet"], results["none"]
@@ -75,4 +92,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["defaults"]:
+        defaults(*(int(a) for a in sys.argv[2:4]))
+    else:
+        main()

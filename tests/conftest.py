@@ -127,12 +127,13 @@ def tiny_text_recipe(tmp_path, data: dict, bert: Path, *overrides: str):
 
 
 def task_recipe(tmp_path, task: str, train, val, test, epochs: int, *lines: str) -> Path:
-    """A small recipe file for a task's CLI tests (64 px, batch 8, no progress bar), its run and cache in tmp_path."""
+    """A small recipe file for a task's CLI tests (64 px, light augmentation on any machine, batch 8, no progress
+    bar), its run and cache in tmp_path."""
     path = tmp_path / f"{task}.yaml"
     path.write_text("\n".join([
         f"task: {task}", "data:", f"  train: {train}", f"  val: {val}", f"  test: {test}", "  image_size: 64",
-        "  batch_size: 8", "trainer:", f"  epochs: {epochs}", "  progress: false", f"run_dir: {tmp_path / 'run'}",
-        f"cache_dir: {tmp_path / 'cache'}", *lines]) + "\n")
+        "  augment: light", "  batch_size: 8", "trainer:", f"  epochs: {epochs}", "  progress: false",
+        f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}", *lines]) + "\n")
     return path
 
 

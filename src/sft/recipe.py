@@ -134,6 +134,8 @@ class Trainer(Section):
     num_nodes: int = Field(1, ge=1, description="machines, each running `devices` processes (torchrun, SLURM)")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp")
     deterministic: bool = Field(False, description="deterministic algorithms (slower); runs are always seeded")
+    ema: float | None = Field(None, gt=0, lt=1, description="decay of a moving average of the weights, which "
+                                                            "validation scores and the model keeps (e.g. 0.999)")
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without gain in the monitored value")
     progress: bool = Field(True, description="rich progress bars")
     log_every_n_steps: int = Field(10, ge=1, description="how often train metrics are logged")
@@ -174,6 +176,16 @@ class ImageData(Data[SourceT], Generic[SourceT]):
 
 class VisionData(ImageData[SourceT], Generic[SourceT]):
     classes: list[str] | None = Field(None, description="class names in label order")
+
+
+class DenseInput(Section):
+    """The dense tasks' input size and augmentation, `auto` from the data and the machine (tasks.dense_auto)."""
+    image_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="square input side in pixels; auto: the images' median side, at most 512 on a CPU")
+    augment: Literal["auto", "none", "light", "strong"] = Field(
+        "auto", description="none: resize only; light: random resized crop + flip; strong: + colour; auto: none on "
+                            "a CPU")
+    batch_size: int = Field(16, gt=0, description="images per step and process")
 
 
 class TextColumns(Section):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from sft.training.optim import auto_lr, build_optimizer, build_scheduler
+from sft.training.optim import AUTO_EPOCHS, AUTO_STEPS, auto_epochs, auto_lr, build_optimizer, build_scheduler
 from sft.recipe import HeadStrategy as Strategy
 from sft.recipe import Optim, VisionRecipe
 from sft.training.strategies import Schedule
@@ -66,3 +66,10 @@ def test_auto_lr_by_strategy_and_model_kind():
     assert auto_lr("linear-probe", "adamw", transformer) == (1e-3, "head")
     assert auto_lr("lora", "adamw", transformer) == (5e-4, "lora")
     assert auto_lr("full", "sgd", convnet) == (1e-2, "convnet")
+
+
+def test_auto_epochs_give_a_small_set_enough_steps_and_a_large_one_its_epochs():
+    epochs, why = auto_epochs(86, 8)  # 11 steps an epoch
+    assert epochs * 11 >= AUTO_STEPS > (epochs - 1) * 11 and "steps" in why
+    assert auto_epochs(10_000, 8) == (AUTO_EPOCHS, f"{AUTO_EPOCHS} epochs of 1250 optimizer steps")
+    assert auto_epochs(3, 64)[0] == AUTO_STEPS  # one step an epoch

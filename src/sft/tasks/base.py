@@ -109,6 +109,9 @@ class TaskBase:
     def uses_feature_cache(self, recipe: Recipe) -> bool:
         return False
 
+    def resolve_auto(self, recipe: Recipe, splits: Splits, device: torch.device, notes: dict) -> Recipe:
+        return recipe
+
     def loader_options(self, recipe: Recipe, splits: Splits, inputs: Inputs, notes: dict) -> dict:
         return {}
 

@@ -24,6 +24,7 @@ from sft.core.calibration import set_temperature, stored_temperature
 from sft.core.rundir import RunDir, is_child_process, locked
 from sft.errors import Interrupted, UserError
 from sft.recipe import Recipe, dump_recipe
+from sft.training.ema import EMA, BestCheckpoint
 from sft.training.interrupt import StopOnSignal, die_with_launcher
 from sft.training.lr_find import find_lr, write_lr_find
 from sft.training.module import NonFiniteLoss
@@ -195,8 +196,8 @@ def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extr
     callbacks: list[Callback] = [
         # the weights alone: a run resumes from last.ckpt, and best.ckpt only gives the final model its weights
         # (without AdamW's two moments a third of the size, written faster)
-        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor.name, mode=monitor.mode,
-                        save_weights_only=True, enable_version_counter=False),
+        BestCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor.name, mode=monitor.mode,
+                       save_weights_only=True, enable_version_counter=False),
         # every epoch, improved or not: Lightning's save_last only writes when a monitored checkpoint is saved,
         # which would resume a run from its best epoch instead of its latest
         ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
@@ -208,6 +209,8 @@ def _trainer(recipe: Recipe, run: RunDir, precision: str, monitor: Monitor, extr
         LearningRateMonitor(logging_interval="step"),
         *extra,
     ]
+    if t.ema:
+        callbacks.append(EMA(t.ema))
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor.name, mode=monitor.mode, patience=t.early_stopping))
     csv_log = run.path / "logs" / "metrics.csv"

@@ -78,6 +78,21 @@ def auto_lr(strategy: str, optimizer: str, backbone: nn.Module) -> tuple[float, 
     return AUTO_LR[kind] * (10 if optimizer == "sgd" else 1), kind
 
 
+# trainer.epochs: auto (instruction tuning). What a small set needs is optimizer steps, not passes: adapters learn the
+# answers' format in tens of steps and the task itself over a few hundred (docs/benchmarks.md), so a run makes at least
+# AUTO_STEPS steps, and AUTO_EPOCHS passes over a set large enough to give more.
+AUTO_EPOCHS, AUTO_STEPS = 3, 200
+
+
+def auto_epochs(samples: int, per_step: int) -> tuple[int, str]:
+    """(epochs, why) for `trainer.epochs: auto`: `samples` training examples, `per_step` of them per optimizer step."""
+    steps = max(1, math.ceil(samples / per_step))
+    by_steps = math.ceil(AUTO_STEPS / steps)
+    if by_steps > AUTO_EPOCHS:
+        return by_steps, f"at least {AUTO_STEPS} optimizer steps ({steps} per epoch)"
+    return AUTO_EPOCHS, f"{AUTO_EPOCHS} epochs of {steps} optimizer steps"
+
+
 def is_transformer(module: nn.Module) -> bool:
     """Attention blocks anywhere (BERT-like encoders, ViTs): the models that want small fine-tuning LRs."""
     return any(isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention") for m in module.modules())

@@ -3,6 +3,7 @@ test and a task's tools share. The task supplies each part through the `Training
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -19,9 +20,11 @@ from sft.models.backbone import Backbone
 from sft.recipe import Recipe
 from sft.training.features import cache_key, cached_features, weights_digest
 from sft.training.module import FineTuneModule
-from sft.training.optim import auto_lr
+from sft.training.optim import auto_epochs, auto_lr
 from sft.training.strategies import Schedule
 from sft.training.trainer import Monitor
+
+log = logging.getLogger("sft")
 
 
 class TrainingTask(Protocol):
@@ -31,6 +34,10 @@ class TrainingTask(Protocol):
     monitor: Monitor
 
     def load_splits(self, recipe: Recipe) -> Splits: ...
+
+    def resolve_auto(self, recipe: Recipe, splits: Splits, device: torch.device, notes: dict) -> Recipe:
+        """The recipe with the task's `auto` settings that depend on the data and the machine decided (and said in
+        `notes`, which metrics.json holds)."""
 
     def build_backbone(self, recipe: Recipe) -> Backbone: ...
 
@@ -74,17 +81,25 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     the freeze schedule, the model and the loaders."""
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     splits = task.load_splits(recipe)
+    device = training_device(recipe.trainer.accelerator)
+    notes: dict = {}
+    recipe = task.resolve_auto(recipe, splits, device, notes)
     backbone = task.build_backbone(recipe)
     inputs = task.build_inputs(backbone, recipe)
-    notes: dict = {}
     options = task.loader_options(recipe, splits, inputs, notes)
     precision = resolve_precision(recipe.trainer.precision, recipe.trainer.accelerator)
     # image tasks' recipes say whether convnets run channels-last; the other tasks' inputs have no channels
     channels_last = use_channels_last(getattr(recipe.trainer, "channels_last", False), backbone.module)
-    device = training_device(recipe.trainer.accelerator)
     workers = loader_workers(recipe.data.num_workers, device, local_processes(recipe.trainer.devices, device),
                              inputs.decodes)
     notes["num_workers"] = workers
+    if recipe.trainer.epochs == "auto":
+        t = recipe.trainer
+        per_step = recipe.data.batch_size * recipe.optim.accumulate * local_processes(t.devices, device) * t.num_nodes
+        epochs, why = auto_epochs(len(splits.train), per_step)
+        recipe = recipe.model_copy(update={"trainer": t.model_copy(update={"epochs": epochs})})
+        notes["epochs_auto"] = {"epochs": epochs, "for": why}
+        log.warning(f"trainer.epochs auto: {epochs}, for {why}")
     features = split_features(recipe, backbone.name, backbone.module, splits, inputs, precision, channels_last,
                               device, workers)
     if recipe.strategy.name == "auto":

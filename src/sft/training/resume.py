@@ -29,7 +29,10 @@ FREE = ("trainer.epochs", "trainer.early_stopping", "trainer.progress", "trainer
         "trainer.checkpoint_minutes", "trainer.checkpoint_steps", "trainer.accelerator", "trainer.devices",
         "trainer.num_nodes", "trainer.strategy", "trainer.deterministic", "trainer.loggers", "trainer.experiment",
         "trainer.mlflow_uri", "data.num_workers", "strategy.cache", "run_dir", "cache_dir")
-RESOLVED = {"optim.lr": ("auto", "find"), "strategy.name": ("auto",)}  # recorded as what they resolved to
+# recorded as what they resolved to, which a resumed run keeps (on another machine too)
+RESOLVED = {"optim.lr": ("auto", "find"), "strategy.name": ("auto",), "trainer.epochs": ("auto",),
+            "data.image_size": ("auto",), "data.augment": ("auto",), "model.decoder_channels": ("auto",),
+            "model.fpn_channels": ("auto",)}
 
 
 def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
@@ -65,7 +68,17 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
     strategy = done.strategy
     if "cache" in type(strategy).model_fields:  # where the features are cached is the new recipe's to say
         strategy = strategy.model_copy(update={"cache": recipe.strategy.cache})
-    return recipe.model_copy(update={"optim": done.optim, "strategy": strategy})
+    recipe = recipe.model_copy(update={"optim": done.optim, "strategy": strategy})
+    for key, tokens in RESOLVED.items():
+        if after.get(key) in tokens and key in before:
+            recipe = _set(recipe, key, before[key])
+    return recipe
+
+
+def _set(section, key: str, value):
+    """A copy of the section with its dotted key set."""
+    head, _, rest = key.partition(".")
+    return section.model_copy(update={head: _set(getattr(section, head), rest, value) if rest else value})
 
 
 def check_own_run(recipe_file: str | Path, recipe: Recipe, resume: bool) -> None:

@@ -97,6 +97,26 @@ def test_lora_run_exports_merged_folder_with_the_adapter_logits(tmp_path, parity
     assert result.exit_code == 2 and f"{info}: damaged" in said and "--resume" in said, result.output
 
 
+def test_auto_epochs_and_lr_are_resolved_recorded_and_kept_on_resume(tmp_path, parity_set, tiny_causal_lm,
+                                                                      monkeypatch):
+    """With no epochs and no lr, a small set gets enough optimizer steps and LoRA its rate; the run's recipe.yaml
+    says what they resolved to, and --resume with the same recipe keeps them."""
+    import yaml
+
+    from sft.training.optim import AUTO_LR
+    AUTO_STEPS = 12  # noqa: N806 - the real floor's steps take minutes even on the tiny model
+    monkeypatch.setattr("sft.training.optim.AUTO_STEPS", AUTO_STEPS)
+    recipe = args(tmp_path, parity_set, tiny_causal_lm, "trainer.epochs=auto", "data.batch_size=16")
+    run = fine_tune(get_task("causal-lm"), load_recipe(None, recipe))
+    steps = -(-43 // 16)  # 48 conversations less 10 % for validation
+    assert run.metrics["epochs_auto"]["epochs"] == run.metrics["epochs"] == -(-AUTO_STEPS // steps)
+    assert run.metrics["lr_auto"] == {"lr": AUTO_LR["lora"], "for": "lora"}
+    saved = yaml.safe_load((run.dir / "recipe.yaml").read_text())
+    assert saved["trainer"]["epochs"] == run.metrics["epochs"] and saved["optim"]["lr"] == AUTO_LR["lora"]
+    again = fine_tune(get_task("causal-lm"), load_recipe(None, recipe), resume=True)
+    assert again.finished_before
+
+
 @pytest.mark.parametrize("strategy", ["linear-probe", "two-stage", "auto"])
 def test_strategies_without_a_head_are_refused(tmp_path, parity_set, tiny_causal_lm, strategy):
     recipe = tmp_path / "r.yaml"

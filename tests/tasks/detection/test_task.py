@@ -72,6 +72,17 @@ def test_eval_and_predict_a_finished_run(frozen_run, detection_set, tmp_path, mo
     assert all(r["class"] is None for r in high)
 
 
+def test_flip_tta_merges_the_boxes_of_both_views(frozen_run, detection_set, tmp_path):
+    result = sft("eval", frozen_run, "--tta", "flip", "--out", tmp_path / "tta", "--top-losses", "0")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["samples"] == 8
+    images = sorted((detection_set / "test" / "images").glob("*.png"))[:2]
+    plain = json.loads(sft("predict", frozen_run, *images, "--format", "json", "--score", "0").output)
+    both = json.loads(sft("predict", frozen_run, *images, "--format", "json", "--score", "0", "--tta", "flip").output)
+    assert both != plain and all(0 <= r["score"] <= 1 for r in both if r["class"] is not None)
+    assert max(r["score"] for r in both if r["class"]) >= max(r["score"] for r in plain if r["class"])
+
+
 def test_full_fine_tune_of_faster_rcnn_and_errors(tmp_path, detection_set):
     path = recipe(tmp_path, detection_set, "model:", "  backbone: timm/test_efficientnet", "  weights: none",
                   "  detector: fasterrcnn", "  fpn_channels: 64", "strategy:", "  name: gradual")
@@ -80,7 +91,7 @@ def test_full_fine_tune_of_faster_rcnn_and_errors(tmp_path, detection_set):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["strategy"] == "gradual" and len(metrics["anchor_sizes"]) == 4
     result = sft("train", path, "strategy.name=lora", f"run_dir={tmp_path / 'other'}")
-    assert result.exit_code == 2 and "strategy.name (line 19)" in result.output and "got 'lora'" in result.output
+    assert result.exit_code == 2 and "strategy.name (line 20)" in result.output and "got 'lora'" in result.output
     result = sft("train", path, "model.anchor_sizes=[8, 16]", f"run_dir={tmp_path / 'other'}")
     assert result.exit_code == 2 and "4 FPN levels" in result.output and not (tmp_path / "other").exists()
 
@@ -216,7 +227,8 @@ def test_faster_rcnn_reads_torchvision_maps_per_backbone_kind():
         sized = auto_anchor_sizes(sides, "fasterrcnn", backbone.reductions, backbone.module)  # as the task does
         blind = auto_anchor_sizes(sides, "fasterrcnn", backbone.reductions)  # the last three maps' rule
         assert auto_anchor_sizes(sides, "fcos", backbone.reductions, backbone.module) == [8.0, 16, 32, 64, 128]
-        recipe = DetectionRecipe(model={"backbone": name, "weights": "none", "detector": "fasterrcnn"})
+        recipe = DetectionRecipe(model={"backbone": name, "weights": "none", "detector": "fasterrcnn",
+                                        "fpn_channels": 128})
         splits = SimpleNamespace(classes=["a", "b"], train=SimpleNamespace(box_sides=lambda size: sides))
         detector = Detector(backbone, splits, Schedule(recipe.strategy, backbone.groups), recipe, 64, sized)
         assert detector.anchor_sizes == sized == (sizes or blind) and len(blind) == 4

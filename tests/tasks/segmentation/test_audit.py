@@ -41,7 +41,7 @@ def test_erased_garments_rank_first(segmentation_set, tmp_path):
     path.write_text("\n".join([
         "task: segmentation", "data:", f"  train: {data / 'train'}", f"  val: {data / 'val'}", "  image_size: 32",
         "  batch_size: 8", "model:", "  backbone: timm/test_efficientnet", "  weights: none",
-        "  decoder_channels: 32", "strategy:", "  name: full", "optim:", "  lr: 0.01", "trainer:", "  epochs: 8",
+        "  decoder: unet", "  decoder_channels: 32", "strategy:", "  name: full", "optim:", "  lr: 0.01", "trainer:", "  epochs: 8",
         "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}"]) + "\n")
     assert sft("train", path).exit_code == 0
     shutil.copytree(data / "val", tmp_path / "planted")

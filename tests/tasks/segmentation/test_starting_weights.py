@@ -19,7 +19,8 @@ from tests.tasks.segmentation.conftest import recipe
 
 def test_a_run_starts_from_a_finished_runs_model(frozen_run, segmentation_set, tmp_path):
     file = frozen_run / "model.safetensors"
-    loaded = load_recipe(recipe(tmp_path, segmentation_set), [f"model.checkpoint={file}", "model.weights=none"])
+    loaded = load_recipe(recipe(tmp_path, segmentation_set), [f"model.checkpoint={file}", "model.weights=none",
+                                                             "model.decoder=unet", "model.decoder_channels=256"])
     model = prepare(get_task("segmentation"), loaded).model  # step 0: what the first batch would train
     saved, state = load_file(file), model.state_dict()
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())

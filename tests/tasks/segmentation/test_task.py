@@ -54,6 +54,23 @@ def test_eval_and_predict_a_finished_run(frozen_run, segmentation_set, tmp_path)
     assert result.exit_code == 2 and "No such option: --top-k" in result.output
 
 
+def test_flip_tta_scores_and_predicts_the_mirror_averaged_logits(frozen_run, segmentation_set, tmp_path):
+    result = sft("eval", frozen_run, "--tta", "flip", "--out", tmp_path / "tta", "--top-losses", "0")
+    assert result.exit_code == 0, result.output
+    flipped = json.loads((tmp_path / "tta" / "metrics.json").read_text())
+    trained = json.loads((frozen_run / "metrics.json").read_text())
+    assert flipped["samples"] == 8 and flipped["miou"] != trained["test_miou"]  # another model's answers
+    images = sorted((segmentation_set / "test" / "images").glob("*.png"))[:2]
+    rows = json.loads(sft("predict", frozen_run, *images, "--format", "json", "--tta", "flip").output)
+    from sft.models.tta import FlipAverage
+    from sft.tasks import get_task
+    task = get_task("segmentation")
+    info = task.run_info(frozen_run)
+    model = FlipAverage(task.load_run(frozen_run, info), dense=True)
+    expected = task.predict_rows(model, info, [str(images[0])], task.options["predict"](), None, None)[0]
+    assert rows[0] == expected
+
+
 @pytest.mark.parametrize("decoder", ["unet", "fpn", "deeplabv3plus"])
 def test_decoders_give_logits_at_the_input_size(decoder):
     backbone = create_backbone("timm/test_efficientnet", None, out="maps")

@@ -3,7 +3,7 @@ and defaults that suit instruction tuning (the shipped SmolLM2, LoRA, a LoRA lea
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -35,6 +35,8 @@ class ChatModel(Model):
 
 
 class ChatLora(Lora):
+    lora_rank: int = Field(16, ge=1, description="lora: rank of the adapters")
+    lora_alpha: float = Field(32.0, gt=0, description="lora: scaling (alpha / rank)")
     lora_targets: list[str] | Literal["auto"] = Field(
         "auto", description="lora: module names to adapt; auto: every linear projection of the transformer blocks")
 
@@ -45,7 +47,8 @@ class ChatStrategy(ChatLora, Strategy):
 
 
 class ChatOptim(Optim):
-    lr: float | Literal["find"] = Field(2e-4, description="learning rate (LoRA; about 2e-5 suits full fine-tuning)")
+    lr: float | Literal["auto", "find"] = Field(
+        "auto", description="learning rate; auto: 5e-4 for LoRA, 5e-5 for a full or partial fine-tune; find: LR range test")
     weight_decay: float = Field(0.0, ge=0, description="not applied to norm layers and biases")
     warmup: float = Field(0.03, ge=0, lt=1, description="cosine: share of all steps with linear warm-up")
 
@@ -58,7 +61,8 @@ class Generation(Section):
 
 
 class ChatTrainer(Trainer):
-    epochs: int = Field(3, ge=1, description="training epochs")
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="training epochs; auto: 3, or more to make at least 200 optimizer steps")
 
 
 class CausalLMRecipe(Recipe):

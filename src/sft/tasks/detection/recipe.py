@@ -9,12 +9,12 @@ split; a split given explicitly, even as null, is kept."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from sft.data.splits import fill_splits
-from sft.recipe import HeadFirst, Recipe, Source, Strategy, VisionData, VisionModel, VisionTrainer
+from sft.recipe import DenseInput, HeadFirst, Recipe, Source, Strategy, VisionData, VisionModel, VisionTrainer
 from sft.tasks.detection.layouts import dataset_splits
 
 
@@ -27,12 +27,9 @@ class DetectionSource(Source):
         None, description="the split of a source holding several (data.yaml, VOC, dataset root); default: train")
 
 
-class DetectionData(VisionData[DetectionSource]):
+class DetectionData(DenseInput, VisionData[DetectionSource]):
     classes: list[str] | None = Field(
         None, description="class names in label order; default: COCO categories, or YOLO's classes.txt/data.yaml")
-    image_size: int | None = Field(None, gt=0, description="images are resized to this square side (the detector's "
-                                                           "own resize is set to match); default: the backbone's")
-    batch_size: int = Field(8, gt=0, description="images per step and process")
 
     @model_validator(mode="before")
     @classmethod
@@ -48,8 +45,8 @@ class DetectionModel(VisionModel):
     detector: Literal["fcos", "retinanet", "fasterrcnn", "ssdlite"] = Field(
         "fcos", description="torchvision detector on the backbone's FPN (heads sized from the classes); "
                             "ssdlite: the lightest heads")
-    fpn_channels: int = Field(128, ge=64, multiple_of=32, description="width of the FPN and the heads "
-                                                                      "(torchvision: 256)")
+    fpn_channels: Annotated[int, Field(ge=64, multiple_of=32)] | Literal["auto"] = Field(
+        "auto", description="width of the FPN and the heads; auto: 64 on a CPU, 256 (torchvision's) on a GPU")
     anchor_sizes: list[float] | Literal["auto"] = Field(
         "auto", description="the smallest anchor of each FPN level, in input pixels; auto: from the training boxes")
     score_threshold: float = Field(0.05, ge=0, lt=1, description="detections below this score are dropped before "

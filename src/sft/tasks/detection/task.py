@@ -23,8 +23,10 @@ from sft.data.loaders import Inputs
 from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
+from sft.models.tta import FlipMergedBoxes
 from sft.models.vision import create_backbone
 from sft.tasks.base import TaskBase, load_model_files, read_run_info, score_batches, write_model_files
+from sft.tasks.dense_auto import resolve_dense
 from sft.tasks.detection.data import BoxDataset, box_transforms, collate, load_image, read_detection, transform_image
 from sft.tasks.detection.diagnosis import CHECKS, check_before_training, diagnose
 from sft.tasks.detection.layouts import dataset_splits
@@ -66,6 +68,11 @@ class TrainedDetector(nn.Module):
         return from_detector(self.head(x))
 
 
+def with_tta(model, info: DetectionInfo, tta: str):
+    """`--tta flip`: the detections of each image and of its mirror image, merged at IoU 0.5 (COCO's match)."""
+    return FlipMergedBoxes(model, iou=0.5, keep=info.detections_per_image) if tta == "flip" else model
+
+
 class Detection(TaskBase):
     name = "detection"
     description = "boxes and classes: an ImageNet backbone's feature maps, an FPN and a torchvision detector"
@@ -82,6 +89,9 @@ class Detection(TaskBase):
                  f"held out of {d.train.path}" for name, s in (("train", d.train), ("val", d.val), ("test", d.test))}
         check_before_training({"train": splits.train, "val": splits.val, "test": splits.test}, where)
         return splits
+
+    def resolve_auto(self, recipe: DetectionRecipe, splits: Splits, device, notes: dict) -> DetectionRecipe:
+        return resolve_dense(recipe, "fpn_channels", [max(size) for size in splits.train.sizes], device, notes)
 
     def build_backbone(self, recipe: DetectionRecipe) -> Backbone:
         return create_backbone(recipe.model.backbone, recipe.model.weights, out="maps")
@@ -157,7 +167,7 @@ class Detection(TaskBase):
     def score_run(self, run, recipe, source, samples, model, info: DetectionInfo, options, *, batch_size, progress):
         """COCO mAP, per-class AP and recall, PR curves, the confusions at IoU 0.5, the images with most errors."""
         dataset = BoxDataset(samples, box_transforms(info.image_size, "none")[1])
-        result = score_batches(model, dataset, DetectionScorer(info.classes, extended=True, top_n=options.top_losses),
+        result = score_batches(with_tta(model, info, options.tta), dataset, DetectionScorer(info.classes, extended=True, top_n=options.top_losses),
                                batch_size=batch_size, collate_fn=collate, progress=progress)
         result["data"] = source.path
         brief = {k: result[k] for k in ("map", "map50", "map75", "recall", "samples")}
@@ -174,7 +184,7 @@ class Detection(TaskBase):
         xyxy in the image's own pixels; with a folder, each image drawn with its boxes and its detections as JSON
         there."""
         _, eval_tf = box_transforms(info.image_size, "none")
-        rows = []
+        model, rows = with_tta(model, info, options.tta), []
         for file in inputs:
             image = load_image(file)
             h, w = image.shape[-2:]

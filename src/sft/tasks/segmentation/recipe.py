@@ -9,12 +9,13 @@ explicitly, even as null, is kept."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sft.data.splits import fill_splits
-from sft.recipe import HeadFirst, Optim, Recipe, Source, Strategy, VisionData, VisionModel, VisionTrainer
+from sft.recipe import (DenseInput, HeadFirst, Optim, Recipe, Source, Strategy, VisionData, VisionModel,
+                        VisionTrainer)
 from sft.tasks.segmentation.layouts import dataset_splits, layout_defaults
 
 
@@ -27,7 +28,7 @@ class SegmentationSource(Source):
         None, description="which split of a VOC or Cityscapes root; default: its train split")
 
 
-class SegmentationData(VisionData[SegmentationSource]):
+class SegmentationData(DenseInput, VisionData[SegmentationSource]):
     classes: list[str] | None = Field(None, description="class names in mask-value order; default: classes.txt "
                                                         "beside the training data")
     ignore_index: int = Field(255, ge=0, le=255, description="mask value of pixels that count for nothing (borders, "
@@ -83,17 +84,18 @@ class SegmentationData(VisionData[SegmentationSource]):
 
 class SegmentationModel(VisionModel):
     decoder: Literal["unet", "fpn", "deeplabv3plus"] = Field(
-        "unet", description="segmentation_models_pytorch decoder on the backbone's feature maps")
-    decoder_channels: int = Field(256, ge=8, description="decoder width: unet's first block, fpn's pyramid (a "
-                                                         "multiple of 64), deeplabv3plus's ASPP")
+        "fpn", description="segmentation_models_pytorch decoder on the backbone's feature maps")
+    decoder_channels: Annotated[int, Field(ge=8)] | Literal["auto"] = Field(
+        "auto", description="width: unet's first block, fpn's pyramid (a multiple of 64), deeplabv3plus's ASPP; auto: "
+                            "64 on a CPU, 256 on a GPU")
     checkpoint: str | None = Field(None, description="a whole model to start from: an sft run's model.safetensors "
                                                      "or an smp state dict of the same encoder and decoder")
 
     @field_validator("decoder_channels")
     @classmethod
-    def _fpn_groups(cls, value: int, info: ValidationInfo) -> int:
+    def _fpn_groups(cls, value: int | str, info: ValidationInfo) -> int | str:
         """smp's FPN normalises its segmentation blocks (half the pyramid's width) in 32 GroupNorm groups."""
-        if info.data.get("decoder") == "fpn" and value % 64:
+        if info.data.get("decoder") == "fpn" and value != "auto" and value % 64:
             raise ValueError("the fpn decoder needs a multiple of 64 (its segmentation blocks are half as wide, in 32 "
                              "GroupNorm groups): 64, 128 or 256")
         return value
@@ -101,13 +103,13 @@ class SegmentationModel(VisionModel):
 
 class SegmentationStrategy(HeadFirst, Strategy):
     name: Literal["linear-probe", "full", "partial", "two-stage", "gradual"] = Field(
-        "two-stage", description="which encoder groups (the backbone's own stages) train when; the decoder always "
-                                 "trains")
+        "full", description="which encoder groups (the backbone's own stages) train when; the decoder always "
+                            "trains")
 
 
 class SegmentationOptim(Optim):
     loss: Literal["cross-entropy", "dice", "focal", "ce+dice"] = Field(
-        "cross-entropy", description="per-pixel loss; ignore_index pixels never count")
+        "ce+dice", description="per-pixel loss; ignore_index pixels never count")
 
 
 class SegmentationRecipe(Recipe):

@@ -25,8 +25,10 @@ from sft.data.samples import read_image
 from sft.data.splits import Splits, load_splits
 from sft.errors import UserError
 from sft.models.backbone import Backbone, Preprocess
+from sft.models.tta import FlipAverage
 from sft.models.vision import create_backbone
 from sft.tasks.base import TaskBase, load_model_files, read_run_info, score_batches, write_model_files
+from sft.tasks.dense_auto import file_sides, resolve_dense
 from sft.tasks.segmentation.audit import audit_masks
 from sft.tasks.segmentation.calibration import calibrate_run
 from sft.tasks.segmentation.data import (PairDataset, check_layout, eval_dataset, joint_transforms, label_table,
@@ -69,6 +71,12 @@ class TrainedSegmenter(nn.Module):
         return segment(self.backbone, self.head, x, self.channels_last)
 
 
+def with_tta(model, tta: str):
+    """`--tta flip`: per-pixel logits of each image and of its mirror image (mirrored back), averaged. The run's
+    temperature stays the plain model's."""
+    return FlipAverage(model, dense=True) if tta == "flip" else model
+
+
 class Segmentation(TaskBase):
     name = "segmentation"
     description = "a class for every pixel: an ImageNet encoder's feature maps with a new smp decoder"
@@ -85,6 +93,10 @@ class Segmentation(TaskBase):
         read = lambda source, _: read_pairs(source.path, source.format, classes, d.ignore_index, d.palette,  # noqa
                                             d.label_map, source.split)
         return load_splits(d, recipe.seed, read, classes=d.classes)
+
+    def resolve_auto(self, recipe: SegmentationRecipe, splits: Splits, device, notes: dict) -> SegmentationRecipe:
+        sides = file_sides([image for image, _ in splits.train.items], recipe.seed)
+        return resolve_dense(recipe, "decoder_channels", sides, device, notes)
 
     def build_backbone(self, recipe: SegmentationRecipe) -> Backbone:
         return create_backbone(recipe.model.backbone, recipe.model.weights, out="maps")
@@ -154,7 +166,8 @@ class Segmentation(TaskBase):
         dataset = eval_dataset(info, samples)
         scorer = SegmentationScorer(info.classes, info.ignore_index, top_n=options.top_losses,
                                     temperature=calibration["temperature"])
-        result = score_batches(model, dataset, scorer, batch_size=batch_size, progress=progress)
+        result = score_batches(with_tta(model, options.tta), dataset, scorer, batch_size=batch_size,
+                               progress=progress)
         result["data"], result["calibration"] = source.path, calibration
         summary = {k: result[k] for k in ("miou", "pixel_acc", "mean_dice", "ece", "ece_calibrated", "temperature",
                                           "samples")}
@@ -182,7 +195,7 @@ class Segmentation(TaskBase):
 
     def predict_rows(self, model, info: SegmentationInfo, inputs, options, folder, stream):
         """Per image: the share of pixels of each class; with a folder, its index mask and colour overlay there."""
-        transform, rows = eval_transform(info), []
+        transform, rows, model = eval_transform(info), [], with_tta(model, options.tta)
         for file in inputs:
             image = read_image(file)
             mask = full_mask(class_maps(model, image_input(image, transform)[None])[0], image.size)
