@@ -118,34 +118,47 @@ def example_composites(kind: str, root: Path, train: int, canvas: int, seed: int
     return root
 
 
-def defaults_against_tuned(tuned: list[str], given: list[str], metric: str, ema: float = 0.999) -> dict:
-    """The dense benches' `defaults` mode: the bench's tuned recipe (`tuned` overrides), a recipe of only `given`
-    ("task=NAME" first, then data and epochs: every other key sft's default) and that recipe with `trainer.ema`, each trained whole and
-    scored on its test split (metrics.json's test_<metric>); then the defaults run evaluated again with `--tta flip`.
-    Returns each score, the minutes, and what `auto` chose."""
+def defaults_against_tuned(tuned: list[str], given: list[str], metric: str, ema: float | None = 0.999) -> dict:
+    """The dense benches' `defaults` mode: a recipe of only `given` ("task=NAME" first, then data and epochs: every
+    other key sft's default), the bench's tuned recipe (`tuned` overrides; not trained again when the defaults
+    resolved to exactly it) and the defaults with `trainer.ema`, each trained whole and scored on its test split
+    (metrics.json's test_<metric>; no EMA run when `ema` is None or 0); then the defaults run evaluated again with
+    `--tta flip`. Returns each score, the
+    minutes, and what `auto` chose."""
     import tempfile
 
     from sft import fine_tune, load_recipe
+    from sft.recipe import dump_recipe
     from sft.tasks import get_task
 
-    scores, minutes = {}, {}
+    scores, minutes, task = {}, {}, get_task(given[0].removeprefix("task="))
     with tempfile.TemporaryDirectory() as tmp:
-        for name, overrides in (("tuned", tuned), ("defaults", given), ("ema", [*given, f"trainer.ema={ema}"])):
+        def train(name: str, overrides: list[str]):
             started = time.perf_counter()
-            run = fine_tune(load_recipe(None, [*overrides, "trainer.progress=false", f"run_dir={tmp}/{name}",
-                                               f"cache_dir={tmp}/cache"]))
+            run = fine_tune(recipe(name, overrides))
             minutes[name] = round((time.perf_counter() - started) / 60, 2)
             scores[name] = round(run.metrics[f"test_{metric}"], 4)
-            print(f"{name}: test {metric} {scores[name]} in {minutes[name]} min; auto: {run.metrics.get('auto')}",
-                  flush=True)
-            if name == "defaults":
-                chosen = {k: v["value"] for k, v in run.metrics.get("auto", {}).items()}
-                task = get_task(given[0].removeprefix("task="))
-                _, summary = task.evaluate(run.dir, None, Path(tmp) / "tta", task.options["eval"](tta="flip",
-                                           top_losses=0), overwrite=True, batch_size=32, progress=False)
-                scores["tta"] = round(summary[metric], 4)
+            print(f"{name}: test {metric} {scores[name]} in {minutes[name]} min", flush=True)
+            return run
+
+        def recipe(name: str, overrides: list[str]):
+            return load_recipe(None, [*overrides, "trainer.progress=false", f"run_dir={tmp}/{name}",
+                                      f"cache_dir={tmp}/cache"])
+
+        run = train("defaults", given)
+        chosen = {k: v["value"] for k, v in run.metrics.get("auto", {}).items()}
+        same = (run.dir / "recipe.yaml").read_text() == dump_recipe(recipe("defaults", tuned))
+        if same:
+            scores["tuned"] = scores["defaults"]
+        else:
+            train("tuned", tuned)
+        _, summary = task.evaluate(run.dir, None, Path(tmp) / "tta", task.options["eval"](tta="flip", top_losses=0),
+                                   overwrite=True, batch_size=32, progress=False)
+        scores["tta"] = round(summary[metric], 4)
+        if ema:
+            train("ema", [*given, f"trainer.ema={ema}"])
+    figures = {f"ema_{metric}": scores["ema"], "ema_gain": round(scores["ema"] - scores["defaults"], 4)} if ema else {}
     return {f"tuned_{metric}": scores["tuned"], f"defaults_{metric}": scores["defaults"],
-            "defaults_gap": round(scores["defaults"] - scores["tuned"], 4),
-            f"ema_{metric}": scores["ema"], "ema_gain": round(scores["ema"] - scores["defaults"], 4),
-            f"tta_{metric}": scores["tta"], "tta_gain": round(scores["tta"] - scores["defaults"], 4),
+            "defaults_gap": round(scores["defaults"] - scores["tuned"], 4), "defaults_are_the_tuned_recipe": same,
+            **figures, f"tta_{metric}": scores["tta"], "tta_gain": round(scores["tta"] - scores["defaults"], 4),
             "auto": chosen, "minutes": minutes}

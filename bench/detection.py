@@ -14,10 +14,10 @@ docs/benchmarks.md holds the results.
     .venv/bin/python bench/detection.py [train_images] [epochs] [image_size] [detector] [fpn_channels] [lr]
         [strategy] [augment]
 
-    .venv/bin/python bench/detection.py defaults [train_images] [epochs]
+    .venv/bin/python bench/detection.py defaults [train_images] [epochs] [ema]
 
 `defaults` trains this recipe (pretrained), a recipe holding only task, data and epochs, and that one with
-`trainer.ema=0.999`, and evaluates the defaults run again with `--tta flip`; its last line: tuned_map50,
+`trainer.ema=EMA` (0.999; 0: not trained), and evaluates the defaults run again with `--tta flip`; its last line: tuned_map50,
 defaults_map50, defaults_gap (target ≥ −0.02), ema_map50 and ema_gain, tta_map50 and tta_gain, what `auto` chose,
 minutes.
 
@@ -60,14 +60,14 @@ def composites(train: int) -> Path:
     return out
 
 
-def defaults(train: int = TRAIN, epochs: int = EPOCHS) -> None:
+def defaults(train: int = TRAIN, epochs: int = EPOCHS, ema: float = 0.999) -> None:
     data = composites(train)
     splits = [f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test"]
     tuned = ["task=detection", *splits, f"data.image_size={SIZE}", f"data.batch_size={BATCH}",
              f"data.augment={AUGMENT}", "model.backbone=torchvision/mobilenet_v2", f"model.detector={DETECTOR}",
              f"model.fpn_channels={FPN}", f"strategy.name={STRATEGY}", "strategy.head_epochs=1", f"optim.lr={LR}",
              f"trainer.epochs={epochs}"]
-    report({**defaults_against_tuned(tuned, ["task=detection", *splits, f"trainer.epochs={epochs}"], "map50"),
+    report({**defaults_against_tuned(tuned, ["task=detection", *splits, f"trainer.epochs={epochs}"], "map50", ema),
             "train_images": train, "epochs": epochs, "threads": torch.get_num_threads()})
 
 
@@ -109,6 +109,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["defaults"]:
-        defaults(*(int(a) for a in sys.argv[2:4]))
+        defaults(*(int(a) for a in sys.argv[2:4]), *(float(a) for a in sys.argv[4:5]))
     else:
         main()

@@ -9,8 +9,8 @@ that (16 to 200) each for val and test, resized to `size` for the model.
 Same model: the ImageNet MobileNetV2 sft ships in feature-map mode (the backbone sft uses by default), an FPN 64
 wide on its last three maps with P6/P7, and torchvision's FCOS heads for the 10 classes, built by sft's own
 `build_detector` for the plain loop too (anchors = the FPN strides, which is what sft's `anchor_sizes: auto` gives
-FCOS; FPN width, batch 16 and `data.augment=none` are examples/detection/detection.yaml's: sft's bare defaults are 128
-wide, batches of 8 and light augmentation). Same loss (FCOS's own loss dict, summed), batch, transform (sft's
+FCOS; FPN width, batch 16 and `data.augment=none` are examples/detection/detection.yaml's, and what sft's defaults
+choose on a CPU). Same loss (FCOS's own loss dict, summed), batch, transform (sft's
 training transform with `augment: none`: resize, to float, boxes clamped and sanitised), optimizer (AdamW at sft's
 `optim.lr: auto`, 1e-3, every layer training: `strategy.name=full`, as in bench/epoch_throughput.py, because the
 default two-stage spends its first epoch on a frozen backbone, which is not the same work), threads (this process's),

@@ -12,6 +12,12 @@ same conversations.
 
     .venv/bin/python bench/instruct.py [train] [test] [epochs]     # the example's recipe; default 256 200 1
     .venv/bin/python bench/instruct.py defaults [train] [test]     # both recipes; default 96 200 (the tuned: 1 epoch)
+    .venv/bin/python bench/instruct.py steps                       # the defaults at 96 and 48 questions, by epochs
+    .venv/bin/python bench/instruct.py full                        # the defaults as a full fine-tune, by lr
+
+`steps` is the measurement behind `trainer.epochs: auto`: the defaults recipe with trainer.epochs set, 96 questions
+at 3 and 8 epochs and 48 at 3 and 6, each scored on the same 200 test questions. `full` is the measurement behind
+`optim.lr: auto` for a full fine-tune: the defaults with `strategy.name=full` at 5e-5 and 2e-5, 96 questions.
 """
 
 from __future__ import annotations
@@ -88,8 +94,35 @@ def defaults(train: int = 96, test: int = 200) -> None:
             "defaults_met": plain["exact_match"] >= tuned["exact_match"] - 0.05 and plain["in_set"] >= 0.95})
 
 
+def steps(test: int = 200) -> None:
+    figures = {}
+    for train, epochs in ((96, 3), (96, 8), (48, 3), (48, 6)):
+        train_file, test_file, _, _ = data(train, test)
+        s = tune_and_score(None, ["task=causal-lm", f"data.train={train_file}", f"data.test={test_file}",
+                                  "model.backbone=smollm2", f"trainer.epochs={epochs}"])
+        figures[f"{train}x{epochs}"] = {"exact_match": s["exact_match"], "in_set": s["in_set"]}
+        print(f"{train} questions, {epochs} epochs: {s}", flush=True)
+    report(figures)
+
+
+def full(test: int = 200) -> None:
+    train_file, test_file, _, _ = data(96, test)
+    figures = {}
+    for lr in (5e-5, 2e-5):
+        s = tune_and_score(None, ["task=causal-lm", f"data.train={train_file}", f"data.test={test_file}",
+                                  "model.backbone=smollm2", "strategy.name=full", f"optim.lr={lr}"])
+        figures[f"lr_{lr:g}"] = {"exact_match": s["exact_match"], "in_set": s["in_set"],
+                                 "train_minutes": s["train_minutes"]}
+        print(f"full fine-tune at {lr:g}: {s}", flush=True)
+    report(figures)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["defaults"]:
         defaults(*(int(a) for a in sys.argv[2:4]))
+    elif sys.argv[1:2] == ["steps"]:
+        steps()
+    elif sys.argv[1:2] == ["full"]:
+        full()
     else:
         example(*(int(a) for a in sys.argv[1:4]))

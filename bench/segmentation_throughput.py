@@ -7,8 +7,8 @@ val and test, resized to `size` for the model. Both sides train on the same trai
 
 Same model: the ImageNet MobileNetV2 encoder sft ships (`create_backbone(..., out="maps")`, the backbone sft uses by
 default) and smp's FPN decoder 64 wide with its 1x1 head, built by sft's own `DecoderHead` for the plain loop too (the
-decoder and width of examples/segmentation/segmentation.yaml; sft's bare default is a Unet 256 wide, several times
-slower on a CPU). Same loss (cross-entropy over the pixels that are not ignore_index 255: sft's default loss), batch
+decoder and width of examples/segmentation/segmentation.yaml, and what sft's defaults choose on a CPU). Same loss
+(cross-entropy over the pixels that are not ignore_index 255, set on sft's side: its default is ce+dice), batch
 (16, the example's), transform (resize + the backbone's normalisation, no augmentation: `data.augment=none`, the
 example's), optimizer (AdamW at sft's `optim.lr: auto`, 1e-3, every layer training: `strategy.name=full`, as in
 bench/epoch_throughput.py, because the default two-stage spends its first epoch on a frozen encoder, which is not
@@ -139,7 +139,8 @@ def sft_run(data: Path, size: int, epochs: int, tmp: str, extra: list[str]) -> d
     recipe = load_recipe(None, [
         "task=segmentation", f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test",
         f"data.image_size={size}", f"data.batch_size={BATCH}", "data.augment=none", f"model.decoder={DECODER}",
-        f"model.decoder_channels={WIDTH}", "strategy.name=full", f"trainer.epochs={epochs}", "trainer.progress=false",
+        f"model.decoder_channels={WIDTH}", "strategy.name=full", "optim.loss=cross-entropy", f"trainer.epochs={epochs}",
+        "trainer.progress=false",
         f"seed={SEED}", f"run_dir={tmp}/run", f"cache_dir={tmp}/cache", *extra])
     metrics = fine_tune(recipe, callbacks=[timer]).metrics
     return {"images_per_second": metrics["train_samples"] / timer.seconds[1], "seconds": time.perf_counter() - started,

@@ -69,7 +69,7 @@ def test_auto_lr_by_strategy_and_model_kind():
 
 
 def test_auto_epochs_give_a_small_set_enough_steps_and_a_large_one_its_epochs():
-    epochs, why = auto_epochs(86, 8)  # 11 steps an epoch
-    assert epochs * 11 >= AUTO_STEPS > (epochs - 1) * 11 and "steps" in why
+    epochs, why = auto_epochs(20, 8)  # 3 steps an epoch
+    assert epochs * 3 >= AUTO_STEPS > (epochs - 1) * 3 and epochs > AUTO_EPOCHS and "steps" in why
     assert auto_epochs(10_000, 8) == (AUTO_EPOCHS, f"{AUTO_EPOCHS} epochs of 1250 optimizer steps")
     assert auto_epochs(3, 64)[0] == AUTO_STEPS  # one step an epoch

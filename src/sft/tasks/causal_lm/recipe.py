@@ -62,7 +62,7 @@ class Generation(Section):
 
 class ChatTrainer(Trainer):
     epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto", description="training epochs; auto: 3, or more to make at least 200 optimizer steps")
+        "auto", description="training epochs; auto: 3, or more to make at least 32 optimizer steps")
 
 
 class CausalLMRecipe(Recipe):
