@@ -77,13 +77,20 @@ class Prepared:
 
 
 def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
-    """Seed, read the data (first: a bad file is found before a slow model load), build the backbone, its inputs,
-    the freeze schedule, the model and the loaders."""
+    """Seed, read the data (first: a bad file is found before a slow model load), decide the `auto` keys that depend
+    on it and the machine, build the backbone, its inputs, the freeze schedule, the model and the loaders."""
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     splits = task.load_splits(recipe)
     device = training_device(recipe.trainer.accelerator)
     notes: dict = {}
     recipe = task.resolve_auto(recipe, splits, device, notes)
+    if recipe.trainer.epochs == "auto":
+        t = recipe.trainer
+        per_step = recipe.data.batch_size * recipe.optim.accumulate * local_processes(t.devices, device) * t.num_nodes
+        epochs, why = auto_epochs(len(splits.train), per_step)
+        recipe = recipe.model_copy(update={"trainer": t.model_copy(update={"epochs": epochs})})
+        notes["epochs_auto"] = {"epochs": epochs, "for": why}
+        log.warning(f"trainer.epochs auto: {epochs}, for {why}")
     backbone = task.build_backbone(recipe)
     inputs = task.build_inputs(backbone, recipe)
     options = task.loader_options(recipe, splits, inputs, notes)
@@ -93,13 +100,6 @@ def prepare(task: TrainingTask, recipe: Recipe) -> Prepared:
     workers = loader_workers(recipe.data.num_workers, device, local_processes(recipe.trainer.devices, device),
                              inputs.decodes)
     notes["num_workers"] = workers
-    if recipe.trainer.epochs == "auto":
-        t = recipe.trainer
-        per_step = recipe.data.batch_size * recipe.optim.accumulate * local_processes(t.devices, device) * t.num_nodes
-        epochs, why = auto_epochs(len(splits.train), per_step)
-        recipe = recipe.model_copy(update={"trainer": t.model_copy(update={"epochs": epochs})})
-        notes["epochs_auto"] = {"epochs": epochs, "for": why}
-        log.warning(f"trainer.epochs auto: {epochs}, for {why}")
     features = split_features(recipe, backbone.name, backbone.module, splits, inputs, precision, channels_last,
                               device, workers)
     if recipe.strategy.name == "auto":
