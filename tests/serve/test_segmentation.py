@@ -20,7 +20,7 @@ from tests.tasks.segmentation.conftest import recipe
 def run(tmp_path_factory, segmentation_set):
     tmp_path = tmp_path_factory.mktemp("seg-serve")
     path = recipe(tmp_path, segmentation_set, "model:", "  backbone: timm/test_efficientnet", "  weights: none",
-                  "  decoder_channels: 32", "strategy:", "  name: full")
+                  "  decoder: unet", "  decoder_channels: 32", "strategy:", "  name: full")
     result = sft("train", path, "trainer.epochs=1")
     assert result.exit_code == 0, result.output
     return tmp_path / "run"

@@ -40,9 +40,9 @@ def test_erased_garments_rank_first(segmentation_set, tmp_path):
     path = tmp_path / "seg.yaml"
     path.write_text("\n".join([
         "task: segmentation", "data:", f"  train: {data / 'train'}", f"  val: {data / 'val'}", "  image_size: 32",
-        "  batch_size: 8", "model:", "  backbone: timm/test_efficientnet", "  weights: none",
-        "  decoder: unet", "  decoder_channels: 32", "strategy:", "  name: full", "optim:", "  lr: 0.01", "trainer:", "  epochs: 8",
-        "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}"]) + "\n")
+        "  augment: light", "  batch_size: 8", "model:", "  backbone: timm/test_efficientnet", "  weights: none",
+        "  decoder: unet", "  decoder_channels: 32", "strategy:", "  name: full", "optim:", "  lr: 0.01", "trainer:",
+        "  epochs: 8", "  progress: false", f"run_dir: {tmp_path / 'run'}", f"cache_dir: {tmp_path / 'cache'}"]) + "\n")
     assert sft("train", path).exit_code == 0
     shutil.copytree(data / "val", tmp_path / "planted")
     planted = erase(tmp_path / "planted")
