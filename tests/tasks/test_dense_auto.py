@@ -23,7 +23,7 @@ def test_a_gpu_gets_the_images_detail_wide_heads_and_augmentation():
     r = resolve_dense(dense(), "fpn_channels", [1500, 2000], torch.device("cuda"), notes)
     assert (r.data.image_size, r.model.fpn_channels, r.data.augment) == (1024, 256, "light")
     r = resolve_dense(dense(), "fpn_channels", [300], torch.device("cuda"), {})
-    assert r.data.image_size == 288  # never upsampled past the nearest multiple of 32
+    assert r.data.image_size == 288  # the nearest multiple of 32
 
 
 def test_explicit_settings_are_kept_and_not_reported():

@@ -3,7 +3,7 @@
 A CPU trains a few epochs of small inputs and a GPU many epochs of large ones, and the best choices differ
 (docs/benchmarks.md measures them on the CPU):
 - `data.image_size`: the training images' median longer side, to a multiple of 32, at most 512 on a CPU and 1024 on
-  a GPU: the data's own detail, never upsampled;
+  a GPU: the data's own detail, to within that rounding;
 - the decoder's or FPN's width: 64 on a CPU (the heads' cost grows with its square), 256 on a GPU (smp's and
   torchvision's own);
 - `data.augment`: none on a CPU (a short run is under-fitted, and crops slow it), light on a GPU.
