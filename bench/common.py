@@ -101,6 +101,24 @@ def report(figures: dict) -> None:
     print(json.dumps(figures))
 
 
+def against_the_loop(sft: dict, plain: dict, metric: str) -> dict:
+    """The figures both dense throughput benches report: `sft` and `plain` are each side's result (sft's metrics under
+    "metrics"), `metric` the quality key (miou, map50) its test_/val_ values are read under."""
+    m = sft["metrics"]
+    return {"ratio": round(sft["images_per_second"] / plain["images_per_second"], 3),
+            "quality_gap": round(m[f"test_{metric}"] - plain[f"test_{metric}"], 4),
+            "sft_images_per_second": round(sft["images_per_second"], 1),
+            "plain_images_per_second": round(plain["images_per_second"], 1),
+            **{f"{side}_{split}_{metric}": round(values[f"{split}_{metric}"], 4)
+               for split in ("test", "val") for side, values in (("sft", m), ("plain", plain))},
+            # the whole job: sft's also validates every epoch, scores val and test and writes the model
+            "sft_seconds": round(sft["seconds"], 1), "plain_seconds": round(plain["seconds"], 1),
+            "sft_epoch_seconds": [round(s, 1) for s in sft["epoch_seconds"]],
+            "plain_epoch_seconds": [round(s, 1) for s in plain["epoch_seconds"]],
+            "sft_best_epoch": m["best_epoch"], "train_images": m["train_samples"], "lr": m["lr_auto"]["lr"],
+            "precision": m["precision"], "sft_num_workers": m.get("num_workers")}
+
+
 def held_out(train: int) -> int:
     """Composites in each of val and test beside `train` training ones: a fifth, 16 to 200."""
     return min(200, max(16, train // 5))

@@ -59,7 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from common import example_composites, held_out, report
+from common import against_the_loop, example_composites, held_out, report
 from epoch_throughput import EpochTimer, device
 from sft import fine_tune, load_recipe
 from sft.core.precision import autocast_for
@@ -196,24 +196,13 @@ def main(train_images: int = 1000, size: int = 128, epochs: int = 3, extra: tupl
             raise SystemExit(f"sft trained in {m['precision']}, the plain loop in fp32: not the same work")
         classes = read_detection(data / "train" / "annotations.json", "coco", None).classes
         plain = plain_loop(data, classes, size, epochs, m["lr_auto"]["lr"])
-    report({"ratio": round(sft["images_per_second"] / plain["images_per_second"], 3),
-            "quality_gap": round(m["test_map50"] - plain["test_map50"], 4),
-            "sft_images_per_second": round(sft["images_per_second"], 1),
-            "plain_images_per_second": round(plain["images_per_second"], 1),
-            "sft_test_map50": round(m["test_map50"], 4), "plain_test_map50": round(plain["test_map50"], 4),
+    report({**against_the_loop(sft, plain, "map50"),
             "sft_test_map": round(m["test_map"], 4), "plain_test_map": round(plain["test_map"], 4),
-            "sft_val_map50": round(m["val_map50"], 4), "plain_val_map50": round(plain["val_map50"], 4),
-            # the whole job: sft's also validates every epoch, scores val and test and writes the model
-            "sft_seconds": round(sft["seconds"], 1), "plain_seconds": round(plain["seconds"], 1),
-            "sft_epoch_seconds": [round(s, 1) for s in sft["epoch_seconds"]],
-            "plain_epoch_seconds": [round(s, 1) for s in plain["epoch_seconds"]],
-            "sft_best_epoch": m["best_epoch"], "train_images": m["train_samples"],
             "val_and_test_images": held_out(train_images), "canvas": CANVAS, "size": size, "epochs": epochs,
             "batch_size": BATCH, "detector": DETECTOR, "fpn_channels": FPN, "backbone": BACKBONE,
-            "anchor_sizes": m["anchor_sizes"], "lr": m["lr_auto"]["lr"], "precision": m["precision"],
-            "sft_num_workers": m.get("num_workers"),
-            "plain_num_workers": min(8, os.cpu_count() or 1), "sft_overrides": list(extra),
-            "threads": torch.get_num_threads(), "device": str(device()), "cores": os.cpu_count()})
+            "anchor_sizes": m["anchor_sizes"], "plain_num_workers": min(8, os.cpu_count() or 1),
+            "sft_overrides": list(extra), "threads": torch.get_num_threads(), "device": str(device()),
+            "cores": os.cpu_count()})
 
 
 if __name__ == "__main__":
