@@ -1,8 +1,10 @@
+import pytest
 import torch
 
 from sft.recipe import dump_recipe
 from sft.tasks import load_recipe
-from sft.tasks.dense_auto import resolve_dense
+from sft.errors import UserError
+from sft.tasks.dense_auto import file_sides, resolve_dense
 from sft.training.resume import resumed_recipe
 
 
@@ -39,3 +41,12 @@ def test_a_resumed_run_keeps_what_auto_chose_on_another_machine(tmp_path):
     saved.write_text(dump_recipe(chosen))
     again = resumed_recipe(dense(), saved)
     assert (again.data.image_size, again.model.fpn_channels, again.data.augment) == (128, 64, "none")
+
+
+def test_image_sides_come_from_the_headers_and_a_bad_file_is_named(tmp_path):
+    from PIL import Image
+    Image.new("RGB", (90, 50)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_text("not an image")
+    assert file_sides([str(tmp_path / "a.png")], seed=0) == [90]
+    with pytest.raises(UserError, match="b.png: cannot read the image"):
+        file_sides([str(tmp_path / "a.png"), str(tmp_path / "b.png")], seed=0)

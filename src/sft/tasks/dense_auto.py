@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sft.errors import UserError
 from sft.recipe import Recipe
 
 log = logging.getLogger("sft")
@@ -57,6 +58,10 @@ def file_sides(paths: Sequence[str], seed: int) -> list[int]:
     chosen = np.random.default_rng(seed).permutation(len(paths))[:SAMPLE]
     sides = []
     for i in chosen:
-        with Image.open(paths[i]) as image:
-            sides.append(max(image.size))
+        try:
+            with Image.open(paths[i]) as image:
+                sides.append(max(image.size))
+        except OSError as e:  # missing, or not an image PIL reads
+            raise UserError(f"{paths[i]}: cannot read the image ({e}); data.image_size auto reads the training "
+                            f"images' sizes") from None
     return sides

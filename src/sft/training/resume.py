@@ -71,14 +71,14 @@ def resumed_recipe(recipe: Recipe, saved: Path) -> Recipe:
     recipe = recipe.model_copy(update={"optim": done.optim, "strategy": strategy})
     for key, tokens in RESOLVED.items():
         if after.get(key) in tokens and key in before:
-            recipe = _set(recipe, key, before[key])
+            recipe = _with_key(recipe, key, before[key])
     return recipe
 
 
-def _set(section, key: str, value):
+def _with_key(section, key: str, value):
     """A copy of the section with its dotted key set."""
     head, _, rest = key.partition(".")
-    return section.model_copy(update={head: _set(getattr(section, head), rest, value) if rest else value})
+    return section.model_copy(update={head: _with_key(getattr(section, head), rest, value) if rest else value})
 
 
 def check_own_run(recipe_file: str | Path, recipe: Recipe, resume: bool) -> None:
