@@ -7,6 +7,7 @@ import gzip
 import http.client
 import json
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -117,6 +118,12 @@ def against_the_loop(sft: dict, plain: dict, metric: str) -> dict:
             "plain_epoch_seconds": [round(s, 1) for s in plain["epoch_seconds"]],
             "sft_best_epoch": m["best_epoch"], "train_images": m["train_samples"], "lr": m["lr_auto"]["lr"],
             "precision": m["precision"], "sft_num_workers": m.get("num_workers")}
+
+
+def steady_rate(images: int, epoch_seconds: list[float]) -> float:
+    """Images/s over the epochs after the first (which pays for start-up: worker processes, first allocations), from
+    their median epoch: one slow epoch on a shared machine moves it less than a single epoch's figure."""
+    return images / statistics.median(epoch_seconds[1:])
 
 
 def held_out(train: int) -> int:

@@ -20,10 +20,10 @@ constant LR. sft runs with its own loaders (`num_workers: auto`: 1 on 2 CPU core
 warm-up, its per-step logging, a validation pass every epoch (not timed: the timer stops at each epoch's last step)
 and its final val and test scoring with the best checkpoint (by val_miou) in fp32.
 
-The figure is the second epoch's images/s of each (the first pays for start-up: worker processes, first
-allocations). Quality is the test mIoU of both scored by sft's own code (`SegmentationScorer` through
-`score_batches`, fp32, one confusion matrix over the split); sft's is its best-val checkpoint, the plain loop's its
-last epoch. Seeds: 0 on both sides (data order, weights of the new decoder).
+The figure is each side's images/s over the epochs after the first, from their median epoch (the first pays for
+start-up: worker processes, first allocations). Quality is the test mIoU of both scored by sft's own code
+(`SegmentationScorer` through `score_batches`, fp32, one confusion matrix over the split); sft's is its best-val
+checkpoint, the plain loop's its last epoch. Seeds: 0 on both sides (data order, weights of the new decoder).
 
     .venv/bin/python bench/segmentation_throughput.py [train_images] [size] [epochs] [key=value ...]
 
@@ -33,7 +33,7 @@ About 6 minutes on 2 quiet CPU cores with the defaults: 4,000 training images a 
 training rate docs/benchmarks.md gives for this model on this machine; the smoke runs here shared the cores), plus
 sft's validation every epoch and scoring of 200 + 200 canvases, the plain loop's scoring of the same, and building 1,400
 canvases. On other processes' cores PyTorch's two threads wait on each other: run it on a quiet machine.
-Last line: JSON with ratio (sft images/s / plain images/s, second epoch), quality_gap
+Last line: JSON with ratio (sft images/s / plain images/s, epochs after the first), quality_gap
 (sft test mIoU - plain test mIoU), each side's images/s, mIoU and seconds, and the settings.
 """
 
@@ -52,7 +52,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from common import against_the_loop, example_composites, held_out, report
+from common import against_the_loop, example_composites, held_out, report, steady_rate
 from epoch_throughput import EpochTimer, device
 from sft import fine_tune, load_recipe
 from sft.core.precision import autocast_for
@@ -98,7 +98,7 @@ class Segmenter(nn.Module):
 
 
 def plain_loop(data: Path, classes: list[str], size: int, epochs: int, precision: str, lr: float) -> dict:
-    """The hand-written loop: images/s of the second epoch, seconds of the job (model, loader, all epochs), and the
+    """The hand-written loop: images/s after the first epoch, seconds of the job (model, loader, all epochs), and the
     val and test mIoU of the last epoch's model."""
     job_started = time.perf_counter()
     torch.manual_seed(SEED)
@@ -127,12 +127,12 @@ def plain_loop(data: Path, classes: list[str], size: int, epochs: int, precision
     job = time.perf_counter() - job_started
     miou = {split: score_batches(model, Pairs(data / split, transform), SegmentationScorer(classes, IGNORE),
                                  batch_size=BATCH)["miou"] for split in ("val", "test")}
-    return {"images_per_second": len(train) / seconds[1], "seconds": job, "epoch_seconds": seconds,
+    return {"images_per_second": steady_rate(len(train), seconds), "seconds": job, "epoch_seconds": seconds,
             "train_images": len(train), **{f"{k}_miou": v for k, v in miou.items()}}
 
 
 def sft_run(data: Path, size: int, epochs: int, tmp: str, extra: list[str]) -> dict:
-    """`sft train`: images/s of the second epoch (EpochTimer: its training steps, validation excluded), seconds of
+    """`sft train`: images/s after the first epoch (EpochTimer: its training steps, validation excluded), seconds of
     the whole `fine_tune` (validation, final scoring and the model files included) and its metrics."""
     timer = EpochTimer()
     started = time.perf_counter()
@@ -143,13 +143,14 @@ def sft_run(data: Path, size: int, epochs: int, tmp: str, extra: list[str]) -> d
         "trainer.progress=false",
         f"seed={SEED}", f"run_dir={tmp}/run", f"cache_dir={tmp}/cache", *extra])
     metrics = fine_tune(recipe, callbacks=[timer]).metrics
-    return {"images_per_second": metrics["train_samples"] / timer.seconds[1], "seconds": time.perf_counter() - started,
+    return {"images_per_second": steady_rate(metrics["train_samples"], timer.seconds),
+            "seconds": time.perf_counter() - started,
             "epoch_seconds": timer.seconds, "metrics": metrics}
 
 
 def main(train_images: int = 1000, size: int = 128, epochs: int = 4, extra: tuple = ()) -> None:
     if epochs < 2:
-        raise SystemExit("epochs must be at least 2: the figure is the second epoch")
+        raise SystemExit("epochs must be at least 2: the figure is the epochs after the first")
     with tempfile.TemporaryDirectory() as tmp:
         data = example_composites("segmentation", Path(tmp) / "data", train_images, CANVAS, SEED)
         classes = (data / "classes.txt").read_text().split("\n")[:-1]

@@ -30,6 +30,8 @@ class FineTuneModule(L.LightningModule):
         super().__init__()
         self.backbone, self.head = backbone, head
         self.schedule, self.optim, self.epochs, self.channels_last = schedule, optim, epochs, channels_last
+        if channels_last:  # a convolutional head (a decoder, an FPN) in the layout its inputs come in
+            head.to(memory_format=torch.channels_last)
 
     # -- the freeze schedule: applied at every epoch start and again after each validation ------------------------
     def on_train_epoch_start(self) -> None:
