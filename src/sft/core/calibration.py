@@ -76,12 +76,16 @@ def calibrate_run(run_dir: str | Path, held_out: Callable[[], tuple[torch.Tensor
     found = held_out()
     if found is None:
         return {"temperature": 1.0, "fitted_now": False, "note": "no validation split: not scaled"}
-    logits, labels, facts = found
-    t = fit_temperature(logits, labels)
-    fitted = {"temperature": t, **facts, "val_nll_before": nll(logits, labels), "val_nll_after": nll(logits, labels, t),
-              "val_ece_before": ece(logits, labels), "val_ece_after": ece(logits, labels, t)}
-    set_temperature(run_dir, t, fitted)
+    fitted = temperature_fit(*found)
+    set_temperature(run_dir, fitted["temperature"], fitted)
     return {**fitted, "fitted_now": True}
+
+
+def temperature_fit(logits: torch.Tensor, labels: torch.Tensor, facts: dict) -> dict:
+    """The temperature fitted on validation logits (N, C) and labels (N,), with the NLL and ECE before and after."""
+    t = fit_temperature(logits, labels)
+    return {"temperature": t, **facts, "val_nll_before": nll(logits, labels), "val_nll_after": nll(logits, labels, t),
+            "val_ece_before": ece(logits, labels), "val_ece_after": ece(logits, labels, t)}
 
 
 def stored_temperature(run_dir: str | Path) -> tuple[float, dict] | None:

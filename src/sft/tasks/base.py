@@ -149,7 +149,13 @@ class TaskBase:
         out = getattr(options, "out", None)
         folder = predictions_folder(out) if out else None  # a refused folder before the model loads
         model = self.load_run(Path(run_dir), info, getattr(options, "engine", "torch"))
+        model, info = self.inference_model(Path(run_dir), model, info, options)
         return self.predict_rows(model, info, inputs, options, folder, stream)
+
+    def inference_model(self, run_dir: Path, model, info, options) -> tuple:
+        """(model, record) `sft predict` runs, from the loaded ones: as they are, unless the options change what
+        the model is (image classification's --tta flip)."""
+        return model, info
 
     def run_info(self, run_dir: Path):
         """The finished run's model.json, as the task's own record (classes, preprocessing, ...)."""

@@ -9,6 +9,7 @@ logits, which the prediction sets (`conformal`) are fitted on too.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 from typing import Callable
@@ -17,10 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from sft.core.calibration import calibrate_run as calibrate
+from sft.core.calibration import calibrate_run as calibrate, temperature_fit
 from sft.data.loaders import Inputs
 from sft.data.samples import Samples, stratified_subset
 from sft.tasks.base import score_batches
+from sft.tasks.classification.conformal import KEY, fit_logits
 
 MAX_VAL = 20_000  # validation samples whose logits are held for the fit (a stratified subset beyond that)
 
@@ -74,4 +76,15 @@ def calibrate_run(run_dir: str | Path, info, held_out: HeldOut, *, refit: bool =
     info.temperature = result["temperature"]
     if result["fitted_now"]:
         info.extra["temperature_fitted"] = {k: v for k, v in result.items() if k != "fitted_now"}
+    return result
+
+
+def fit_unstored(info, held_out: HeldOut, *, penalty: float = 0.0, k_reg: int = 1) -> dict:
+    """The temperature and the prediction sets fitted on `held_out()`'s logits into `info` only, never into
+    model.json: the fits of the model seen through flip TTA (`--tta flip`), whose logits are not those the stored
+    fits describe. Returns the calibration as `calibrate_run` does."""
+    logits, labels, facts = held_out()
+    result = {**temperature_fit(logits, labels, facts), "fitted_now": True, "stored": False}
+    info.temperature = result["temperature"]
+    info.extra[KEY] = asdict(fit_logits(logits, labels, info.temperature, penalty=penalty, k_reg=k_reg))
     return result

@@ -74,6 +74,13 @@ def fit_sets(probs: torch.Tensor, labels: torch.Tensor, *, penalty: float = 0.0,
     return SetFit(rounded.sort().values.tolist(), float(penalty), int(k_reg), float(temperature))
 
 
+def fit_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: float, *, penalty: float = 0.0,
+               k_reg: int = 1) -> SetFit:
+    """The fit on validation logits (N, C) at `temperature` (k_reg counts only with a penalty)."""
+    return fit_sets((logits.float() / temperature).softmax(-1), labels, penalty=penalty, k_reg=k_reg if penalty else 1,
+                    temperature=temperature)
+
+
 def stored_fit(info) -> SetFit | None:
     """The fit `sft eval` stored in the run's model.json (`info.extra`), valid for its temperature, or None."""
     raw = info.extra.get(KEY)
@@ -107,8 +114,7 @@ def fit_run(run_dir: str | Path, info, held_out: Callable[[], tuple[torch.Tensor
     check_writable(run_dir, f"`sft eval` stores the prediction-set fit in {path}; make the run folder writable "
                             f"(chmod -R u+w {run_dir}) or evaluate a writable copy of it")
     logits, labels, _ = held_out()
-    fit = fit_sets((logits.float() / info.temperature).softmax(-1), labels, penalty=penalty, k_reg=k_reg,
-                   temperature=info.temperature)
+    fit = fit_logits(logits, labels, info.temperature, penalty=penalty, k_reg=k_reg)
     store_fit(run_dir, KEY, asdict(fit), info.extra)
     return fit, True
 

@@ -115,7 +115,7 @@ def summarize(results: dict) -> dict:
     m, classes = results["metrics"], results["classes"]
     keys = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1",
             "top_k_accuracy", "top_k", "loss", "nll_calibrated", "ece", "ece_calibrated", "temperature", "samples")
-    summary = {key: m[key] for key in keys}
+    summary = {key: m[key] for key in keys} | {"tta": results.get("tta", "none")}
     if "sets" in m:  # evaluations before prediction sets have none
         summary.update({key: m["sets"][key] for key in ("coverage_target", "set_coverage", "mean_set_size")})
     summary["per_class"] = {c: {"precision": m["per_class_precision"][i], "recall": m["per_class_recall"][i],

@@ -14,6 +14,8 @@ from sft.tasks import Tool
 ENGINE = "what runs the model: torch, or onnx (the run's `sft export --format onnx`)"
 COVERAGE = ("the share of samples whose true class is in their prediction set, between 0 and 1 (e.g. 0.9); the sets "
             "come from the split-conformal fit on the run's validation split that `sft eval` stores")
+TTA = ("flip: the model also sees each image mirrored and the logits are averaged (twice the compute); the temperature "
+       "and prediction sets are fitted again on the validation split's averaged logits")
 DEFAULT_COVERAGE = 0.9  # `sft eval`'s prediction sets
 Score = Literal["logme", "hscore", "nce", "leep", "knn_acc", "probe_acc"]  # rank's scores, in its table's order
 
@@ -38,6 +40,14 @@ class EvalOptions(BaseModel):
     raps_k: int = Field(1, ge=0, description="classes ranked up to this are not penalised by --raps-lambda")
 
 
+class ImagePredictOptions(PredictOptions):
+    tta: Literal["none", "flip"] = Field("none", description=TTA)
+
+
+class ImageEvalOptions(EvalOptions):
+    tta: Literal["none", "flip"] = Field("none", description=TTA)
+
+
 class ExportOptions(BaseModel):
     format: Literal["onnx", "hf"] = Field("onnx", description="onnx (dynamic batch and sequence axes) or hf (a "
                                                               "Hugging Face folder)")
@@ -57,5 +67,6 @@ class RankOptions(BaseModel):
 
 
 OPTIONS = {"predict": PredictOptions, "eval": EvalOptions, "export": ExportOptions, "serve": ServeOptions}
+IMAGE_OPTIONS = {**OPTIONS, "predict": ImagePredictOptions, "eval": ImageEvalOptions}
 RANK = Tool("Rank pretrained backbones for the recipe's data by transferability (LogME, H-score, NCE, LEEP, kNN).",
             RankOptions, "sft.tasks.classification.tools.rank_command:rank_command")

@@ -22,17 +22,18 @@ from sft.data.samples import Samples, stratified_subset
 from sft.data.splits import Splits, load_splits
 from sft.data.texts import read_texts
 from sft.errors import UserError
+from sft.models.tta import FlipAverage
 from sft.recipe import Source
 from sft.tasks import load_recipe
 from sft.tasks.base import data_identity, score_batches, source_of, write_model_files
-from sft.tasks.classification.calibration import calibrate_run, validation_logits
-from sft.tasks.classification.conformal import SetCounts, fit_run, run_fit, set_rows
+from sft.tasks.classification.calibration import calibrate_run, fit_unstored, validation_logits
+from sft.tasks.classification.conformal import SetCounts, fit_run, run_fit, set_rows, stored_fit
 from sft.tasks.classification.export import ModelInfo, TrainedClassifier, load_model
 from sft.tasks.classification.hf import export_text_hf, export_timm_hf
 from sft.tasks.classification.metrics import Scores, summarize
 from sft.tasks.classification.module import Classifier
 from sft.tasks.classification.onnx import OnnxClassifier, OnnxTextClassifier, export_onnx
-from sft.tasks.classification.options import DEFAULT_COVERAGE, OPTIONS
+from sft.tasks.classification.options import DEFAULT_COVERAGE, IMAGE_OPTIONS, OPTIONS
 from sft.tasks.classification.probe import fit_probe, load_probe
 from sft.tasks.classification.recipe import ClassificationRecipe, ImageClassificationRecipe, TextClassificationRecipe
 from sft.tasks.classification.report import build_report, class_samples, write_report
@@ -53,7 +54,7 @@ class ImageClassification(PooledImages, PooledTask):
     description = "one label per image: a new linear head on a pretrained timm/torchvision backbone"
     recipe = ImageClassificationRecipe
     monitor = Monitor("val_acc", "max")
-    options = OPTIONS
+    options = IMAGE_OPTIONS
     info_type = ModelInfo  # model.json
     onnx = OnnxClassifier  # `sft export --format onnx` and `--engine onnx`
     serving = ImagePredictor  # `sft serve`
@@ -150,10 +151,16 @@ class ImageClassification(PooledImages, PooledTask):
         with Grad-CAM or token attributions)."""
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         inputs = self.run_inputs(model, info)
-        held_out = validation_logits(model, lambda: self.load_splits(recipe).val, inputs, seed=recipe.seed,
+        flip = getattr(options, "tta", "none") == "flip"
+        scored = FlipAverage(model) if flip else model
+        held_out = validation_logits(scored, lambda: self.load_splits(recipe).val, inputs, seed=recipe.seed,
                                      batch_size=batch_size, progress=progress)
-        calibration = calibrate_run(run.path, info, held_out)
-        fit, fitted_now = fit_run(run.path, info, held_out, penalty=options.raps_lambda, k_reg=options.raps_k)
+        if flip:  # the stored fits describe the plain model's logits
+            calibration = fit_unstored(info, held_out, penalty=options.raps_lambda, k_reg=options.raps_k)
+            fit, fitted_now = stored_fit(info), True
+        else:
+            calibration = calibrate_run(run.path, info, held_out)
+            fit, fitted_now = fit_run(run.path, info, held_out, penalty=options.raps_lambda, k_reg=options.raps_k)
         try:
             sets = SetCounts(fit, options.coverage or DEFAULT_COVERAGE, len(info.classes), fitted_now)
         except UserError as e:  # a validation split too small for the coverage: an error only when asked for
@@ -164,12 +171,13 @@ class ImageClassification(PooledImages, PooledTask):
         dataset = inputs.eval(samples)
         scorer = Scores(len(info.classes), temperature=calibration["temperature"], top_losses=options.top_losses,
                         sets=sets)
-        scores = score_batches(model, dataset, scorer, batch_size=batch_size, collate_fn=inputs.collate,
+        scores = score_batches(scored, dataset, scorer, batch_size=batch_size, collate_fn=inputs.collate,
                                progress=progress)
         for row in scores["top_losses"]:
             row["id"] = samples.ids[row["index"]]
         results = {"run_dir": str(run.path.resolve()), "data": data_identity(source, samples), "kind": samples.kind,
-                   "classes": info.classes, "calibration": calibration, "metrics": scores,
+                   "classes": info.classes, "tta": getattr(options, "tta", "none"), "calibration": calibration,
+                   "metrics": scores,
                    "class_samples": class_samples(samples.labels, len(info.classes))}
         page = build_report(results, model.cpu(), info, samples, dataset, inputs.collate, progress=progress)
         return results, summarize(results), page
@@ -207,9 +215,21 @@ class ImageClassification(PooledImages, PooledTask):
 
     def predict(self, run_dir, inputs, options, stream=None):
         """`sft predict`; with --coverage, the run's prediction-set fit is checked before the model loads."""
-        if options.coverage is not None:
+        if options.coverage is not None and getattr(options, "tta", "none") == "none":
             run_fit(run_dir, self.run_info(Path(run_dir))).threshold(options.coverage)
         return super().predict(run_dir, inputs, options, stream)
+
+    def inference_model(self, run_dir, model, info, options):
+        """--tta flip: the model averaged over each image and its mirror image, with a temperature and prediction
+        sets fitted on the validation split's averaged logits first (one pass over it; the RAPS penalty of the run's
+        stored fit, if any)."""
+        if getattr(options, "tta", "none") == "none":
+            return model, info
+        flipped, recipe, plain = FlipAverage(model), load_recipe(RunDir(run_dir).recipe), stored_fit(info)
+        held_out = validation_logits(flipped, lambda: self.load_splits(recipe).val, self.run_inputs(model, info),
+                                     seed=recipe.seed)
+        fit_unstored(info, held_out, penalty=plain.penalty if plain else 0.0, k_reg=plain.k_reg if plain else 1)
+        return flipped, info
 
     def predict_rows(self, model, info, inputs, options, folder, stream) -> list[dict]:
         """The top-k labels of each input, with the run's calibrated probabilities; with a coverage, each row also
@@ -248,6 +268,7 @@ class TextClassification(PooledTexts, ImageClassification):
     name = "text-classification"
     description = "one label per text (or text pair): a new linear head on a pooled Hugging Face encoder"
     recipe = TextClassificationRecipe
+    options = OPTIONS  # no --tta: a text has no mirror image
     onnx = OnnxTextClassifier
     serving = TextPredictor
 
