@@ -16,10 +16,16 @@ docs/benchmarks.md holds the results.
 
     .venv/bin/python bench/detection.py defaults [train_images] [epochs] [ema]
 
+    .venv/bin/python bench/detection.py mosaic [share ...]
+
 `defaults` trains this recipe (pretrained), a recipe holding only task, data and epochs, and that one with
 `trainer.ema=EMA` (0.999; 0: not trained), and evaluates the defaults run again with `--tta flip`; its last line: tuned_map50,
 defaults_map50, defaults_gap (target ≥ −0.02), ema_map50 and ema_gain, tta_map50 and tta_gain, what `auto` chose,
 minutes.
+
+`mosaic` trains the recipe of only task, data and epochs as it is and with `data.mosaic=SHARE` for each share given
+(0.5 and 1.0; the last epoch plain, `data.close_mosaic: 1`); its last line: each run's map50 and map, each
+mosaic_SHARE_gain (mAP50), minutes.
 
 Last line otherwise: JSON with map50_pretrained, map_pretrained, map50_random, map_random, minutes_pretrained,
 minutes_random, minutes (their total), train_images and val_and_test_images.
@@ -71,6 +77,27 @@ def defaults(train: int = TRAIN, epochs: int = EPOCHS, ema: float = 0.999) -> No
             "train_images": train, "epochs": epochs, "threads": torch.get_num_threads()})
 
 
+def mosaic(shares: list[float], train: int = TRAIN, epochs: int = EPOCHS) -> None:
+    """The defaults recipe (task, data, epochs) trained as it is and with each `data.mosaic` share (the last epoch
+    plain: `data.close_mosaic` 1, the default), test mAP50 and mAP of each."""
+    data = composites(train)
+    given = ["task=detection", f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test",
+             f"trainer.epochs={epochs}", "trainer.progress=false"]
+    scores, minutes = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("defaults", []), *((f"mosaic_{share}", [f"data.mosaic={share}"]) for share in shares)):
+            started = time.perf_counter()
+            metrics = fine_tune(load_recipe(None, [*given, *extra, f"run_dir={tmp}/{name}",
+                                                   f"cache_dir={tmp}/cache"])).metrics
+            minutes[name] = round((time.perf_counter() - started) / 60, 2)
+            scores[name] = {k: round(metrics[f"test_{k}"], 4) for k in ("map50", "map")}
+            print(f"{name}: test mAP50 {scores[name]['map50']} in {minutes[name]} min", flush=True)
+    base = scores["defaults"]["map50"]
+    report({**{f"{name}_{k}": v for name, s in scores.items() for k, v in s.items()},
+            **{f"mosaic_{share}_gain": round(scores[f"mosaic_{share}"]["map50"] - base, 4) for share in shares},
+            "minutes": minutes, "train_images": train, "epochs": epochs, "threads": torch.get_num_threads()})
+
+
 def main() -> None:
     args = sys.argv[1:] + [None] * 8
     train = int(args[0] or TRAIN)
@@ -110,5 +137,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["defaults"]:
         defaults(*(int(a) for a in sys.argv[2:4]), *(float(a) for a in sys.argv[4:5]))
+    elif sys.argv[1:2] == ["mosaic"]:
+        mosaic([float(a) for a in sys.argv[2:]] or [0.5, 1.0])
     else:
         main()

@@ -25,6 +25,7 @@ def test_flip_tta_scores_calibrates_and_predicts_the_mirror_averaged_logits(tiny
     flipped = json.loads((tmp_path / "tta" / "metrics.json").read_text())
     assert flipped["tta"] == "flip" and flipped["coverage_target"] == 0.9
     assert (run / "model.json").read_bytes() == stored  # the stored fits are the plain model's
+    assert "flip-averaged logits, for this evaluation only" in (tmp_path / "tta" / "report.html").read_text()
 
     task = get_task("image-classification")
     info = task.run_info(run)

@@ -195,7 +195,7 @@ def render(results: dict, model, info, samples, dataset, collate_fn) -> str:
     sec["summary"] = table(["metric", "value"], [[k, m[k]] for k in (
         "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1")]
         + [[f"top-{m['top_k']} accuracy", m["top_k_accuracy"]], ["loss (cross-entropy)", m["loss"]],
-           ["samples", m["samples"]]])
+           ["samples", m["samples"]], ["test-time augmentation", results.get("tta", "none")]])
     sec["per-class"] = table(["class", "precision", "recall", "F1", "support"], [
         [c, m["per_class_precision"][i], m["per_class_recall"][i], m["per_class_f1"][i], m["support"][i]]
         for i, c in enumerate(classes)])
@@ -203,7 +203,8 @@ def render(results: dict, model, info, samples, dataset, collate_fn) -> str:
     pairs = confused_pairs(cm, classes)
     sec["confused-pairs"] = (table(["true", "predicted as", "count", "share of true class"], pairs) if pairs
                              else "<p>No confusions.</p>")
-    fitted = (f"fitted on {cal['val_samples']} validation samples (NLL {cal['val_nll_before']:.4f} → "
+    flipped = " (their flip-averaged logits, for this evaluation only)" if results.get("tta") == "flip" else ""
+    fitted = (f"fitted on {cal['val_samples']} validation samples{flipped} (NLL {cal['val_nll_before']:.4f} → "
               f"{cal['val_nll_after']:.4f}, ECE {cal['val_ece_before']:.4f} → {cal['val_ece_after']:.4f})"
               if "val_samples" in cal else "as stored in model.json")
     sec["calibration"] = (

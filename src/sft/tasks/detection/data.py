@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from sft.data.samples import EpochSeeded, Samples, read_image
 from sft.errors import UserError
 from sft.tasks.detection.layouts import (detect_format, label_file, labels_folder, load_yaml, voc_ids, yaml_names,
                                          yaml_split, yolo_images)
+from sft.tasks.detection.mosaic import meeting_point, mosaic
 
 TOLERANCE = 1.0  # pixels a box may pass the image border by (rounding in exporters); it is clamped
 
@@ -348,23 +350,34 @@ def transform_image(transform, image: tv_tensors.Image) -> torch.Tensor:
 
 
 class BoxDataset(EpochSeeded, Dataset):
-    """(image (3, S, S) float 0..1, {"boxes": (n, 4) xyxy pixels, "labels": (n,) 0-based classes}) per image."""
+    """(image (3, S, S) float 0..1, {"boxes": (n, 4) xyxy pixels, "labels": (n,) 0-based classes}) per image; with
+    `mosaic` > 0, that share of them in the epochs before `mosaic_epochs` a mosaic of this image and three others
+    drawn at random (detection.mosaic)."""
 
-    def __init__(self, samples: DetectionSamples, transform):
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: DetectionSamples, transform, mosaic: float = 0.0, mosaic_epochs: int = 0):
+        self.samples, self.transform, self.mosaic, self.mosaic_epochs = samples, transform, mosaic, mosaic_epochs
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        with self.seeded(i):  # the mosaic's draws too: a function of (seed, epoch, index) like the transform's
+            if self.mosaic and self.epoch < self.mosaic_epochs and random.random() < self.mosaic:
+                others = [random.randrange(len(self)) for _ in range(3)]
+                parts = [self._transformed(j) for j in (i, *others)]
+                image, boxes, labels = mosaic(parts, *meeting_point(parts[0][0].shape[-1]))
+            else:
+                image, boxes, labels = self._transformed(i)
+        return image, {"boxes": boxes, "labels": labels}
+
+    def _transformed(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image = load_image(self.samples.items[i])
         target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(self.samples.boxes[i]), format="XYXY",
                                                     canvas_size=tuple(image.shape[-2:])),
                   "labels": torch.from_numpy(self.samples.box_labels[i])}
-        with self.seeded(i):
-            image, target = self.transform(image, target)
-        return image.as_subclass(torch.Tensor), {"boxes": target["boxes"].as_subclass(torch.Tensor).float(),
-                                                 "labels": target["labels"]}
+        image, target = self.transform(image, target)
+        return (image.as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor).float(),
+                target["labels"])
 
 
 def collate(batch: list) -> tuple[torch.Tensor, list[dict]]:

@@ -30,6 +30,10 @@ class DetectionSource(Source):
 class DetectionData(DenseInput, VisionData[DetectionSource]):
     classes: list[str] | None = Field(
         None, description="class names in label order; default: COCO categories, or YOLO's classes.txt/data.yaml")
+    mosaic: float = Field(0.0, ge=0, le=1, description="share of training images made a mosaic of four "
+                                                       "(Ultralytics'), quarters meeting at a random point")
+    close_mosaic: int = Field(1, ge=0, description="mosaic: the last N epochs train on plain images (Ultralytics' "
+                                                   "close_mosaic)")
 
     @model_validator(mode="before")
     @classmethod

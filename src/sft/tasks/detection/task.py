@@ -99,7 +99,9 @@ class Detection(TaskBase):
     def build_inputs(self, backbone: Backbone, recipe: DetectionRecipe | None) -> Inputs:
         size = recipe.data.image_size or backbone.preprocess.input_size[0]
         train_tf, eval_tf = box_transforms(size, recipe.data.augment)
-        return Inputs(lambda s: BoxDataset(s, train_tf), lambda s: BoxDataset(s, eval_tf), collate, key=str(eval_tf))
+        d, epochs = recipe.data, recipe.trainer.epochs
+        return Inputs(lambda s: BoxDataset(s, train_tf, d.mosaic, epochs - d.close_mosaic),
+                      lambda s: BoxDataset(s, eval_tf), collate, key=str(eval_tf))
 
     def loader_options(self, recipe, splits: Splits, inputs: Inputs, notes: dict) -> dict:
         notes["boxes"] = {name: {"images": len(s), "boxes": int(sum(len(b) for b in s.boxes)),
