@@ -154,7 +154,7 @@ class TaskBase:
 
     def inference_model(self, run_dir: Path, model, info, options) -> tuple:
         """(model, record) `sft predict` runs, from the loaded ones: as they are, unless the options change what
-        the model is (image classification's --tta flip)."""
+        the model is (the image tasks' --tta flip)."""
         return model, info
 
     def run_info(self, run_dir: Path):

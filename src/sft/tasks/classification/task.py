@@ -49,6 +49,11 @@ from sft.training.trainer import Monitor
 log = logging.getLogger("sft")
 
 
+def flips(options) -> bool:
+    """--tta flip was asked (image runs; text runs have no such option)."""
+    return getattr(options, "tta", "none") == "flip"
+
+
 class ImageClassification(PooledImages, PooledTask):
     name = "image-classification"
     description = "one label per image: a new linear head on a pretrained timm/torchvision backbone"
@@ -151,7 +156,7 @@ class ImageClassification(PooledImages, PooledTask):
         with Grad-CAM or token attributions)."""
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         inputs = self.run_inputs(model, info)
-        flip = getattr(options, "tta", "none") == "flip"
+        flip = flips(options)
         scored = FlipAverage(model) if flip else model
         held_out = validation_logits(scored, lambda: self.load_splits(recipe).val, inputs, seed=recipe.seed,
                                      batch_size=batch_size, progress=progress)
@@ -176,9 +181,10 @@ class ImageClassification(PooledImages, PooledTask):
         for row in scores["top_losses"]:
             row["id"] = samples.ids[row["index"]]
         results = {"run_dir": str(run.path.resolve()), "data": data_identity(source, samples), "kind": samples.kind,
-                   "classes": info.classes, "tta": getattr(options, "tta", "none"), "calibration": calibration,
+                   "classes": info.classes, "tta": "flip" if flip else "none", "calibration": calibration,
                    "metrics": scores,
                    "class_samples": class_samples(samples.labels, len(info.classes))}
+        # the heat maps explain the plain model: a flipped view's map would need mirroring back onto the image
         page = build_report(results, model.cpu(), info, samples, dataset, inputs.collate, progress=progress)
         return results, summarize(results), page
 
@@ -215,7 +221,7 @@ class ImageClassification(PooledImages, PooledTask):
 
     def predict(self, run_dir, inputs, options, stream=None):
         """`sft predict`; with --coverage, the run's prediction-set fit is checked before the model loads."""
-        if options.coverage is not None and getattr(options, "tta", "none") == "none":
+        if options.coverage is not None and not flips(options):
             run_fit(run_dir, self.run_info(Path(run_dir))).threshold(options.coverage)
         return super().predict(run_dir, inputs, options, stream)
 
@@ -223,7 +229,7 @@ class ImageClassification(PooledImages, PooledTask):
         """--tta flip: the model averaged over each image and its mirror image, with a temperature and prediction
         sets fitted on the validation split's averaged logits first (one pass over it; the RAPS penalty of the run's
         stored fit, if any)."""
-        if getattr(options, "tta", "none") == "none":
+        if not flips(options):
             return model, info
         flipped, recipe, plain = FlipAverage(model), load_recipe(RunDir(run_dir).recipe), stored_fit(info)
         held_out = validation_logits(flipped, lambda: self.load_splits(recipe).val, self.run_inputs(model, info),

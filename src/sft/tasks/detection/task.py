@@ -169,8 +169,9 @@ class Detection(TaskBase):
     def score_run(self, run, recipe, source, samples, model, info: DetectionInfo, options, *, batch_size, progress):
         """COCO mAP, per-class AP and recall, PR curves, the confusions at IoU 0.5, the images with most errors."""
         dataset = BoxDataset(samples, box_transforms(info.image_size, "none")[1])
-        result = score_batches(with_tta(model, info, options.tta), dataset, DetectionScorer(info.classes, extended=True, top_n=options.top_losses),
-                               batch_size=batch_size, collate_fn=collate, progress=progress)
+        scorer = DetectionScorer(info.classes, extended=True, top_n=options.top_losses)
+        result = score_batches(with_tta(model, info, options.tta), dataset, scorer, batch_size=batch_size,
+                               collate_fn=collate, progress=progress)
         result["data"] = source.path
         brief = {k: result[k] for k in ("map", "map50", "map75", "recall", "samples")}
         brief["ap"] = dict(zip(info.classes, result["ap"]))
@@ -181,12 +182,15 @@ class Detection(TaskBase):
             raise UserError(f"--format {options.format}: detection runs export as onnx")
         return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
 
+    def inference_model(self, run_dir, model, info, options):
+        return with_tta(model, info, options.tta), info
+
     def predict_rows(self, model, info: DetectionInfo, inputs, options, folder, stream):
         """One row per detection of at least `options.score` (an image with none: one row without a class), boxes
         xyxy in the image's own pixels; with a folder, each image drawn with its boxes and its detections as JSON
         there."""
         _, eval_tf = box_transforms(info.image_size, "none")
-        model, rows = with_tta(model, info, options.tta), []
+        rows = []
         for file in inputs:
             image = load_image(file)
             h, w = image.shape[-2:]

@@ -193,9 +193,12 @@ class Segmentation(TaskBase):
             raise UserError(f"--format {options.format}: segmentation runs export as onnx")
         return export_onnx(self, run_dir, out, force=force, overwrite=overwrite)
 
+    def inference_model(self, run_dir, model, info, options):
+        return with_tta(model, options.tta), info
+
     def predict_rows(self, model, info: SegmentationInfo, inputs, options, folder, stream):
         """Per image: the share of pixels of each class; with a folder, its index mask and colour overlay there."""
-        transform, rows, model = eval_transform(info), [], with_tta(model, options.tta)
+        transform, rows = eval_transform(info), []
         for file in inputs:
             image = read_image(file)
             mask = full_mask(class_maps(model, image_input(image, transform)[None])[0], image.size)
