@@ -1,8 +1,11 @@
 """Mosaic: each quarter is the part of its image nearest the meeting point, boxes move with it and are clipped or
 dropped by what is left of them; in BoxDataset a mosaic is a function of (seed, epoch, index) like any augmentation."""
 
+import pytest
 import torch
 
+from sft import load_recipe
+from sft.errors import UserError
 from sft.tasks.detection.data import BoxDataset, box_transforms, read_detection
 from sft.tasks.detection.mosaic import mosaic
 
@@ -53,3 +56,10 @@ def test_mosaics_in_the_dataset_are_repeatable_and_keep_boxes_inside(detection_s
     assert not torch.equal(first[0], mixed[3][0])  # another epoch, another mosaic
     mixed.epoch = plain.epoch = 2  # the closing epochs: plain images
     assert torch.equal(mixed[3][0], plain[3][0])
+
+
+def test_a_mosaic_share_with_no_epoch_left_for_it_is_refused():
+    with pytest.raises(UserError, match="data.close_mosaic 1 closes all 1 epoch"):
+        load_recipe(None, ["task=detection", "data.train=x", "data.mosaic=0.5", "trainer.epochs=1"])
+    two = load_recipe(None, ["task=detection", "data.train=x", "data.mosaic=0.5", "trainer.epochs=2"])
+    assert two.data.mosaic == 0.5

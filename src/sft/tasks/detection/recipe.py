@@ -75,3 +75,12 @@ class DetectionRecipe(Recipe):
     model: DetectionModel = Field(default_factory=DetectionModel)
     strategy: DetectionStrategy = Field(default_factory=DetectionStrategy)
     trainer: DetectionTrainer = Field(default_factory=DetectionTrainer)
+
+    @model_validator(mode="after")
+    def _mosaic_has_epochs(self) -> "DetectionRecipe":
+        """A mosaic share with every epoch closed to mosaics would train none, silently."""
+        d, epochs = self.data, self.trainer.epochs
+        if d.mosaic and d.close_mosaic >= epochs:
+            raise ValueError(f"data.mosaic {d.mosaic:g} would make no mosaic: data.close_mosaic {d.close_mosaic} "
+                             f"closes all {epochs} epoch(s); lower data.close_mosaic or raise trainer.epochs")
+        return self
