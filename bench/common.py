@@ -143,36 +143,40 @@ def example_composites(kind: str, root: Path, train: int, canvas: int, seed: int
     return root
 
 
+def trained(overrides: list[str], run_dir: Path, cache_dir: Path) -> tuple:
+    """(run, minutes) of `fine_tune` on a recipe of `overrides` alone (progress off), timed whole."""
+    from sft import fine_tune, load_recipe
+    started = time.perf_counter()
+    run = fine_tune(load_recipe(None, [*overrides, "trainer.progress=false", f"run_dir={run_dir}",
+                                       f"cache_dir={cache_dir}"]))
+    return run, round((time.perf_counter() - started) / 60, 2)
+
+
 def defaults_against_tuned(tuned: list[str], given: list[str], metric: str, ema: float | None = 0.999) -> dict:
     """The dense benches' `defaults` mode: a recipe of only `given` ("task=NAME" first, then data and epochs: every
     other key sft's default), the bench's tuned recipe (`tuned` overrides; not trained again when the defaults
     resolved to exactly it) and the defaults with `trainer.ema`, each trained whole and scored on its test split
     (metrics.json's test_<metric>; no EMA run when `ema` is None or 0); then the defaults run evaluated again with
-    `--tta flip`. Returns each score, the
-    minutes, and what `auto` chose."""
+    `--tta flip`. Returns each score, the minutes, and what `auto` chose."""
     import tempfile
 
-    from sft import fine_tune, load_recipe
+    from sft import load_recipe
     from sft.recipe import dump_recipe
     from sft.tasks import get_task
 
     scores, minutes, task = {}, {}, get_task(given[0].removeprefix("task="))
     with tempfile.TemporaryDirectory() as tmp:
         def train(name: str, overrides: list[str]):
-            started = time.perf_counter()
-            run = fine_tune(recipe(name, overrides))
-            minutes[name] = round((time.perf_counter() - started) / 60, 2)
+            run, minutes[name] = trained(overrides, Path(tmp) / name, Path(tmp) / "cache")
             scores[name] = round(run.metrics[f"test_{metric}"], 4)
             print(f"{name}: test {metric} {scores[name]} in {minutes[name]} min", flush=True)
             return run
 
-        def recipe(name: str, overrides: list[str]):
-            return load_recipe(None, [*overrides, "trainer.progress=false", f"run_dir={tmp}/{name}",
-                                      f"cache_dir={tmp}/cache"])
-
         run = train("defaults", given)
         chosen = {k: v["value"] for k, v in run.metrics.get("auto", {}).items()}
-        same = (run.dir / "recipe.yaml").read_text() == dump_recipe(recipe("defaults", tuned))
+        as_tuned = load_recipe(None, [*tuned, "trainer.progress=false", f"run_dir={tmp}/defaults",
+                                      f"cache_dir={tmp}/cache"])
+        same = (run.dir / "recipe.yaml").read_text() == dump_recipe(as_tuned)
         if same:
             scores["tuned"] = scores["defaults"]
         else:

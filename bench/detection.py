@@ -19,9 +19,9 @@ docs/benchmarks.md holds the results.
     .venv/bin/python bench/detection.py mosaic [share ...]
 
 `defaults` trains this recipe (pretrained), a recipe holding only task, data and epochs, and that one with
-`trainer.ema=EMA` (0.999; 0: not trained), and evaluates the defaults run again with `--tta flip`; its last line: tuned_map50,
-defaults_map50, defaults_gap (target ≥ −0.02), ema_map50 and ema_gain, tta_map50 and tta_gain, what `auto` chose,
-minutes.
+`trainer.ema=EMA` (0.999; 0: not trained), and evaluates the defaults run again with `--tta flip`; its last line:
+tuned_map50, defaults_map50, defaults_gap (target ≥ −0.02), ema_map50 and ema_gain, tta_map50 and tta_gain, what
+`auto` chose, minutes.
 
 `mosaic` trains the recipe of only task, data and epochs as it is and with `data.mosaic=SHARE` for each share given
 (0.5 and 1.0; the last epoch plain, `data.close_mosaic: 1`); its last line: each run's map50 and map, each
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from common import OUT, defaults_against_tuned, report
+from common import OUT, defaults_against_tuned, report, trained
 from sft import fine_tune, load_recipe
 
 BUILD = Path(__file__).parents[1] / "examples" / "detection" / "build.py"
@@ -82,15 +82,12 @@ def mosaic(shares: list[float], train: int = TRAIN, epochs: int = EPOCHS) -> Non
     plain: `data.close_mosaic` 1, the default), test mAP50 and mAP of each."""
     data = composites(train)
     given = ["task=detection", f"data.train={data}/train", f"data.val={data}/val", f"data.test={data}/test",
-             f"trainer.epochs={epochs}", "trainer.progress=false"]
+             f"trainer.epochs={epochs}"]
     scores, minutes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in (("defaults", []), *((f"mosaic_{share}", [f"data.mosaic={share}"]) for share in shares)):
-            started = time.perf_counter()
-            metrics = fine_tune(load_recipe(None, [*given, *extra, f"run_dir={tmp}/{name}",
-                                                   f"cache_dir={tmp}/cache"])).metrics
-            minutes[name] = round((time.perf_counter() - started) / 60, 2)
-            scores[name] = {k: round(metrics[f"test_{k}"], 4) for k in ("map50", "map")}
+            run, minutes[name] = trained([*given, *extra], Path(tmp) / name, Path(tmp) / "cache")
+            scores[name] = {k: round(run.metrics[f"test_{k}"], 4) for k in ("map50", "map")}
             print(f"{name}: test mAP50 {scores[name]['map50']} in {minutes[name]} min", flush=True)
     base = scores["defaults"]["map50"]
     report({**{f"{name}_{k}": v for name, s in scores.items() for k, v in s.items()},
