@@ -8,8 +8,9 @@ the run's validation split (600 images), the flipped one on the averaged logits,
     .venv/bin/python bench/tta.py [augment ...]
 
 (default: none light.) About 8 minutes on 2 CPU cores: two trainings of about 1.5 minutes, four evaluations, the
-flipped ones twice the forward passes. Last line: JSON with, for each augment, the test accuracy, calibrated NLL, ECE
-and mean 90 % set size without and with the flip, and `tta_gain` (accuracy with minus without).
+flipped ones twice the forward passes. Last line: JSON with, for each augment, the test accuracy, calibrated NLL, ECE,
+mean 90 % set size and the seconds of the whole `sft eval` (validation pass, test pass and report) without and with
+the flip, and `tta_gain` (accuracy with minus without).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def main(augments: list[str]) -> None:
                                                  f"run_dir={tmp}/{augment}", f"cache_dir={tmp}/cache"]))
             figures[f"{augment}_train_minutes"] = round((time.perf_counter() - started) / 60, 2)
             for tta in ("none", "flip"):
+                started = time.perf_counter()
                 _, summary = task.evaluate(run.dir, None, Path(tmp) / f"{augment}-{tta}",
                                            task.options["eval"](tta=tta, top_losses=0), overwrite=True,
                                            batch_size=128, progress=False)
                 figures.update({f"{augment}_{tta}_{key}": round(summary[key], 4) for key in KEPT})
+                figures[f"{augment}_{tta}_eval_seconds"] = round(time.perf_counter() - started, 1)
                 print(f"augment {augment}, tta {tta}: accuracy {summary['accuracy']:.4f}", flush=True)
             figures[f"{augment}_tta_gain"] = round(figures[f"{augment}_flip_accuracy"]
                                                    - figures[f"{augment}_none_accuracy"], 4)
